@@ -1,0 +1,243 @@
+"""A trained engine model on disk and in memory: ``save_pretrained`` / ``from_pretrained`` and ``generate``.
+
+Folder layout (like a diffusers model folder)::
+
+    config.json             {"_class_name": "DDPMEngineModel", "unet": {...}, "labels": [...], ...}
+    model.safetensors       the EMA weights
+    scheduler_config.json   {"kind": "ddpm", "num_train_timesteps", "beta_schedule", "prediction_type"} or {"kind": "flow"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from core.ddpm.data import DIGIT_WORDS
+from core.ddpm.samplers import make_scheduler, sample
+from core.ddpm.unet import UNet, UNetConfig
+
+CLASS_NAME = "DDPMEngineModel"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+SCHEDULER_FILE = "scheduler_config.json"
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path.name}: missing from {path.parent}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path.name}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: expected a JSON object")
+    return data
+
+
+def is_engine_model(path: str | Path) -> bool:
+    """True when ``path`` looks like an engine checkpoint folder (cheap: reads config.json only)."""
+    p = Path(path) / CONFIG_FILE
+    try:
+        return json.loads(p.read_text()).get("_class_name") == CLASS_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class DDPMEngineModel:
+    """A U-Net with its scheduler config and class labels."""
+
+    def __init__(
+        self,
+        unet: UNet,
+        scheduler_config: dict,
+        labels: list[str] | None = None,
+        default_guidance_scale: float = 1.0,
+        default_num_inference_steps: int = 50,
+        metadata: dict | None = None,
+    ):
+        if (labels is None) != (unet.config.num_classes is None) or (
+            labels is not None and len(labels) != unet.config.num_classes
+        ):
+            raise ValueError("labels: must name exactly num_classes classes (or be null for an unconditional model)")
+        self.unet = unet.eval()
+        self.scheduler_config = dict(scheduler_config)
+        self.labels = labels
+        self.default_guidance_scale = default_guidance_scale
+        self.default_num_inference_steps = default_num_inference_steps
+        self.metadata = metadata or {}
+        self.sha256: str | None = None
+
+    @property
+    def sample_size(self) -> int:
+        return self.unet.config.sample_size
+
+    @property
+    def default_sampler(self) -> str:
+        return "euler" if self.scheduler_config.get("kind") == "flow" else "ddim"
+
+    @property
+    def samplers(self) -> list[str]:
+        return ["euler"] if self.scheduler_config.get("kind") == "flow" else ["ddim", "ddpm"]
+
+    def label_index(self, label: str | int) -> int:
+        """Resolve a label given as its name, its index, or (for digits) as an English word."""
+        if self.labels is None:
+            raise ValueError("prompt: this model is unconditional and takes no label")
+        text = str(label).strip().lower()
+        names = [n.lower() for n in self.labels]
+        if text in names:
+            return names.index(text)
+        if text in DIGIT_WORDS and str(DIGIT_WORDS.index(text)) in names:
+            return names.index(str(DIGIT_WORDS.index(text)))
+        raise ValueError(f"prompt: unknown label {label!r}; expected one of {self.labels}")
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "_class_name": CLASS_NAME,
+            "unet": self.unet.config.to_dict(),
+            "labels": self.labels,
+            "default_guidance_scale": self.default_guidance_scale,
+            "default_num_inference_steps": self.default_num_inference_steps,
+            "metadata": self.metadata,
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (path / SCHEDULER_FILE).write_text(json.dumps(self.scheduler_config, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.unet.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+        """Load a folder written by :meth:`save_pretrained`; a bad or missing file raises ValueError naming it."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"{path}: not a model folder")
+        config = _read_json(path / CONFIG_FILE)
+        if config.get("_class_name") != CLASS_NAME:
+            raise ValueError(f"{CONFIG_FILE}: _class_name must be {CLASS_NAME!r}")
+        try:
+            unet_config = UNetConfig.from_dict(config["unet"])
+        except KeyError as e:
+            raise ValueError(f"{CONFIG_FILE}: missing field 'unet'") from e
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{CONFIG_FILE}: {e}") from e
+        scheduler_config = _read_json(path / SCHEDULER_FILE)
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ValueError(f"{WEIGHTS_FILE}: missing from {path}")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise ValueError(f"{WEIGHTS_FILE}: unreadable ({e})") from e
+        unet = UNet(unet_config)
+        try:
+            unet.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{WEIGHTS_FILE}: does not match {CONFIG_FILE} ({str(e).splitlines()[0]})") from e
+        unet.to(device=device, dtype=dtype)
+        model = cls(
+            unet,
+            scheduler_config,
+            labels=config.get("labels"),
+            default_guidance_scale=float(config.get("default_guidance_scale", 1.0)),
+            default_num_inference_steps=int(config.get("default_num_inference_steps", 50)),
+            metadata=config.get("metadata") or {},
+        )
+        model.sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+        return model
+
+    # -- inference ---------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def generate(
+        self,
+        labels: list[str | int] | None = None,
+        num_images: int = 1,
+        num_inference_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        seed: int = 0,
+        size: int | None = None,
+        callback: Callable[[int, int], bool | None] | None = None,
+        per_image_seeds: bool = True,
+    ) -> torch.Tensor:
+        """Draw images in [-1, 1], shape (B, C, H, W).
+
+        ``labels``: one label per image (or one for all). With ``per_image_seeds`` image i's noise comes from
+        ``seed + i`` alone, so any single image can be drawn again by itself.
+        """
+        sampler = sampler or self.default_sampler
+        steps = num_inference_steps or self.default_num_inference_steps
+        scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        size = size or self.sample_size
+        cfg = self.unet.config
+        y = None
+        if labels is not None:
+            if len(labels) == 1 and num_images > 1:
+                labels = list(labels) * num_images
+            if len(labels) != num_images:
+                raise ValueError("labels: give one label, or one per image")
+            y = torch.tensor([self.label_index(lbl) for lbl in labels], dtype=torch.long)
+        elif self.labels is not None:
+            y = None  # unconditional draw from a class model: the null class
+        shape = (num_images, cfg.in_channels, size, size)
+        if per_image_seeds:
+            noise = torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(seed + i)) for i in range(num_images)])
+        else:
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        scheduler = make_scheduler(sampler, self.scheduler_config)
+        dtype = next(self.unet.parameters()).dtype
+        return sample(
+            lambda x, t, yy: self.unet(x.to(dtype), t, yy).float(),
+            scheduler,
+            shape,
+            steps,
+            labels=y,
+            null_class=cfg.num_classes if y is not None else None,
+            guidance_scale=scale,
+            eta=eta,
+            generator=torch.Generator().manual_seed(seed + 1_000_003),
+            device=self.device,
+            callback=callback,
+            noise=noise,
+        )
+
+
+def to_pil_images(images: torch.Tensor) -> list:
+    """(B, C, H, W) in [-1, 1] -> list of PIL images (L or RGB)."""
+    from PIL import Image
+
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    out = []
+    for a in arr:
+        out.append(Image.fromarray(a[0], mode="L") if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0), mode="RGB"))
+    return out
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1):
+    """Tile (B, C, H, W) images in [-1, 1] into one PIL image."""
+    from PIL import Image
+
+    tiles = to_pil_images(images)
+    b = len(tiles)
+    w, h = tiles[0].size
+    cols = min(nrow, b)
+    rows = (b + cols - 1) // cols
+    grid = Image.new(tiles[0].mode, (cols * (w + pad) + pad, rows * (h + pad) + pad))
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return grid
