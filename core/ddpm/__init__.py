@@ -1,32 +1,36 @@
 """diffuserve's from-scratch diffusion engine: schedules, U-Net, training, DDPM/DDIM/flow samplers.
 
-Pure PyTorch; imports nothing from diffusers.
+Pure PyTorch; imports nothing from diffusers. Names load lazily, so torch-free parts (``core.ddpm.labels``)
+can be imported without torch.
 """
 
-from core.ddpm.pipeline import DDPMEngineModel, is_engine_model
-from core.ddpm.process import FlowMatching, GaussianDiffusion, add_noise, make_objective
-from core.ddpm.samplers import DDIMScheduler, DDPMScheduler, FlowEulerScheduler, make_scheduler, sample
-from core.ddpm.schedules import NoiseSchedule, get_beta_schedule
-from core.ddpm.training import TrainConfig, TrainingCancelled, train
-from core.ddpm.unet import UNet, UNetConfig
+from importlib import import_module
 
-__all__ = [
-    "DDIMScheduler",
-    "DDPMEngineModel",
-    "DDPMScheduler",
-    "FlowEulerScheduler",
-    "FlowMatching",
-    "GaussianDiffusion",
-    "NoiseSchedule",
-    "TrainConfig",
-    "TrainingCancelled",
-    "UNet",
-    "UNetConfig",
-    "add_noise",
-    "get_beta_schedule",
-    "is_engine_model",
-    "make_objective",
-    "make_scheduler",
-    "sample",
-    "train",
-]
+_EXPORTS = {
+    "DDPMEngineModel": "pipeline",
+    "is_engine_model": "pipeline",
+    "FlowMatching": "process",
+    "GaussianDiffusion": "process",
+    "add_noise": "process",
+    "make_objective": "process",
+    "DDIMScheduler": "samplers",
+    "DDPMScheduler": "samplers",
+    "FlowEulerScheduler": "samplers",
+    "make_scheduler": "samplers",
+    "sample": "samplers",
+    "NoiseSchedule": "schedules",
+    "get_beta_schedule": "schedules",
+    "TrainConfig": "training",
+    "TrainingCancelled": "training",
+    "train": "training",
+    "UNet": "unet",
+    "UNetConfig": "unet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"core.ddpm.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from core.ddpm.data import DIGIT_WORDS
+from core.ddpm.labels import resolve_label
 from core.ddpm.samplers import make_scheduler, sample
 from core.ddpm.unet import UNet, UNetConfig
 
@@ -87,13 +87,7 @@ class DDPMEngineModel:
         """Resolve a label given as its name, its index, or (for digits) as an English word."""
         if self.labels is None:
             raise ValueError("prompt: this model is unconditional and takes no label")
-        text = str(label).strip().lower()
-        names = [n.lower() for n in self.labels]
-        if text in names:
-            return names.index(text)
-        if text in DIGIT_WORDS and str(DIGIT_WORDS.index(text)) in names:
-            return names.index(str(DIGIT_WORDS.index(text)))
-        raise ValueError(f"prompt: unknown label {label!r}; expected one of {self.labels}")
+        return resolve_label(self.labels, label)
 
     # -- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

@@ -1,0 +1,56 @@
+"""The gateway: ``uvicorn --factory api.main:create_app``. HTTP only; never imports torch."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api import errors
+from api.config import Settings
+from api.deps import tenant
+from api.limits import BodySizeLimit
+from api.routes import files, generate, health, jobs, models, uploads
+from api.state import build_backends
+from core import __version__
+
+API_DESCRIPTION = """REST inference service for diffusion models with a durable job queue.
+
+Every job POST answers 202 with the job; poll `GET /v1/jobs/{id}?wait=N`, stream `GET /v1/jobs/{id}/events`, or
+cancel with `POST /v1/jobs/{id}/cancel`. Errors are `{"error": {"code", "message", "field"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 200  # long-polls and SSE wait in threads
+        backends = build_backends(settings)
+        app.state.backends = backends
+        backends.start_reaper()
+        logging.getLogger("diffuserve.api").info("diffuserve %s ready in %s mode", __version__, backends.mode)
+        try:
+            yield
+        finally:
+            backends.close()
+
+    app = FastAPI(title="diffuserve", version=__version__, description=API_DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(tenant)], responses=errors.ERROR_RESPONSES)
+    v1.include_router(generate.router, tags=["generate"])
+    v1.include_router(jobs.router, tags=["jobs"])
+    v1.include_router(uploads.router, tags=["uploads"])
+    v1.include_router(models.router, tags=["models"])
+    app.include_router(v1)
+    app.include_router(health.router, tags=["health"])
+    app.include_router(files.router)
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.max_body_bytes,
+        limits_by_prefix={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
+    )
+    return app

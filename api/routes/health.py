@@ -1,0 +1,71 @@
+"""Liveness, readiness and Prometheus metrics (open even when API keys are required)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from api.deps import backends
+from api.state import Backends
+from core.schemas import JobStatus
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(b: Backends = Depends(backends)):
+    """The job store, the queue and the storage are reachable (503 otherwise)."""
+
+    def check() -> dict[str, bool]:
+        return {"store": b.store.ping(), "queue": b.queue.ping(), "storage": b.storage.ping()}
+
+    checks = await run_in_threadpool(check)
+    ok = all(checks.values())
+    return JSONResponse({"status": "ready" if ok else "unavailable", "mode": b.mode, "checks": checks}, status_code=200 if ok else 503)
+
+
+def render_metrics(b: Backends) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    counters, hists = b.store.metrics_snapshot()
+    depth = len(b.store.ids_with_status(JobStatus.queued))
+    running = len(b.store.ids_with_status(JobStatus.running))
+
+    class Collector:
+        def collect(self):
+            fams: dict[str, object] = {}
+            for (name, labels), value in sorted(counters.items()):
+                keys = [k for k, _ in labels]
+                fam = fams.setdefault(name, CounterMetricFamily(name.removesuffix("_total"), name, labels=keys))
+                fam.add_metric([v for _, v in labels], value)
+            for (name, labels), h in sorted(hists.items()):
+                keys = [k for k, _ in labels]
+                fam = fams.setdefault(name, HistogramMetricFamily(name, name, labels=keys))
+                buckets = [(str(le), n) for le, n in sorted(h["buckets"].items())] + [("+Inf", h["count"])]
+                fam.add_metric([v for _, v in labels], buckets, h["sum"])
+            yield from fams.values()
+            g = GaugeMetricFamily("diffuserve_queue_depth", "jobs queued and not yet started")
+            g.add_metric([], depth)
+            yield g
+            g = GaugeMetricFamily("diffuserve_jobs_running", "jobs running now")
+            g.add_metric([], running)
+            yield g
+
+    reg = CollectorRegistry()
+    reg.register(Collector())
+    return generate_latest(reg)
+
+
+@router.get("/metrics")
+async def metrics(b: Backends = Depends(backends)):
+    """Prometheus text format: jobs by type and status, queue depth, wait/run/model-load histograms."""
+    body = await run_in_threadpool(render_metrics, b)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,95 @@
+"""Jobs: read (with long-poll), list, cancel, and stream events (SSE)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from api.deps import backends, tenant
+from api.errors import ApiError
+from api.state import Backends
+from api.submit import job_view
+from core.jobs import lifecycle
+from core.schemas import Job, JobList, JobRecord, JobStatus
+
+router = APIRouter()
+KEEPALIVE_S = 15.0
+
+
+def _own(b: Backends, t: str, job_id: str) -> JobRecord:
+    job = b.store.get(job_id) if len(job_id) <= 64 else None
+    if job is None or job.tenant != t:
+        raise ApiError(404, "not_found", f"no job {job_id!r}", "id")  # another tenant's job is not found either
+    return job
+
+
+def _wait_terminal(b: Backends, t: str, job_id: str, wait: float) -> JobRecord:
+    deadline = time.monotonic() + wait
+    job = _own(b, t, job_id)
+    while not job.status.is_terminal():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        seen = len(b.store.events(job_id))
+        b.store.wait_events(job_id, seen, left)
+        job = _own(b, t, job_id)
+    return job
+
+
+@router.get("/jobs/{job_id}", response_model=Job)
+async def get_job(request: Request, job_id: str, wait: float = Query(0, ge=0, le=600, description="long-poll up to this many seconds for a terminal status"),
+                  t: str = Depends(tenant), b: Backends = Depends(backends)):
+    """Read a job; with ?wait=N, answer as soon as it is terminal or after N seconds."""
+    wait = min(wait, b.settings.max_wait_s)
+    job = await run_in_threadpool(_wait_terminal, b, t, job_id, wait)
+    return job_view(job, b, str(request.base_url))
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0, le=1_000_000),
+                    t: str = Depends(tenant), b: Backends = Depends(backends)):
+    """The caller's own jobs, newest first."""
+    jobs = await run_in_threadpool(b.store.list, t, limit + 1, offset)
+    base = str(request.base_url)
+    return {"data": [job_view(j, b, base) for j in jobs[:limit]], "next_offset": offset + limit if len(jobs) > limit else None}
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=Job)
+async def cancel_job(request: Request, job_id: str, t: str = Depends(tenant), b: Backends = Depends(backends)):
+    """Cancel: a queued job never starts; a running one stops at its next step. Terminal jobs stay as they are."""
+    await run_in_threadpool(_own, b, t, job_id)
+    job = await run_in_threadpool(lifecycle.cancel, b.store, job_id)
+    return job_view(job, b, str(request.base_url))
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}})
+async def job_events(job_id: str, t: str = Depends(tenant), b: Backends = Depends(backends),
+                     last_event_id: int | None = Header(None, description="resume after this event id")):
+    """Server-Sent Events: status and per-step progress, replayed from the start for a late subscriber."""
+    await run_in_threadpool(_own, b, t, job_id)
+    start = 0 if last_event_id is None else last_event_id + 1
+
+    async def stream():
+        seq = start
+        while True:
+            events = await run_in_threadpool(b.store.events, job_id, seq)
+            for e in events:
+                seq = e["seq"] + 1
+                yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
+                if e["event"] == "status" and JobStatus(e["data"]["status"]).is_terminal():
+                    return
+            if not events:
+                job = await run_in_threadpool(b.store.get, job_id)
+                if job is None or job.status.is_terminal() and seq > 0 and not b.store.events(job_id, seq):
+                    return
+            got = await run_in_threadpool(b.store.wait_events, job_id, seq, KEEPALIVE_S)
+            if not got:
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,103 @@
+"""The gateway's backends, built once from Settings in the app's lifespan."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from api.config import Settings
+from core.jobs import lifecycle
+from core.jobs.store import JobStore
+from core.registry import ModelRegistry
+from core.storage import LocalStorage, Storage
+
+log = logging.getLogger("diffuserve.api")
+
+
+@dataclass
+class Backends:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    queue: object
+    registry: ModelRegistry
+    tenants_by_key: dict[str, str]
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return "distributed" if self.settings.distributed else "embedded"
+
+    def start_reaper(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.reaper_interval_s):
+                try:
+                    if self.store.try_lock("reaper", self.settings.reaper_interval_s * 0.9):
+                        lifecycle.requeue_orphans(self.store, self.queue, self.settings.max_attempts)
+                except Exception:  # noqa: BLE001 - the reaper must outlive a Redis blip
+                    log.warning("reaper pass failed", exc_info=True)
+
+        t = threading.Thread(target=loop, name="reaper", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def close(self) -> None:
+        self._stop.set()
+        close = getattr(self.queue, "close", None)
+        if close:
+            close()
+        self.store.close()
+
+
+def build_backends(settings: Settings) -> Backends:
+    registry = ModelRegistry([settings.bundled_models_dir, settings.models_dir])
+    if settings.s3_bucket:
+        from core.storage import S3Storage
+
+        storage: Storage = S3Storage(
+            settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            expires_s=settings.url_expires_s,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            prefix=settings.s3_prefix,
+        )
+    else:
+        storage = LocalStorage(settings.data_dir / "files", settings.signing_key, settings.url_expires_s)
+
+    if settings.distributed:
+        from core.jobs.queue import CeleryQueue
+        from core.jobs.redis_store import RedisJobStore
+
+        store: JobStore = RedisJobStore(settings.redis_url or settings.broker_url)
+        queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
+    else:
+        from core.jobs.execute import execute_job
+        from core.jobs.queue import InProcessQueue
+        from core.jobs.store import MemoryJobStore
+
+        store = MemoryJobStore()
+        runner_holder: dict = {}
+        runner_lock = threading.Lock()
+
+        def runner():
+            # torch loads here, in the embedded worker thread, after the server already answers
+            with runner_lock:
+                if "r" not in runner_holder:
+                    from core.runner import Runner
+
+                    runner_holder["r"] = Runner(registry, torch_threads=settings.torch_threads)
+                return runner_holder["r"]
+
+        def handle(job_id: str) -> None:
+            execute_job(job_id, store, storage, runner, "embedded", settings.lease_ttl_s, settings.heartbeat_s)
+
+        queue = InProcessQueue(handle)
+        queue.start()
+        warm = [m for m in settings.warm_models.split(",") if m]
+        if warm:
+            threading.Thread(target=lambda: runner().warm_up(warm), name="warm-up", daemon=True).start()
+
+    return Backends(settings, store, storage, queue, registry, settings.tenants_by_key())

@@ -1,0 +1,123 @@
+"""Turning a validated request into a queued job: model and task checks, defaults, image inputs, idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from api.state import Backends
+from core.errors import InputError
+from core.images import decode_data_uri, inspect_image
+from core.jobs import lifecycle
+from core.registry import ModelEntry
+from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
+
+GENERATION = (JobType.txt2img, JobType.img2img, JobType.inpaint, JobType.controlnet, JobType.video)
+IMAGE_FIELDS = ("image", "mask_image", "control_image")
+
+
+def upload_key(tenant: str, upload_id: str) -> str:
+    return f"uploads/{tenant}/{upload_id}"
+
+
+def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
+    """The public envelope, with output keys turned into URLs the client can GET."""
+    data = job.public()
+    for item in data["output"]:
+        key = item.pop("key", None)
+        if key:
+            item["url"] = b.storage.url(key, base_url)
+    return data
+
+
+def _check_image_ref(b: Backends, tenant: str, field: str, ref: str) -> tuple[int, int]:
+    if ref.startswith("data:"):
+        raw = decode_data_uri(ref, field, b.settings.max_body_bytes)
+        w, h, _ = inspect_image(raw, field, b.settings.max_image_pixels)
+        return w, h
+    try:
+        meta = json.loads(b.storage.get(upload_key(tenant, ref) + ".json"))
+    except KeyError:
+        raise InputError(f"unknown upload {ref!r}", field=field, code="unknown_upload") from None
+    if not meta.get("width"):
+        raise InputError(f"upload {ref!r} is not an image", field=field, code="invalid_image")
+    return meta["width"], meta["height"]
+
+
+def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) -> None:
+    for dim in ("width", "height"):
+        if data.get(dim) is None:
+            data[dim] = getattr(entry, dim)
+        elif data[dim] % entry.size_multiple:
+            raise InputError(f"must be a multiple of {entry.size_multiple} for model {entry.id!r}", field=dim)
+    if data.get("num_inference_steps") is None:
+        data["num_inference_steps"] = entry.default_num_inference_steps
+    if data.get("guidance_scale") is None:
+        data["guidance_scale"] = entry.default_guidance_scale
+    if data.get("scheduler") is None:
+        data["scheduler"] = entry.default_scheduler
+    elif data["scheduler"] not in entry.schedulers:
+        raise InputError(f"unknown scheduler {data['scheduler']!r} for model {entry.id!r}; expected one of {entry.schedulers}",
+                         field="scheduler")
+    if entry.kind.startswith("engine"):
+        _check_engine_request(entry, data)
+
+
+def _check_engine_request(entry: ModelEntry, data: dict) -> None:
+    if data["width"] != data["height"]:
+        raise InputError("engine models draw square images; width must equal height", field="height")
+    if data["width"] > 4 * entry.width:
+        raise InputError(f"at most {4 * entry.width} for model {entry.id!r}", field="width")
+    if data.get("loras"):
+        raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
+    if data.get("negative_prompt"):
+        raise InputError(f"model {entry.id!r} takes no negative prompt", field="negative_prompt")
+    if entry.labels is not None:
+        from core.ddpm.labels import resolve_label  # torch-free
+
+        data["prompt"] = entry.labels[resolve_label(entry.labels, data.get("prompt", ""))]
+    elif data.get("prompt"):
+        raise InputError(f"model {entry.id!r} is unconditional and takes no prompt", field="prompt")
+
+
+def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None]:
+    """Validate what pydantic cannot (models, tasks, images, labels) and fill every default into the input."""
+    data = body.model_dump(mode="json")
+    for field in IMAGE_FIELDS:
+        if data.get(field):
+            _check_image_ref(b, tenant, field, data[field])
+    if job_type == JobType.lora_training:
+        entry = b.registry.get(data["base_model"])
+        raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA on this service yet", field="base_model",
+                         code="unsupported_task")
+    if job_type == JobType.ddpm_training:
+        raise InputError("ddpm_training jobs are not enabled on this service yet", field=None, code="unsupported_task")
+    entry = b.registry.get(data["model"])
+    entry.require_task(job_type)
+    _fill_generation_defaults(entry, data, job_type)
+    if data.get("seed") is None:
+        data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # recorded, so the job can be reproduced
+    return data, ModelRef(id=entry.id, sha256=entry.version)
+
+
+async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
+    idem_key = request.headers.get("idempotency-key")
+    idempotency = None
+    if idem_key is not None:
+        if not 1 <= len(idem_key) <= 255:
+            raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
+        body_hash = hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
+        idempotency = (idem_key, body_hash)
+    data, model = await run_in_threadpool(prepare, b, tenant, job_type, body)
+    job = lifecycle.new_job(job_type, data, tenant, model)
+    job, created = await run_in_threadpool(lifecycle.submit, b.store, b.queue, job, idempotency)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(job_view(job, b, str(request.base_url)), status_code=202, headers=headers)

@@ -1,0 +1,104 @@
+"""Queues: Celery (distributed mode: the gateway sends by task name, never importing the worker) and an
+in-process thread per queue (embedded mode), both feeding :func:`core.jobs.execute.execute_job`."""
+
+from __future__ import annotations
+
+import logging
+import queue as stdlib_queue
+import threading
+from typing import Callable
+
+log = logging.getLogger("diffuserve.queue")
+
+TASK_NAME = "diffuserve.run_job"
+QUEUES = ("inference", "training")
+
+
+def celery_config(broker_url: str, visibility_timeout_s: int = 3600) -> dict:
+    """Celery settings shared by the gateway and the workers."""
+    return {
+        "broker_url": broker_url,
+        "task_ignore_result": True,
+        "task_acks_late": True,  # a message is acked after the job, so a crash leaves it in the broker
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # one job at a time per worker process: it owns the GPU
+        "task_default_queue": "inference",
+        "task_routes": {TASK_NAME: {"queue": "inference"}},
+        "broker_transport_options": {"visibility_timeout": visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
+def make_celery(broker_url: str, visibility_timeout_s: int = 3600):
+    from celery import Celery
+
+    app = Celery("diffuserve")
+    app.conf.update(celery_config(broker_url, visibility_timeout_s))
+    return app
+
+
+class CeleryQueue:
+    def __init__(self, broker_url: str, visibility_timeout_s: int = 3600):
+        self.app = make_celery(broker_url, visibility_timeout_s)
+        self.broker_url = broker_url
+
+    def enqueue(self, job_id: str, queue: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id], queue=queue)
+
+    def ping(self) -> bool:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def close(self) -> None:
+        pass
+
+
+class InProcessQueue:
+    """One daemon thread per queue name calling ``handle(job_id)``; torch loads in these threads, not at import."""
+
+    def __init__(self, handle: Callable[[str], object], queues: tuple[str, ...] = QUEUES):
+        self.handle = handle
+        self._queues = {name: stdlib_queue.Queue() for name in queues}
+        self._threads = [
+            threading.Thread(target=self._loop, args=(name,), name=f"embedded-worker-{name}", daemon=True)
+            for name in queues
+        ]
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, name: str) -> None:
+        q = self._queues[name]
+        while not self._stopping.is_set():
+            job_id = q.get()
+            if job_id is None:
+                break
+            try:
+                self.handle(job_id)
+            except Exception:  # noqa: BLE001 - execute_job records job failures; this is a bug guard
+                log.exception("embedded worker failed on %s", job_id)
+
+    def enqueue(self, job_id: str, queue: str) -> None:
+        self._queues[queue].put(job_id)
+
+    def depth(self) -> int:
+        return sum(q.qsize() for q in self._queues.values())
+
+    def ping(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def close(self) -> None:
+        self._stopping.set()
+        for q in self._queues.values():
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout=5)

@@ -1,0 +1,260 @@
+"""Request models and the job envelope: one contract for every job type. Torch-free: the gateway imports it."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+UPLOAD_ID_PATTERN = re.compile(r"^upl_[0-9a-f]{32}$")
+MAX_SEED = 2**32 - 1
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class JobType(str, Enum):
+    txt2img = "txt2img"
+    img2img = "img2img"
+    inpaint = "inpaint"
+    controlnet = "controlnet"
+    video = "video"
+    lora_training = "lora_training"
+    ddpm_training = "ddpm_training"
+
+    @property
+    def queue(self) -> str:
+        return "training" if self in (JobType.lora_training, JobType.ddpm_training) else "inference"
+
+
+def _image_ref(value: str) -> str:
+    """An image is a ``data:`` URI (base64) or the id of an upload; URLs are never fetched."""
+    v = value.strip()
+    if v.startswith("data:"):
+        return v
+    if UPLOAD_ID_PATTERN.match(v):
+        return v
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", v):
+        raise ValueError("URLs are not fetched; send a data: URI or the id of an upload (POST /v1/uploads)")
+    raise ValueError("must be a data: URI or an upload id (upl_...)")
+
+
+ImageRef = Annotated[
+    str, AfterValidator(_image_ref), Field(min_length=1, max_length=40_000_000, description="data: URI or upload id")
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraRef(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="a registered LoRA; a name, never a path")
+    scale: float = Field(1.0, ge=-4.0, le=4.0)
+
+
+class GenerationBase(Strict):
+    model: str = Field("digits", pattern=NAME_PATTERN)
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str = Field("", max_length=4000)
+    width: int | None = Field(None, ge=8, le=2048, description="default: the model's native size")
+    height: int | None = Field(None, ge=8, le=2048, description="default: the model's native size")
+    num_inference_steps: int | None = Field(None, ge=1, le=1000, description="default: the model's")
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description="default: the model's")
+    scheduler: str | None = Field(None, max_length=32, description="see GET /v1/schedulers; default: the model's")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: random; image i uses seed + i")
+
+
+class Txt2ImgRequest(GenerationBase):
+    num_images: int = Field(1, ge=1, le=8)
+    loras: list[LoraRef] = Field(default_factory=list, max_length=8)
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    image: ImageRef
+    strength: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class InpaintRequest(Txt2ImgRequest):
+    image: ImageRef
+    mask_image: ImageRef
+    strength: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class ControlNetRequest(Txt2ImgRequest):
+    controlnet: str = Field(pattern=NAME_PATTERN)
+    control_image: ImageRef
+    preprocess: Literal["canny", "none"] = "canny"
+    controlnet_conditioning_scale: float = Field(1.0, ge=0.0, le=5.0)
+    canny_low_threshold: int = Field(100, ge=0, le=255)
+    canny_high_threshold: int = Field(200, ge=0, le=255)
+
+
+class VideoRequest(GenerationBase):
+    num_frames: int = Field(17, ge=1, le=257)
+    fps: int = Field(8, ge=1, le=60)
+
+
+class LoraTrainingRequest(Strict):
+    base_model: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN)
+    dataset: str = Field(description="upload id of a zip of images with metadata.jsonl or .txt captions")
+    rank: int = Field(4, ge=1, le=256)
+    alpha: float | None = Field(None, gt=0, le=1024)
+    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    max_train_steps: int = Field(500, ge=1, le=100_000)
+    train_batch_size: int = Field(1, ge=1, le=64)
+    resolution: int = Field(512, ge=8, le=2048)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    train_text_encoder: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _upload(cls, v: str) -> str:
+        if not UPLOAD_ID_PATTERN.match(v):
+            raise ValueError("must be the id of an upload (upl_...)")
+        return v
+
+
+class DDPMTrainingRequest(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    dataset: str = Field("digits", description="'digits' or the upload id of an image zip")
+    resolution: int = Field(16, ge=8, le=256)
+    objective: Literal["ddpm", "flow"] = "ddpm"
+    beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    max_steps: int = Field(1000, ge=1, le=1_000_000)
+    batch_size: int = Field(64, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v != "digits" and not UPLOAD_ID_PATTERN.match(v):
+            raise ValueError("must be 'digits' or the id of an upload (upl_...)")
+        return v
+
+
+REQUEST_MODELS: dict[JobType, type[BaseModel]] = {
+    JobType.txt2img: Txt2ImgRequest,
+    JobType.img2img: Img2ImgRequest,
+    JobType.inpaint: InpaintRequest,
+    JobType.controlnet: ControlNetRequest,
+    JobType.video: VideoRequest,
+    JobType.lora_training: LoraTrainingRequest,
+    JobType.ddpm_training: DDPMTrainingRequest,
+}
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class JobErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Metrics(BaseModel):
+    queue_ms: float | None = None
+    load_ms: float | None = None
+    inference_ms: float | None = None
+    upload_ms: float | None = None
+
+
+class OutputItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: str | None = None
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+
+
+class ModelRef(BaseModel):
+    id: str
+    sha256: str | None = None
+
+
+class Job(BaseModel):
+    """The job envelope: only ``input`` and ``output`` vary by type."""
+
+    id: str
+    type: JobType
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress = Field(default_factory=Progress)
+    input: dict[str, Any]
+    output: list[OutputItem] = Field(default_factory=list)
+    error: JobErrorInfo | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+    model: ModelRef | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    attempts: int = 0
+
+
+class JobRecord(Job):
+    """What the job store keeps: the envelope plus what only the service sees.
+
+    Output items carry their storage ``key``; the gateway turns keys into signed URLs when it answers.
+    """
+
+    tenant: str = "default"
+    cancel_requested: bool = False
+    worker: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"tenant", "cancel_requested", "worker"})
+
+
+class JobList(BaseModel):
+    data: list[Job]
+    next_offset: int | None = None
+
+
+class ModelInfo(BaseModel):
+    id: str
+    kind: str
+    tasks: list[str]
+    width: int
+    height: int
+    labels: list[str] | None = None
+    schedulers: list[str]
+    default_scheduler: str
+    default_num_inference_steps: int
+    default_guidance_scale: float
+    sha256: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class UploadInfo(BaseModel):
+    id: str
+    content_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
