@@ -34,7 +34,9 @@ def inspect_image(data: bytes, field: str, max_pixels: int) -> tuple[int, int, s
         with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header, decodes nothing
             w, h = im.size
             fmt = (im.format or "").lower()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image declares too many pixels ({e})", field=field, code="image_too_large", status=413) from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError("not a decodable image (PNG, JPEG, WebP, ...)", field=field, code="invalid_image") from e
     if w < 1 or h < 1:
         raise InputError("image has no pixels", field=field, code="invalid_image")

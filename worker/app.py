@@ -1,0 +1,111 @@
+"""The Celery app: ``celery -A worker.app worker -Q inference,training --pool solo``.
+
+One job at a time per process (it owns its GPU): acks late, prefetch 1. Models load once per process at
+start-up (``worker_process_init``) and stay warm. A reaper thread re-queues jobs whose worker stopped
+heart-beating, so a SIGKILLed worker loses no job even though Redis would redeliver its message only after
+the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery.signals import worker_init, worker_process_init, worker_shutdown
+
+from core.jobs import lifecycle
+from core.jobs.execute import execute_job
+from core.jobs.queue import TASK_NAME, CeleryQueue, make_celery
+from core.jobs.redis_store import RedisJobStore
+from core.registry import ModelRegistry
+from core.storage import LocalStorage, S3Storage, Storage
+from worker.config import WorkerSettings
+
+log = logging.getLogger("diffuserve.worker")
+
+settings = WorkerSettings()
+app = make_celery(settings.broker_url, settings.visibility_timeout_s)
+app.conf.task_queues = None  # declared by -Q on the command line (inference, training)
+
+
+class Process:
+    """Per-process state: the store, storage, registry and the warm runner. Built once, lazily."""
+
+    def __init__(self, s: WorkerSettings):
+        self.settings = s
+        self.store = RedisJobStore(s.redis_url or s.broker_url)
+        self.queue = CeleryQueue(s.broker_url, s.visibility_timeout_s)
+        self.storage: Storage = (
+            S3Storage(s.s3_bucket, endpoint_url=s.s3_endpoint_url, region=s.s3_region, prefix=s.s3_prefix)
+            if s.s3_bucket
+            else LocalStorage(s.data_dir / "files", signing_key="unused-by-workers")
+        )
+        self.registry = ModelRegistry([s.bundled_models_dir, s.models_dir])
+        self.worker_id = f"{s.worker_name}:{os.getpid()}"
+        self._runner = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def runner(self):
+        with self._lock:
+            if self._runner is None:
+                from core.runner import Runner
+
+                self._runner = Runner(self.registry, device=self.settings.device, torch_threads=self.settings.torch_threads)
+            return self._runner
+
+    def warm_up(self) -> None:
+        models = [m for m in self.settings.warm_models.split(",") if m]
+        self.runner().warm_up(models)
+        log.info("worker %s warm: %s", self.worker_id, models)
+
+    def start_reaper(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.reaper_interval_s):
+                try:
+                    if self.store.try_lock("reaper", self.settings.reaper_interval_s * 0.9):
+                        lifecycle.requeue_orphans(self.store, self.queue, self.settings.max_attempts)
+                except Exception:  # noqa: BLE001
+                    log.warning("reaper pass failed", exc_info=True)
+
+        threading.Thread(target=loop, name="reaper", daemon=True).start()
+
+
+_process: Process | None = None
+
+
+def process() -> Process:
+    global _process
+    if _process is None:
+        _process = Process(settings)
+    return _process
+
+
+@worker_process_init.connect
+def _init_process(**_: object) -> None:  # prefork children
+    process().warm_up()
+    process().start_reaper()
+
+
+@worker_init.connect
+def _init_main(sender: object = None, **_: object) -> None:  # --pool solo / threads: the main process runs tasks
+    pool = getattr(sender, "pool_cls", "")
+    if "prefork" in str(getattr(pool, "__module__", pool)):
+        return  # each prefork child warms up in worker_process_init
+    process().warm_up()
+    process().start_reaper()
+
+
+@worker_shutdown.connect
+def _shutdown(**_: object) -> None:
+    if _process is not None:
+        _process._stop.set()
+
+
+@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str | None:
+    """Thin: everything happens in core.jobs.execute (claim, heartbeat, run, store, finish)."""
+    p = process()
+    job = execute_job(job_id, p.store, p.storage, p.runner, p.worker_id, p.settings.lease_ttl_s, p.settings.heartbeat_s)
+    return job.status.value if job else None
