@@ -38,7 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             backends.close()
 
-    app = FastAPI(title="diffuserve", version=__version__, description=API_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="diffuserve",
+        version=__version__,
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: txt2img, get_job, ...
+    )
     errors.install(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(tenant)], responses=errors.ERROR_RESPONSES)
     v1.include_router(generate.router, tags=["generate"])

@@ -101,11 +101,11 @@ from api.main import create_app
 from fastapi.testclient import TestClient
 app = create_app(Settings(broker_url={redis_server!r}))
 with TestClient(app) as c:
+    startup = time.perf_counter() - t0
     assert c.get('/readyz').status_code == 200
     assert c.get('/v1/models').status_code == 200
     r = c.post('/v1/txt2img', json={{'prompt': '1', 'num_inference_steps': 1}})
     assert r.status_code == 202, r.text
-    startup = time.perf_counter() - t0
     bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]
     print('STARTUP', round(startup, 3), 'HEAVY', bad)
 """
@@ -133,3 +133,10 @@ def test_sigkill_worker_mid_job_loses_nothing(stack, s3_server):
     assert _keys(s3_server, prefix) == sorted([f"{prefix}{i}.png" for i in range(8)] + [prefix + "job.json"])
     events = stack.http.get(f"/v1/jobs/{job['id']}/events", headers=A).text
     assert events.count('"status": "running"') == 2  # ran, was lost, ran again
+
+
+def test_smoke_script_against_distributed_stack(stack):
+    out = subprocess.run(["bash", "scripts/smoke.sh", stack.url], cwd=REPO, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "API_KEY": "key-acme"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "smoke: ok" in out.stdout

@@ -1,0 +1,44 @@
+# diffuserve — `make run` serves the bundled digits model in embedded mode; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export HOST PORT
+
+.PHONY: setup run test openapi smoke worker bench lint tiny-digits clean
+
+setup: $(VENV)/.installed  ## create .venv and install the pinned dependencies (idempotent)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+run: setup  ## embedded mode on $(HOST):$(PORT): in-process queue, local disk, the digits model
+	$(BIN)/python -m uvicorn --factory api.main:create_app --host $(HOST) --port $(PORT)
+
+worker: setup  ## a Celery worker (distributed mode: needs BROKER_URL)
+	$(BIN)/celery -A worker.app worker -Q inference,training --pool solo --loglevel INFO
+
+test: setup  ## the whole suite; the tests start their own redis-server and moto_server and stop them
+	$(BIN)/python scripts/export_openapi.py --check
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 --durations 15
+
+openapi: setup  ## regenerate openapi/openapi.json from the app
+	$(BIN)/python scripts/export_openapi.py
+
+smoke:  ## curl smoke test against a running service (BASE=http://127.0.0.1:8000)
+	bash scripts/smoke.sh $(or $(BASE),http://$(HOST):$(PORT))
+
+bench: setup  ## benchmark tables (see bench/)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/ddpm_quality.py
+
+tiny-digits: setup  ## retrain the bundled digits model (the command in models/digits/README.md)
+	$(BIN)/python -m core.ddpm train --dataset digits --out models/digits --max-steps 3500 --batch-size 128 \
+	  --learning-rate 1e-3 --warmup-steps 200 --seed 0 --threads 2 --guidance-scale 2.0
+
+clean:
+	rm -rf $(VENV) data .pytest_cache
