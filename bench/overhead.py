@@ -1,0 +1,108 @@
+"""Service overhead: end-to-end time of a 1-step digits job minus its inference_ms, embedded and distributed.
+
+    python bench/overhead.py [--jobs 40]
+
+Each mode runs as real processes on this machine (embedded: uvicorn with the in-process queue and local
+disk; distributed: uvicorn + one Celery worker + redis-server + moto_server as S3). A job is timed from
+just before its POST to the answer of GET /v1/jobs/{id}?wait=30 that shows it succeeded; the table gives
+the median and p90 over --jobs jobs after 3 warm-up jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from tests.conftest import Proc, bin_path, free_port, wait_for  # noqa: E402
+from tests.integration.stack import Stack  # noqa: E402
+
+BODY = {"prompt": "7", "num_inference_steps": 1, "seed": 1}
+
+
+def measure(http: httpx.Client, n: int, headers: dict) -> dict:
+    overhead, inference, total = [], [], []
+    for i in range(n + 3):
+        t0 = time.perf_counter()
+        job = http.post("/v1/txt2img", json=BODY, headers=headers).json()
+        done = http.get(f"/v1/jobs/{job['id']}?wait=30", headers=headers).json()
+        t1 = time.perf_counter()
+        assert done["status"] == "succeeded", done
+        if i < 3:
+            continue
+        e2e = (t1 - t0) * 1000
+        total.append(e2e)
+        inference.append(done["metrics"]["inference_ms"])
+        overhead.append(e2e - done["metrics"]["inference_ms"])
+    q = statistics.quantiles(overhead, n=10)
+    return {"p50": statistics.median(overhead), "p90": q[8], "e2e": statistics.median(total), "inf": statistics.median(inference)}
+
+
+def embedded(n: int, tmp: Path) -> dict:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
+    env.update(DATA_DIR=str(tmp / "embedded"))
+    p = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port),
+              "--log-level", "warning"], tmp / "embedded.log", env=env)
+    try:
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        wait_for(lambda: http.get("/readyz").status_code == 200, 30)
+        return measure(http, n, {})
+    finally:
+        p.stop()
+
+
+def distributed(n: int, tmp: Path) -> dict:
+    import boto3
+    import redis
+
+    rport, sport = free_port(), free_port()
+    rproc = Proc(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"], tmp / "redis.log")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+    sproc = Proc([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(sport)], tmp / "moto.log", env=env)
+    stack = None
+    try:
+        url = f"redis://127.0.0.1:{rport}/0"
+        wait_for(lambda: redis.Redis.from_url(url).ping(), 20)
+        endpoint = f"http://127.0.0.1:{sport}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        wait_for(lambda: s3.list_buckets() is not None, 30)
+        s3.create_bucket(Bucket="bench")
+        stack = Stack(url, {"bucket": "bench", "endpoint": endpoint}, tmp, tmp, api_keys="")
+        stack.env["TORCH_THREADS"] = "0"
+        stack.start_worker("bench")
+        return measure(stack.http, n, {})
+    finally:
+        if stack:
+            stack.stop()
+        sproc.stop()
+        rproc.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=40)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        rows = [("embedded", embedded(a.jobs, Path(d)), 20.0), ("distributed", distributed(a.jobs, Path(d)), 60.0)]
+    print(f"\nService overhead of a 1-step digits job (end-to-end minus inference_ms), {a.jobs} jobs after 3 warm-up")
+    print("| mode        | overhead p50 ms | overhead p90 ms | end-to-end p50 ms | inference p50 ms | bar p50 ms |")
+    print("|-------------|-----------------|-----------------|-------------------|------------------|------------|")
+    for name, r, bar in rows:
+        ok = "ok" if r["p50"] <= bar else "MISSED"
+        print(f"| {name:<11} | {r['p50']:>15.1f} | {r['p90']:>15.1f} | {r['e2e']:>17.1f} | {r['inf']:>16.1f} | {bar:>6.0f} {ok:<3} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
