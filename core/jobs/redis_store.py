@@ -1,7 +1,7 @@
 """The job store on Redis (distributed mode): the gateway and every worker share it.
 
 Keys (prefix ``ds:``): ``job:{id}`` the record as JSON; ``job:{id}:events`` its event log (a list) with
-``job:{id}:notify`` a pub/sub channel that wakes waiters; ``tenant:{t}:jobs`` a sorted set by creation time;
+``job:{id}:notify`` a pub/sub channel that wakes waiters; ``tenant:{t}:jobs`` a list, newest first;
 ``status:queued`` / ``status:running`` sets; ``lease:{id}`` the worker's heartbeat (expires when it dies);
 ``idem:{tenant}:{key}``; ``metrics:*`` hashes; ``rl:*`` rate-limit windows.
 """
@@ -37,7 +37,7 @@ class RedisJobStore(JobStore):
                 self.r.set(k, f"{job.id}|{idempotency[1]}", ex=24 * 3600)
         pipe = self.r.pipeline()
         pipe.set(f"{P}job:{job.id}", job.model_dump_json())
-        pipe.zadd(f"{P}tenant:{job.tenant}:jobs", {job.id: job.created_at.timestamp()})
+        pipe.lpush(f"{P}tenant:{job.tenant}:jobs", job.id)  # newest first
         if job.status in INDEXED:
             pipe.sadd(f"{P}status:{job.status.value}", job.id)
         pipe.execute()
@@ -75,7 +75,7 @@ class RedisJobStore(JobStore):
                     continue
 
     def list(self, tenant, limit, offset):
-        ids = self.r.zrevrange(f"{P}tenant:{tenant}:jobs", offset, offset + limit - 1)
+        ids = self.r.lrange(f"{P}tenant:{tenant}:jobs", offset, offset + limit - 1)
         if not ids:
             return []
         raws = self.r.mget([f"{P}job:{i}" for i in ids])

@@ -1,0 +1,41 @@
+import time
+
+import httpx
+import pytest
+
+from core.storage import LocalStorage, S3Storage, check_key
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a\\b"])
+def test_bad_keys_refused(key):
+    with pytest.raises(ValueError, match="key"):
+        check_key(key)
+
+
+def test_local_signed_urls(tmp_path):
+    s = LocalStorage(tmp_path, "secret", expires_s=60)
+    s.put("jobs/j/0.png", b"abc", "image/png")
+    s.put("jobs/j/0.png", b"abcd", "image/png")  # a re-run overwrites: one file
+    assert s.get("jobs/j/0.png") == b"abcd" and s.content_type("jobs/j/0.png") == "image/png"
+    url = s.url("jobs/j/0.png", "http://h")
+    q = dict(p.split("=") for p in url.split("?")[1].split("&"))
+    assert s.verify("jobs/j/0.png", int(q["expires"]), q["sig"])
+    assert not s.verify("jobs/j/1.png", int(q["expires"]), q["sig"])
+    assert not s.verify("jobs/j/0.png", int(q["expires"]) + 1, q["sig"])
+    past = int(time.time()) - 5
+    assert not s.verify("jobs/j/0.png", past, s.signature("jobs/j/0.png", past))
+    with pytest.raises(KeyError):
+        s.get("jobs/none")
+
+
+def test_s3_storage_against_moto_server(s3_server):
+    s = S3Storage(s3_server["bucket"], endpoint_url=s3_server["endpoint"], region="us-east-1", prefix="unit")
+    assert s.ping()
+    s.put("jobs/x/0.png", b"\x89PNG", "image/png")
+    assert s.exists("jobs/x/0.png") and s.get("jobs/x/0.png") == b"\x89PNG"
+    assert s.list("jobs/x/") == ["jobs/x/0.png"]
+    r = httpx.get(s.url("jobs/x/0.png", "unused"))
+    assert r.status_code == 200 and r.content == b"\x89PNG" and r.headers["content-type"] == "image/png"
+    with pytest.raises(KeyError):
+        s.get("jobs/x/missing.png")
+    assert not S3Storage("no-such-bucket", endpoint_url=s3_server["endpoint"], region="us-east-1").ping()
