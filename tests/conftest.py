@@ -116,3 +116,19 @@ def s3_server(logs_dir):
     client.create_bucket(Bucket="diffuserve-test")
     yield {"endpoint": endpoint, "bucket": "diffuserve-test", "client": client}
     proc.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where a CUDA GPU is present (the same suite runs on a GPU host)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -140,3 +140,18 @@ def test_image_folder_labels_from_subfolders(tmp_path):
             Image.new("RGB", (20, 20), (color, color, color)).save(tmp_path / cls / f"{i}.png")
     x, y, names = load_image_folder(tmp_path, 8, channels=3)
     assert x.shape == (4, 3, 8, 8) and names == ["cats", "dogs"] and y.tolist() == [0, 0, 1, 1]
+
+
+def test_flow_model_samples_with_euler(digits8):
+    x, y, names = digits8
+    obj = make_objective({"kind": "flow"})
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(num_classes=10, **TINY))
+    ema = train(unet, obj, x, y, TrainConfig(max_steps=5, batch_size=16))
+    m = DDPMEngineModel(ema.model, {"kind": "flow"}, names)
+    assert m.default_sampler == "euler"
+    steps = []
+    out = m.generate(["1", "2"], num_images=2, num_inference_steps=4, seed=0, callback=lambda s, t: steps.append((s, t)))
+    assert out.shape == (2, 1, 8, 8) and steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    with pytest.raises(ValueError, match="scheduler"):
+        m.generate(["1"], sampler="ddim")
