@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -11,8 +10,6 @@ from core.jobs import lifecycle
 from core.jobs.store import JobStore
 from core.registry import ModelRegistry
 from core.storage import LocalStorage, Storage
-
-log = logging.getLogger("diffuserve.api")
 
 
 @dataclass
@@ -31,17 +28,8 @@ class Backends:
         return "distributed" if self.settings.distributed else "embedded"
 
     def start_reaper(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.settings.reaper_interval_s):
-                try:
-                    if self.store.try_lock("reaper", self.settings.reaper_interval_s * 0.9):
-                        lifecycle.requeue_orphans(self.store, self.queue, self.settings.max_attempts)
-                except Exception:  # noqa: BLE001 - the reaper must outlive a Redis blip
-                    log.warning("reaper pass failed", exc_info=True)
-
-        t = threading.Thread(target=loop, name="reaper", daemon=True)
-        t.start()
-        self._threads.append(t)
+        s = self.settings
+        self._threads.append(lifecycle.start_reaper(self.store, self.queue, s.reaper_interval_s, s.max_attempts, self._stop))
 
     def close(self) -> None:
         self._stop.set()

@@ -61,15 +61,8 @@ class Process:
         log.info("worker %s warm: %s", self.worker_id, models)
 
     def start_reaper(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.settings.reaper_interval_s):
-                try:
-                    if self.store.try_lock("reaper", self.settings.reaper_interval_s * 0.9):
-                        lifecycle.requeue_orphans(self.store, self.queue, self.settings.max_attempts)
-                except Exception:  # noqa: BLE001
-                    log.warning("reaper pass failed", exc_info=True)
-
-        threading.Thread(target=loop, name="reaper", daemon=True).start()
+        s = self.settings
+        lifecycle.start_reaper(self.store, self.queue, s.reaper_interval_s, s.max_attempts, self._stop)
 
 
 _process: Process | None = None

@@ -6,6 +6,7 @@ Every transition is one atomic ``store.update`` followed by an event in the job'
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -210,3 +211,20 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int) -> list[st
         else:
             _count_finished(store, job)
     return requeued
+
+
+def start_reaper(store: JobStore, queue: Queue, interval_s: float, max_attempts: int, stop: threading.Event) -> threading.Thread:
+    """Run :func:`requeue_orphans` every ``interval_s`` in a daemon thread until ``stop`` is set. Every gateway and
+    worker runs one; a short lock in the store lets one of them do each pass."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                if store.try_lock("reaper", interval_s * 0.9):
+                    requeue_orphans(store, queue, max_attempts)
+            except Exception:  # noqa: BLE001 - the reaper must outlive a Redis blip
+                log.warning("reaper pass failed", exc_info=True)
+
+    t = threading.Thread(target=loop, name="reaper", daemon=True)
+    t.start()
+    return t
