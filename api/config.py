@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="tenant:key,tenant:key")
     rate_limit_per_minute: int = Field(600, ge=1)
     models_dir: Path | None = None
+    models_config: Path | None = Field(None, description="JSON file naming hub ids (see core/registry.py)")
+    pipeline_budget_mb: int | None = Field(None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM")
     bundled_models_dir: Path = REPO / "models"
     max_body_bytes: int = 25 * 1024 * 1024
     max_upload_bytes: int = 50 * 1024 * 1024

@@ -40,7 +40,7 @@ class Backends:
 
 
 def build_backends(settings: Settings) -> Backends:
-    registry = ModelRegistry([settings.bundled_models_dir, settings.models_dir])
+    registry = ModelRegistry([settings.bundled_models_dir, settings.models_dir], settings.models_config)
     if settings.s3_bucket:
         from core.storage import S3Storage
 
@@ -76,7 +76,11 @@ def build_backends(settings: Settings) -> Backends:
                 if "r" not in runner_holder:
                     from core.runner import Runner
 
-                    runner_holder["r"] = Runner(registry, torch_threads=settings.torch_threads)
+                    runner_holder["r"] = Runner(
+                        registry,
+                        torch_threads=settings.torch_threads,
+                        pipeline_budget_bytes=(settings.pipeline_budget_mb or 0) * 2**20 or None,
+                    )
                 return runner_holder["r"]
 
         def handle(job_id: str) -> None:

@@ -36,7 +36,7 @@ def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
     return data
 
 
-def _check_image_ref(b: Backends, tenant: str, field: str, ref: str) -> tuple[int, int]:
+def check_image_ref(b: Backends, tenant: str, field: str, ref: str) -> tuple[int, int]:
     if ref.startswith("data:"):
         raw = decode_data_uri(ref, field, b.settings.max_body_bytes)
         w, h, _ = inspect_image(raw, field, b.settings.max_image_pixels)
@@ -86,12 +86,27 @@ def _check_engine_request(entry: ModelEntry, data: dict) -> None:
         raise InputError(f"model {entry.id!r} is unconditional and takes no prompt", field="prompt")
 
 
+def _check_diffusers_request(b: Backends, entry: ModelEntry, data: dict, job_type: JobType) -> None:
+    from core.pipelines.families import valid_num_frames
+
+    if data.get("loras"):
+        raise InputError("LoRA adapters are not served yet", field="loras", code="unsupported_task")
+    if job_type == JobType.controlnet:
+        b.registry.controlnet(data["controlnet"])
+    if job_type == JobType.video:
+        if data.get("num_frames") is None:
+            data["num_frames"] = entry.default_num_frames or 17
+        why = valid_num_frames(entry.pipeline_class, data["num_frames"])
+        if why:
+            raise InputError(why, field="num_frames")
+
+
 def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None]:
     """Validate what pydantic cannot (models, tasks, images, labels) and fill every default into the input."""
     data = body.model_dump(mode="json")
-    for field in IMAGE_FIELDS:
-        if data.get(field):
-            _check_image_ref(b, tenant, field, data[field])
+    dims = {f: check_image_ref(b, tenant, f, data[f]) for f in IMAGE_FIELDS if data.get(f)}
+    if "mask_image" in dims and dims["mask_image"] != dims["image"]:
+        raise InputError(f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image")
     if job_type == JobType.lora_training:
         entry = b.registry.get(data["base_model"])
         raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA on this service yet", field="base_model",
@@ -100,7 +115,14 @@ def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tup
         raise InputError("ddpm_training jobs are not enabled on this service yet", field=None, code="unsupported_task")
     entry = b.registry.get(data["model"])
     entry.require_task(job_type)
+    first_image = next(iter(dims.values()), None)
+    if first_image and data.get("width") is None and data.get("height") is None:
+        # an image task answers at the size of its input image (rounded down to what the model accepts)
+        m = entry.size_multiple
+        data["width"], data["height"] = (max(m, v - v % m) for v in first_image)
     _fill_generation_defaults(entry, data, job_type)
+    if entry.kind == "diffusers":
+        _check_diffusers_request(b, entry, data, job_type)
     if data.get("seed") is None:
         data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # recorded, so the job can be reproduced
     return data, ModelRef(id=entry.id, sha256=entry.version)

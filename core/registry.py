@@ -1,8 +1,15 @@
 """The model registry: what can be served, read from folders without loading any weights (torch-free).
 
 A folder is scanned for sub-folders that hold a model:
-- an engine checkpoint (``config.json`` with ``_class_name: DDPMEngineModel``): kind ``ddpm``, task txt2img;
-- a diffusers pipeline (``model_index.json``): served by the diffusers executors (their own issue).
+- an engine checkpoint (``config.json`` with ``_class_name: DDPMEngineModel``): kind ``engine-ddpm``, txt2img;
+- a diffusers pipeline (``model_index.json``): kind ``diffusers``, tasks from its pipeline class;
+- a ControlNet (``config.json`` naming ``ControlNetModel``);
+- LoRAs: ``loras/*.safetensors``.
+A ``diffuserve.json`` beside a model may set ``width``, ``height``, ``num_inference_steps``, ``guidance_scale``
+and ``num_frames`` defaults. A models file (``MODELS_CONFIG``, JSON) can name hub ids for production::
+
+    {"models": {"sd15": {"hub_id": "runwayml/stable-diffusion-v1-5", "pipeline": "StableDiffusionPipeline"}},
+     "controlnets": {"canny": {"hub_id": "lllyasviel/sd-controlnet-canny"}}}
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
+from core.pipelines.families import FAMILIES, scheduler_names
 from core.schemas import JobType, ModelInfo
 
 ENGINE_CLASS = "DDPMEngineModel"
@@ -35,6 +43,9 @@ class ModelEntry:
     default_num_inference_steps: int = 50
     default_guidance_scale: float = 1.0
     version: str | None = None  # sha256 of the weights, computed once
+    pipeline_class: str | None = None  # diffusers models
+    source: str | None = None  # a local folder or a hub id, for from_pretrained
+    default_num_frames: int | None = None
 
     def info(self) -> ModelInfo:
         return ModelInfo(
@@ -48,6 +59,7 @@ class ModelEntry:
             default_scheduler=self.default_scheduler,
             default_num_inference_steps=self.default_num_inference_steps,
             default_guidance_scale=self.default_guidance_scale,
+            pipeline_class=self.pipeline_class,
             sha256=self.version,
         )
 
@@ -98,13 +110,80 @@ def read_engine_entry(path: Path) -> ModelEntry | None:
     )
 
 
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _folder_version(path: Path) -> str:
+    """A cheap version of a diffusers folder: sha256 over its config files and weight file names and sizes."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(path)}:{p.stat().st_size}".encode())
+            if p.suffix == ".json":
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def diffusers_entry(model_id: str, pipeline_class: str, source: str, path: Path | None, overrides: dict) -> ModelEntry | None:
+    family = FAMILIES.get(pipeline_class)
+    if family is None:
+        return None
+    width, height = family.default_size
+    multiple = 8
+    if path is not None:
+        vae = _json(path / "vae" / "config.json")
+        scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1) if "block_out_channels" in vae else 8
+        if vae.get("_class_name") == "AutoencoderKLWan":
+            scale = 8
+        den = _json(path / "unet" / "config.json") or _json(path / "transformer" / "config.json")
+        if isinstance(den.get("sample_size"), int) and not family.video:
+            width = height = den["sample_size"] * scale
+        patch = den.get("patch_size") or 1
+        patch = patch[-1] if isinstance(patch, list) else patch
+        multiple = scale * (2 if family.video else 1) * max(1, patch if family.video else 1)
+    width, height = int(overrides.get("width", width)), int(overrides.get("height", height))
+    names = scheduler_names(family)
+    return ModelEntry(
+        id=model_id,
+        path=path or Path(source),
+        kind="diffusers",
+        tasks=list(family.tasks),
+        width=width,
+        height=height,
+        size_multiple=multiple,
+        schedulers=["default", *names],  # default: the model's own scheduler
+        default_scheduler=overrides.get("scheduler", "default"),
+        default_num_inference_steps=int(overrides.get("num_inference_steps", family.steps)),
+        default_guidance_scale=float(overrides.get("guidance_scale", family.guidance)),
+        version=_folder_version(path) if path is not None else f"hub:{source}",
+        pipeline_class=pipeline_class,
+        source=source,
+        default_num_frames=overrides.get("num_frames"),
+    )
+
+
+def read_diffusers_entry(path: Path) -> ModelEntry | None:
+    index = _json(path / "model_index.json")
+    if not index.get("_class_name"):
+        return None
+    return diffusers_entry(path.name, index["_class_name"], str(path), path, _json(path / "diffuserve.json"))
+
+
 class ModelRegistry:
     """Models found under a list of folders (later folders win on a name clash). Thread-safe; rescans on demand."""
 
-    def __init__(self, roots: list[str | Path]):
+    def __init__(self, roots: list[str | Path], config_file: str | Path | None = None):
         self.roots = [Path(r) for r in roots if r]
+        self.config_file = Path(config_file) if config_file else None
         self._lock = threading.Lock()
         self._entries: dict[str, ModelEntry] = {}
+        self._controlnets: dict[str, str] = {}
+        self._loras: dict[str, Path] = {}
         self._sig: tuple = ()
         self.refresh()
 
@@ -113,10 +192,18 @@ class ModelRegistry:
         for root in self.roots:
             if root.is_dir():
                 for p in sorted(root.iterdir()):
-                    cfg = p / "config.json"
-                    if cfg.is_file():
-                        w = p / "model.safetensors"
-                        sig.append((str(p), cfg.stat().st_mtime_ns, w.stat().st_mtime_ns if w.is_file() else 0))
+                    for name in ("config.json", "model_index.json", "diffuserve.json"):
+                        cfg = p / name
+                        if cfg.is_file():
+                            sig.append((str(cfg), cfg.stat().st_mtime_ns))
+                    w = p / "model.safetensors"
+                    if w.is_file():
+                        sig.append((str(w), w.stat().st_mtime_ns))
+                loras = root / "loras"
+                if loras.is_dir():
+                    sig += [(str(f), f.stat().st_mtime_ns) for f in sorted(loras.glob("*.safetensors"))]
+        if self.config_file and self.config_file.is_file():
+            sig.append((str(self.config_file), self.config_file.stat().st_mtime_ns))
         return tuple(sig)
 
     def refresh(self) -> None:
@@ -124,16 +211,32 @@ class ModelRegistry:
         if sig == self._sig:
             return
         entries: dict[str, ModelEntry] = {}
+        controlnets: dict[str, str] = {}
+        loras: dict[str, Path] = {}
+        if self.config_file and self.config_file.is_file():
+            cfg = _json(self.config_file)
+            for mid, spec in (cfg.get("models") or {}).items():
+                e = diffusers_entry(mid, spec.get("pipeline", ""), spec.get("hub_id", ""), None, spec)
+                if e is not None and spec.get("hub_id"):
+                    entries[mid] = e
+            for name, spec in (cfg.get("controlnets") or {}).items():
+                if spec.get("hub_id"):
+                    controlnets[name] = spec["hub_id"]
         for root in self.roots:
             if not root.is_dir():
                 continue
             for p in sorted(root.iterdir()):
-                if p.is_dir():
-                    entry = read_engine_entry(p)
-                    if entry is not None:
-                        entries[entry.id] = entry
+                if not p.is_dir():
+                    continue
+                entry = read_engine_entry(p) or read_diffusers_entry(p)
+                if entry is not None:
+                    entries[entry.id] = entry
+                elif _json(p / "config.json").get("_class_name") == "ControlNetModel":
+                    controlnets[p.name] = str(p)
+            if (root / "loras").is_dir():
+                loras.update({f.stem: f for f in sorted((root / "loras").glob("*.safetensors"))})
         with self._lock:
-            self._entries, self._sig = entries, sig
+            self._entries, self._controlnets, self._loras, self._sig = entries, controlnets, loras, sig
 
     def list(self) -> list[ModelEntry]:
         self.refresh()
@@ -150,3 +253,20 @@ class ModelRegistry:
         if entry is None:
             raise InputError(f"unknown model {model_id!r}; see GET /v1/models", field="model", code="unknown_model")
         return entry
+
+    def controlnet(self, name: str) -> str:
+        """The folder or hub id of a ControlNet; InputError naming ``controlnet`` when unknown."""
+        self.refresh()
+        with self._lock:
+            source = self._controlnets.get(name)
+        if source is None:
+            raise InputError(f"unknown ControlNet {name!r}", field="controlnet", code="unknown_controlnet")
+        return source
+
+    def controlnet_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._controlnets)
+
+    def lora(self, name: str) -> Path | None:
+        with self._lock:
+            return self._loras.get(name)

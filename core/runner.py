@@ -31,8 +31,26 @@ def versions() -> dict[str, str]:
     return v
 
 
+def default_budget(device: str) -> int:
+    """Memory the pipeline cache may hold: 80% of the GPU's memory, or half of the RAM on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.8)
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+
+
 class Runner:
-    def __init__(self, registry: ModelRegistry, device: str | None = None, max_models: int = 4, torch_threads: int = 0):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        device: str | None = None,
+        max_models: int = 4,
+        torch_threads: int = 0,
+        pipeline_budget_bytes: int | None = None,
+    ):
         import torch
 
         if torch_threads:
@@ -44,6 +62,17 @@ class Runner:
         self._lock = threading.Lock()
         self._versions = versions()
         self.load_seconds: list[tuple[str, float]] = []  # (model, seconds) for each cold load
+        self.pipeline_budget_bytes = pipeline_budget_bytes or default_budget(self.device)
+        self._diffusers = None
+
+    @property
+    def diffusers(self):
+        """The diffusers executor, created on first use (importing diffusers only when a pipeline is served)."""
+        if self._diffusers is None:
+            from core.pipelines.executors import DiffusersExecutor
+
+            self._diffusers = DiffusersExecutor(self.registry, self.device, self.pipeline_budget_bytes)
+        return self._diffusers
 
     # -- warm cache ---------------------------------------------------------------------------------
     def load_engine(self, entry: ModelEntry):
@@ -73,13 +102,18 @@ class Runner:
                 continue
             if entry.kind.startswith("engine"):
                 self.load_engine(entry)
+            elif entry.kind == "diffusers":
+                self.diffusers.base_pipeline(entry)
 
     # -- dispatch -----------------------------------------------------------------------------------
     def run(self, job: JobRecord, ctx: RunContext) -> RunResult:
-        if job.type == JobType.txt2img:
-            entry = self.registry.get(job.input["model"])
-            if entry.kind.startswith("engine"):
+        model_id = job.input.get("model")
+        if model_id is not None:
+            entry = self.registry.get(model_id)
+            if job.type == JobType.txt2img and entry.kind.startswith("engine"):
                 return self._engine_txt2img(job, entry, ctx)
+            if entry.kind == "diffusers" and job.type.value in entry.tasks:
+                return self.diffusers.run(job, entry, ctx)
         raise JobError("unsupported_task", f"no executor for {job.type.value} on model {job.input.get('model')!r} yet")
 
     def _engine_txt2img(self, job: JobRecord, entry: ModelEntry, ctx: RunContext) -> RunResult:

@@ -103,7 +103,7 @@ class ControlNetRequest(Txt2ImgRequest):
 
 
 class VideoRequest(GenerationBase):
-    num_frames: int = Field(17, ge=1, le=257)
+    num_frames: int | None = Field(None, ge=1, le=257, description="default: the model's (e.g. 4k+1 for Wan)")
     fps: int = Field(8, ge=1, le=60)
 
 
@@ -232,13 +232,14 @@ class ModelInfo(BaseModel):
     id: str
     kind: str
     tasks: list[str]
-    width: int
-    height: int
+    width: int | None = None
+    height: int | None = None
     labels: list[str] | None = None
-    schedulers: list[str]
-    default_scheduler: str
-    default_num_inference_steps: int
-    default_guidance_scale: float
+    schedulers: list[str] = Field(default_factory=list)
+    default_scheduler: str | None = None
+    default_num_inference_steps: int | None = None
+    default_guidance_scale: float | None = None
+    pipeline_class: str | None = None
     sha256: str | None = None
 
 

@@ -41,7 +41,7 @@ class Process:
             if s.s3_bucket
             else LocalStorage(s.data_dir / "files", signing_key="unused-by-workers")
         )
-        self.registry = ModelRegistry([s.bundled_models_dir, s.models_dir])
+        self.registry = ModelRegistry([s.bundled_models_dir, s.models_dir], s.models_config)
         self.worker_id = f"{s.worker_name}:{os.getpid()}"
         self._runner = None
         self._lock = threading.Lock()
@@ -52,7 +52,9 @@ class Process:
             if self._runner is None:
                 from core.runner import Runner
 
-                self._runner = Runner(self.registry, device=self.settings.device, torch_threads=self.settings.torch_threads)
+                s = self.settings
+                self._runner = Runner(self.registry, device=s.device, torch_threads=s.torch_threads,
+                                      pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None)
             return self._runner
 
     def warm_up(self) -> None:

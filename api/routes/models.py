@@ -12,9 +12,17 @@ from core.schemas import ModelInfo
 router = APIRouter()
 
 SCHEDULERS = {
-    "ddim": "DDIM (Song et al.), deterministic with eta=0; engine and diffusers models",
-    "ddpm": "DDPM ancestral sampling; engine and diffusers models",
-    "euler": "Euler: the flow-matching ODE solver for engine flow models; Euler discrete for diffusers models",
+    "default": "the model's own scheduler (diffusers models)",
+    "ddim": "DDIM (Song et al.), deterministic with eta=0",
+    "ddpm": "DDPM ancestral sampling",
+    "pndm": "PNDM (PLMS)",
+    "lms": "LMS discrete",
+    "heun": "Heun discrete (2nd order)",
+    "euler": "Euler discrete; for flow models (SD3, Flux, Wan, engine flow) the flow-matching Euler solver",
+    "euler_a": "Euler ancestral",
+    "dpmpp_2m": "DPM-Solver++ 2M",
+    "dpmpp_2m_karras": "DPM-Solver++ 2M with Karras sigmas",
+    "unipc": "UniPC multistep (flow sigmas for flow models)",
 }
 
 
@@ -22,7 +30,8 @@ SCHEDULERS = {
 async def list_models(_: str = Depends(tenant), b: Backends = Depends(backends)):
     """Every model found in the bundled folder and MODELS_DIR, with its tasks, native size and labels."""
     entries = await run_in_threadpool(b.registry.list)
-    return [e.info() for e in entries]
+    controlnets = [ModelInfo(id=name, kind="controlnet", tasks=["controlnet"]) for name in b.registry.controlnet_names()]
+    return [e.info() for e in entries] + controlnets
 
 
 @router.get("/schedulers")

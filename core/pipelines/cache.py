@@ -1,0 +1,88 @@
+"""A warm LRU of pipelines with a memory budget (RAM on CPU, VRAM on CUDA).
+
+Entries are keyed by model id and version; task variants (img2img, inpaint, ControlNet) are built from the
+cached components with ``from_pipe``, so no second copy of the weights is ever loaded. Evicting drops every
+reference, collects, returns freed CUDA blocks and trims the C heap, so the memory really goes back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+log = logging.getLogger("diffuserve.pipelines")
+
+
+def module_bytes(obj) -> int:
+    """Bytes of parameters and buffers held by a pipeline's torch modules (shared tensors counted once)."""
+    seen, total = set(), 0
+    comps = getattr(obj, "components", None) or {"m": obj}
+    for comp in comps.values():
+        if isinstance(comp, torch.nn.Module):
+            for t in list(comp.parameters()) + list(comp.buffers()):
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+    return total
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:  # give freed heap pages back to the OS (glibc)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+class PipelineCache:
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+        self._lock = threading.RLock()
+        self.evictions = 0
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._items.values())
+
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._items)
+
+    def get(self, key: tuple, load: Callable[[], object]) -> tuple[object, float]:
+        """Return (item, load_ms); load_ms is 0 on a warm hit."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0], 0.0
+            t0 = time.perf_counter()
+            item = load()
+            size = module_bytes(item)
+            self._items[key] = (item, size)
+            self._evict(keep=key)
+            return item, (time.perf_counter() - t0) * 1000
+
+    def _evict(self, keep: tuple) -> None:
+        evicted = False
+        while self.used_bytes() > self.budget_bytes and len(self._items) > 1:
+            old = next(k for k in self._items if k != keep)
+            self._items.pop(old)
+            self.evictions += 1
+            evicted = True
+            log.info("evicted %s from the pipeline cache", old)
+        if evicted:
+            release_memory()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+        release_memory()

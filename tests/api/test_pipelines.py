@@ -1,0 +1,154 @@
+"""Every diffusers task type through the API (embedded mode) on tiny pipelines loaded with from_pretrained."""
+
+import io
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.config import Settings
+from api.main import create_app
+from core.pipelines.families import SCHEDULERS
+from tests.api.helpers import data_uri, png_bytes
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models_dir, tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("pdata"), models_dir=tiny_models_dir, warm_models="",
+                        torch_threads=1, rate_limit_per_minute=100_000)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def run(client, path, body, status="succeeded"):
+    r = client.post(path, json=body)
+    assert r.status_code == 202, r.text
+    job = client.get(f"/v1/jobs/{r.json()['id']}?wait=120").json()
+    assert job["status"] == status, job
+    return job
+
+
+def fetch(client, item) -> bytes:
+    r = client.get(item["url"])
+    assert r.status_code == 200 and r.headers["content-type"] == item["content_type"]
+    return r.content
+
+
+def rgb(w=64, h=64, seed=0) -> bytes:
+    a = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mask(w=64, h=64) -> bytes:
+    a = np.zeros((h, w), dtype=np.uint8)
+    a[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_models_list_pipelines_and_controlnets(client):
+    models = {m["id"]: m for m in client.get("/v1/models").json()}
+    assert models["tiny-sd"]["kind"] == "diffusers" and models["tiny-sd"]["width"] == 64
+    assert models["tiny-wan"]["tasks"] == ["video"]
+    assert models["tiny-controlnet"]["kind"] == "controlnet"
+
+
+@pytest.mark.parametrize("scheduler", ["default", *SCHEDULERS])
+def test_every_scheduler_produces_an_image(client, scheduler):
+    job = run(client, "/v1/txt2img", {"model": "tiny-sd", "prompt": "a photo of a cat", "scheduler": scheduler,
+                                      "num_inference_steps": 2, "seed": 1})
+    im = Image.open(io.BytesIO(fetch(client, job["output"][0])))
+    assert im.size == (64, 64) and job["input"]["scheduler"] == scheduler
+
+
+def test_seeds_reproduce_and_image_i_is_seed_plus_i(client):
+    body = {"model": "tiny-sd", "prompt": "a red house", "negative_prompt": "dark", "num_images": 2, "seed": 10}
+    a = run(client, "/v1/txt2img", body)
+    b = run(client, "/v1/txt2img", body)
+    c = run(client, "/v1/txt2img", {**body, "num_images": 1, "seed": 11})
+    assert fetch(client, a["output"][0]) == fetch(client, b["output"][0])
+    assert fetch(client, a["output"][1]) == fetch(client, c["output"][0])
+    assert fetch(client, a["output"][0]) != fetch(client, a["output"][1])
+    assert b["metrics"]["load_ms"] == 0  # warm
+
+
+def test_img2img_inpaint_and_true_inpainting_model(client):
+    img = data_uri(rgb(48, 32))
+    job = run(client, "/v1/img2img", {"model": "tiny-sd", "prompt": "a tree", "image": img, "strength": 0.6, "seed": 2})
+    assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (48, 32)  # the input image's size
+    body = {"prompt": "a dog", "image": data_uri(rgb()), "mask_image": data_uri(mask()), "seed": 3}
+    for model in ("tiny-sd", "tiny-sd-inpaint"):
+        job = run(client, "/v1/inpaint", {**body, "model": model})
+        assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (64, 64)
+
+
+def test_inpaint_with_uploaded_images(client):
+    up = client.post("/v1/uploads", files={"file": ("i.png", rgb(), "image/png")}).json()["id"]
+    mk = client.post("/v1/uploads", files={"file": ("m.png", mask(), "image/png")}).json()["id"]
+    job = run(client, "/v1/inpaint", {"model": "tiny-sd", "prompt": "sky", "image": up, "mask_image": mk, "seed": 4})
+    assert len(job["output"]) == 1
+
+
+def test_controlnet_canny_returns_the_control_image(client):
+    job = run(client, "/v1/controlnet", {"model": "tiny-sd", "controlnet": "tiny-controlnet", "prompt": "a house",
+                                         "control_image": data_uri(rgb()), "preprocess": "canny", "seed": 5,
+                                         "controlnet_conditioning_scale": 0.8})
+    roles = [o.get("role") for o in job["output"]]
+    assert roles == [None, "control_image"]
+    edges = np.asarray(Image.open(io.BytesIO(fetch(client, job["output"][1]))))
+    assert set(np.unique(edges)) <= {0, 255}  # canny edges
+    plain = run(client, "/v1/controlnet", {"model": "tiny-sd", "controlnet": "tiny-controlnet", "prompt": "a house",
+                                           "control_image": data_uri(rgb()), "preprocess": "none", "seed": 5})
+    assert fetch(client, plain["output"][1]) != fetch(client, job["output"][1])
+
+
+def test_sdxl_txt2img(client):
+    job = run(client, "/v1/txt2img", {"model": "tiny-sdxl", "prompt": "a portrait", "seed": 6, "scheduler": "euler_a"})
+    assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (64, 64)
+
+
+def test_video_mp4_and_poster(client, tmp_path):
+    job = run(client, "/v1/video", {"model": "tiny-wan", "prompt": "a monkey dance", "num_frames": 5, "fps": 4, "seed": 7})
+    mp4, poster = job["output"]
+    assert mp4["content_type"] == "video/mp4" and mp4["num_frames"] == 5 and poster["role"] == "poster"
+    data = fetch(client, mp4)
+    assert data[4:8] == b"ftyp"
+    (tmp_path / "v.mp4").write_bytes(data)
+    gen = imageio_ffmpeg.read_frames(str(tmp_path / "v.mp4"))
+    meta = next(gen)
+    frames = list(gen)
+    assert len(frames) == 5 and tuple(meta["size"]) == (32, 32)
+    assert Image.open(io.BytesIO(fetch(client, poster))).size == (32, 32)
+
+
+def test_progress_events_per_step(client):
+    job = run(client, "/v1/txt2img", {"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 3, "seed": 8,
+                                      "scheduler": "ddim"})
+    text = client.get(f"/v1/jobs/{job['id']}/events").text
+    assert text.count("event: progress") == 3 and job["progress"] == {"step": 3, "total": 3}
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/inpaint", {"model": "tiny-sd", "prompt": "x", "image": "RGB64", "mask_image": "MASK32"}, "mask_image"),
+    ("/v1/img2img", {"model": "tiny-sd", "prompt": "x", "image": data_uri(b"GIF89a-not-really")}, "image"),
+    ("/v1/controlnet", {"model": "tiny-sd", "controlnet": "nope", "prompt": "x", "control_image": "RGB64"}, "controlnet"),
+    ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x"}, "model"),
+    ("/v1/txt2img", {"model": "tiny-sd-inpaint", "prompt": "x"}, "model"),
+    ("/v1/video", {"model": "tiny-sd", "prompt": "x"}, "model"),
+    ("/v1/video", {"model": "tiny-wan", "prompt": "x", "num_frames": 6}, "num_frames"),
+    ("/v1/video", {"model": "tiny-wan", "prompt": "x", "num_frames": 999}, "num_frames"),
+    ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "width": 60}, "width"),
+    ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "model"),
+    ("/v1/video", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "scheduler"),
+])
+def test_bad_pipeline_inputs(client, path, body, field):
+    subs = {"RGB64": data_uri(rgb()), "MASK32": data_uri(mask(32, 32))}
+    body = {k: subs.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field
