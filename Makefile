@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: setup run test openapi smoke worker bench lint tiny-digits clean
+.PHONY: setup run test openapi smoke worker bench tiny-models tiny-digits clean
 
 setup: $(VENV)/.installed  ## create .venv and install the pinned dependencies (idempotent)
 
@@ -35,6 +35,10 @@ smoke:  ## curl smoke test against a running service (BASE=http://127.0.0.1:8000
 bench: setup  ## benchmark tables (see bench/)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/ddpm_quality.py
+	$(BIN)/python bench/pipelines.py
+
+tiny-models: setup  ## tiny random pipelines of every kind into DIR (default models-tiny), then: MODELS_DIR=DIR make run
+	$(BIN)/python -m core.pipelines.tiny $(or $(DIR),models-tiny)
 
 tiny-digits: setup  ## retrain the bundled digits model (the command in models/digits/README.md)
 	$(BIN)/python -m core.ddpm train --dataset digits --out models/digits --max-steps 3500 --batch-size 128 \

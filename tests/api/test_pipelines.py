@@ -152,3 +152,14 @@ def test_bad_pipeline_inputs(client, path, body, field):
     r = client.post(path, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == field
+
+
+def test_cancel_running_diffusers_job_stops_at_next_step(client):
+    r = client.post("/v1/txt2img", json={"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 1000,
+                                         "scheduler": "ddim", "num_images": 4, "seed": 9}).json()
+    from tests.conftest import wait_for
+
+    wait_for(lambda: client.get(f"/v1/jobs/{r['id']}").json()["progress"]["step"] >= 2, 60, what="running")
+    client.post(f"/v1/jobs/{r['id']}/cancel")
+    done = client.get(f"/v1/jobs/{r['id']}?wait=60").json()
+    assert done["status"] == "canceled" and done["progress"]["step"] < 1000 and done["output"] == []
