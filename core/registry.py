@@ -144,8 +144,9 @@ def diffusers_entry(model_id: str, pipeline_class: str, source: str, path: Path 
         if isinstance(den.get("sample_size"), int) and not family.video:
             width = height = den["sample_size"] * scale
         patch = den.get("patch_size") or 1
-        patch = patch[-1] if isinstance(patch, list) else patch
-        multiple = scale * (2 if family.video else 1) * max(1, patch if family.video else 1)
+        patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
+        # latents must tile the transformer's patches (Flux packs 2x2 latents)
+        multiple = scale * max(1, patch) if family.video else scale * 2 if family.flow else scale
     width, height = int(overrides.get("width", width)), int(overrides.get("height", height))
     names = scheduler_names(family)
     return ModelEntry(

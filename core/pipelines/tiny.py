@@ -4,7 +4,8 @@
 
 writes ``DIR/tiny-sd`` (StableDiffusionPipeline: txt2img, img2img, inpaint, controlnet), ``DIR/tiny-sd-inpaint``
 (a true 9-channel inpainting UNet), ``DIR/tiny-sdxl`` (StableDiffusionXLPipeline), ``DIR/tiny-controlnet``
-(ControlNetModel for tiny-sd) and ``DIR/tiny-wan`` (WanPipeline, text-to-video), each loadable with
+(ControlNetModel for tiny-sd), ``DIR/tiny-wan`` (WanPipeline, text-to-video), ``DIR/tiny-flux`` (FluxPipeline) and
+``DIR/tiny-sd3`` (StableDiffusion3Pipeline), each loadable with
 ``from_pretrained``. Tokenizers are built from small vocabularies (no hub): CLIP's byte-level BPE from a
 ``vocab.json``/``merges.txt``, and a T5 tokenizer from a ``tokenizers`` Unigram model.
 """
@@ -19,7 +20,7 @@ import torch
 
 WORDS = ["a", "an", "the", "of", "photo", "cat", "dog", "red", "blue", "green", "house", "tree", "sky", "monkey",
          "dance", "digit", "seven", "style", "portrait", "landscape", "painting", "bright", "dark"]
-KINDS = ("tiny-sd", "tiny-sd-inpaint", "tiny-sdxl", "tiny-controlnet", "tiny-wan")
+KINDS = ("tiny-sd", "tiny-sd-inpaint", "tiny-sdxl", "tiny-controlnet", "tiny-wan", "tiny-flux", "tiny-sd3")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -176,12 +177,75 @@ def build_wan(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
+def _t5_encoder(tok):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+                                   relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
+                                   eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id))
+
+
+def _flat_vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    # SD3/Flux-style VAE (no quant convs, shift factor); 2 blocks: a 2x VAE, enough for tests
+    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=4, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+
+
+def build_flux(out: Path) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tok = clip_tokenizer(out / "_tok")
+    t5tok = t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    torch.manual_seed(0)
+    te = _clip_text_encoder(tok)
+    torch.manual_seed(0)
+    te2 = _t5_encoder(t5tok)
+    torch.manual_seed(0)
+    vae = _flat_vae(4)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te, tokenizer=tok,
+                        text_encoder_2=te2, tokenizer_2=t5tok, transformer=transformer)
+    pipe.save_pretrained(out)
+
+
+def build_sd3(out: Path) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tok = clip_tokenizer(out / "_tok")
+    t5tok = t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+                                        pooled_projection_dim=64, out_channels=16)
+    torch.manual_seed(0)
+    te = _clip_text_encoder(tok, with_projection=True)
+    torch.manual_seed(0)
+    te2 = _clip_text_encoder(tok, with_projection=True)
+    torch.manual_seed(0)
+    te3 = _t5_encoder(t5tok)
+    torch.manual_seed(0)
+    vae = _flat_vae(16)  # 16 latent channels, as SD3's inpainting expects
+    pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te, tokenizer=tok,
+                                    text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=te3, tokenizer_3=t5tok,
+                                    transformer=transformer)
+    pipe.save_pretrained(out)
+
+
 # small defaults so every endpoint answers in seconds on a CPU (read by the registry from diffuserve.json)
 DEFAULTS = {
     "tiny-sd": {"num_inference_steps": 2, "guidance_scale": 5.0},
     "tiny-sd-inpaint": {"num_inference_steps": 2, "guidance_scale": 5.0},
     "tiny-sdxl": {"num_inference_steps": 2, "guidance_scale": 5.0},
     "tiny-wan": {"width": 32, "height": 32, "num_frames": 5, "num_inference_steps": 2, "guidance_scale": 5.0},
+    "tiny-flux": {"width": 32, "height": 32, "num_inference_steps": 2, "guidance_scale": 3.5},
+    "tiny-sd3": {"width": 32, "height": 32, "num_inference_steps": 2, "guidance_scale": 5.0},
 }
 
 BUILDERS = {
@@ -190,6 +254,8 @@ BUILDERS = {
     "tiny-sdxl": build_sdxl,
     "tiny-controlnet": build_controlnet,
     "tiny-wan": build_wan,
+    "tiny-flux": build_flux,
+    "tiny-sd3": build_sd3,
 }
 
 

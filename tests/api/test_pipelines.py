@@ -163,3 +163,19 @@ def test_cancel_running_diffusers_job_stops_at_next_step(client):
     client.post(f"/v1/jobs/{r['id']}/cancel")
     done = client.get(f"/v1/jobs/{r['id']}?wait=60").json()
     assert done["status"] == "canceled" and done["progress"]["step"] < 1000 and done["output"] == []
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd3"])
+@pytest.mark.parametrize("scheduler", ["default", "euler", "unipc"])
+def test_flow_transformer_models_txt2img(client, model, scheduler):
+    job = run(client, "/v1/txt2img", {"model": model, "prompt": "a cat", "seed": 1, "scheduler": scheduler})
+    assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (32, 32)
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd3"])
+def test_flow_transformer_models_img2img_and_inpaint(client, model):
+    job = run(client, "/v1/img2img", {"model": model, "prompt": "a dog", "image": data_uri(rgb(32, 32)), "seed": 2})
+    assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (32, 32)
+    job = run(client, "/v1/inpaint", {"model": model, "prompt": "a dog", "image": data_uri(rgb(32, 32)),
+                                      "mask_image": data_uri(mask(32, 32)), "seed": 3})
+    assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (32, 32)
