@@ -80,6 +80,7 @@ def build_backends(settings: Settings) -> Backends:
                         registry,
                         torch_threads=settings.torch_threads,
                         pipeline_budget_bytes=(settings.pipeline_budget_mb or 0) * 2**20 or None,
+                        cache_dir=settings.data_dir / "cache",
                     )
                 return runner_holder["r"]
 

@@ -16,6 +16,7 @@ from core.errors import InputError
 from core.images import decode_data_uri, inspect_image
 from core.jobs import lifecycle
 from core.registry import ModelEntry
+from core.tenant_models import tenant_model_entry
 from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
 
 GENERATION = (JobType.txt2img, JobType.img2img, JobType.inpaint, JobType.controlnet, JobType.video)
@@ -101,6 +102,23 @@ def _check_diffusers_request(b: Backends, entry: ModelEntry, data: dict, job_typ
             raise InputError(why, field="num_frames")
 
 
+def _check_training_name(b: Backends, name: str) -> None:
+    try:
+        b.registry.get(name)
+    except InputError:
+        return
+    raise InputError(f"{name!r} is the name of a served model; choose another", field="name", code="name_taken")
+
+
+def _check_zip_upload(b: Backends, tenant: str, upload_id: str) -> None:
+    try:
+        meta = json.loads(b.storage.get(upload_key(tenant, upload_id) + ".json"))
+    except KeyError:
+        raise InputError(f"unknown upload {upload_id!r}", field="dataset", code="unknown_upload") from None
+    if meta.get("content_type") != "application/zip":
+        raise InputError("the dataset must be a zip archive", field="dataset")
+
+
 def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None]:
     """Validate what pydantic cannot (models, tasks, images, labels) and fill every default into the input."""
     data = body.model_dump(mode="json")
@@ -112,8 +130,13 @@ def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tup
         raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA on this service yet", field="base_model",
                          code="unsupported_task")
     if job_type == JobType.ddpm_training:
-        raise InputError("ddpm_training jobs are not enabled on this service yet", field=None, code="unsupported_task")
-    entry = b.registry.get(data["model"])
+        _check_training_name(b, data["name"])
+        if data["dataset"] != "digits":
+            _check_zip_upload(b, tenant, data["dataset"])
+        if data.get("seed") is None:
+            data["seed"] = secrets.randbelow(MAX_SEED + 1)
+        return data, None
+    entry = tenant_model_entry(b.store, tenant, data["model"]) or b.registry.get(data["model"])
     entry.require_task(job_type)
     first_image = next(iter(dims.values()), None)
     if first_image and data.get("width") is None and data.get("height") is None:

@@ -80,21 +80,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_engine_entry(path: Path) -> ModelEntry | None:
-    try:
-        config = json.loads((path / "config.json").read_text())
-        sched = json.loads((path / "scheduler_config.json").read_text())
-    except (OSError, ValueError):
-        return None
+def engine_entry_from_configs(model_id: str, path: Path, config: dict, sched: dict, version: str | None) -> ModelEntry | None:
     if not isinstance(config, dict) or config.get("_class_name") != ENGINE_CLASS:
         return None
     unet = config.get("unet") or {}
     size = int(unet.get("sample_size", 16))
     levels = max(len(unet.get("channel_mult", [1])) - 1, 0)
     kind = "flow" if sched.get("kind") == "flow" else "ddpm"
-    weights = path / "model.safetensors"
     return ModelEntry(
-        id=path.name,
+        id=model_id,
         path=path,
         kind=f"engine-{kind}",
         tasks=[JobType.txt2img.value],
@@ -106,8 +100,20 @@ def read_engine_entry(path: Path) -> ModelEntry | None:
         default_scheduler=ENGINE_SCHEDULERS[kind][0],
         default_num_inference_steps=int(config.get("default_num_inference_steps", 50)),
         default_guidance_scale=float(config.get("default_guidance_scale", 1.0)),
-        version=_sha256(weights) if weights.is_file() else None,
+        version=version,
     )
+
+
+def read_engine_entry(path: Path) -> ModelEntry | None:
+    try:
+        config = json.loads((path / "config.json").read_text())
+        sched = json.loads((path / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("_class_name") != ENGINE_CLASS:
+        return None
+    weights = path / "model.safetensors"
+    return engine_entry_from_configs(path.name, path, config, sched, _sha256(weights) if weights.is_file() else None)
 
 
 def _json(path: Path) -> dict:

@@ -6,9 +6,11 @@ Models load once per process and stay warm (an LRU keyed by model id and weights
 from __future__ import annotations
 
 import io
+import tempfile
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 from core.errors import JobError
 from core.jobs.execute import Artifact, RunContext, RunResult
@@ -50,6 +52,7 @@ class Runner:
         max_models: int = 4,
         torch_threads: int = 0,
         pipeline_budget_bytes: int | None = None,
+        cache_dir: str | Path | None = None,
     ):
         import torch
 
@@ -63,6 +66,7 @@ class Runner:
         self._versions = versions()
         self.load_seconds: list[tuple[str, float]] = []  # (model, seconds) for each cold load
         self.pipeline_budget_bytes = pipeline_budget_bytes or default_budget(self.device)
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self._diffusers = None
 
     @property
@@ -107,14 +111,29 @@ class Runner:
 
     # -- dispatch -----------------------------------------------------------------------------------
     def run(self, job: JobRecord, ctx: RunContext) -> RunResult:
+        if job.type == JobType.ddpm_training:
+            from core.training.ddpm_job import run_ddpm_training
+
+            return run_ddpm_training(job, ctx, self.device)
         model_id = job.input.get("model")
         if model_id is not None:
-            entry = self.registry.get(model_id)
+            entry = self.resolve(job, model_id, ctx)
             if job.type == JobType.txt2img and entry.kind.startswith("engine"):
                 return self._engine_txt2img(job, entry, ctx)
             if entry.kind == "diffusers" and job.type.value in entry.tasks:
                 return self.diffusers.run(job, entry, ctx)
         raise JobError("unsupported_task", f"no executor for {job.type.value} on model {job.input.get('model')!r} yet")
+
+    def resolve(self, job: JobRecord, model_id: str, ctx: RunContext) -> ModelEntry:
+        """A model the job's tenant trained (materialised from storage into the local cache), else a served one."""
+        from core import tenant_models
+
+        record = ctx.store.registration(job.tenant, "model", model_id)
+        if record is None:
+            return self.registry.get(model_id)
+        entry = tenant_models.tenant_model_entry(ctx.store, job.tenant, model_id)
+        entry.path = tenant_models.materialize(ctx.storage, record, self.cache_dir)
+        return entry
 
     def _engine_txt2img(self, job: JobRecord, entry: ModelEntry, ctx: RunContext) -> RunResult:
         # 1. load (warm hit: 0 ms)

@@ -54,7 +54,8 @@ class Process:
 
                 s = self.settings
                 self._runner = Runner(self.registry, device=s.device, torch_threads=s.torch_threads,
-                                      pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None)
+                                      pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
+                                      cache_dir=s.data_dir / "cache")
             return self._runner
 
     def warm_up(self) -> None:

@@ -45,8 +45,8 @@ class RunContext:
         self.storage = storage
         self._last = 0.0
 
-    def progress(self, step: int, total: int) -> None:
-        if lifecycle.report_progress(self.store, self.job.id, step, total):
+    def progress(self, step: int, total: int, **extra: float) -> None:
+        if lifecycle.report_progress(self.store, self.job.id, step, total, **extra):
             raise JobCancelled(f"canceled at step {step}")
 
 

@@ -87,8 +87,8 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     return job
 
 
-def report_progress(store: JobStore, job_id: str, step: int, total: int) -> bool:
-    """Record progress; returns True when a cancel has been requested."""
+def report_progress(store: JobStore, job_id: str, step: int, total: int, **extra: float) -> bool:
+    """Record progress (``extra``, e.g. a training loss, goes into the event); True when a cancel was requested."""
 
     def fn(job: JobRecord) -> JobRecord | None:
         if job.status != JobStatus.running:
@@ -97,7 +97,7 @@ def report_progress(store: JobStore, job_id: str, step: int, total: int) -> bool
         return job
 
     job = store.update(job_id, fn)
-    store.add_event(job_id, "progress", {"step": step, "total": total})
+    store.add_event(job_id, "progress", {"step": step, "total": total, **extra})
     return job is None or job.cancel_requested or job.status != JobStatus.running
 
 

@@ -182,5 +182,15 @@ class RedisJobStore(JobStore):
         except redis.RedisError:
             return False
 
+    def register(self, tenant, kind, name, record):
+        self.r.hset(f"{P}registry:{tenant}:{kind}", name, json.dumps(record))
+
+    def registration(self, tenant, kind, name):
+        raw = self.r.hget(f"{P}registry:{tenant}:{kind}", name)
+        return json.loads(raw) if raw else None
+
+    def registrations(self, tenant, kind):
+        return [json.loads(v) for _, v in sorted(self.r.hgetall(f"{P}registry:{tenant}:{kind}").items())]
+
     def close(self):
         self.r.close()

@@ -80,6 +80,16 @@ class JobStore(ABC):
     @abstractmethod
     def ping(self) -> bool: ...
 
+    # -- what tenants trained: models and LoRAs registered under a name, files in storage --------------
+    @abstractmethod
+    def register(self, tenant: str, kind: str, name: str, record: dict) -> None: ...
+
+    @abstractmethod
+    def registration(self, tenant: str, kind: str, name: str) -> dict | None: ...
+
+    @abstractmethod
+    def registrations(self, tenant: str, kind: str) -> list[dict]: ...
+
     def close(self) -> None:
         pass
 
@@ -104,6 +114,7 @@ class MemoryJobStore(JobStore):
         self._hist: dict[tuple, dict] = {}
         self._rate: dict[tuple[str, int], int] = defaultdict(int)
         self._locks: dict[str, float] = {}
+        self._registry: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
 
     def create(self, job, idempotency=None):
         with self._lock:
@@ -233,3 +244,16 @@ class MemoryJobStore(JobStore):
 
     def ping(self):
         return True
+
+    def register(self, tenant, kind, name, record):
+        with self._lock:
+            self._registry[(tenant, kind)][name] = dict(record)
+
+    def registration(self, tenant, kind, name):
+        with self._lock:
+            r = self._registry.get((tenant, kind), {}).get(name)
+            return dict(r) if r else None
+
+    def registrations(self, tenant, kind):
+        with self._lock:
+            return [dict(r) for _, r in sorted(self._registry.get((tenant, kind), {}).items())]

@@ -197,7 +197,6 @@ def test_upload_image_and_use_it(client):
     ("/v1/controlnet", {"controlnet": "canny", "control_image": "IMG", "prompt": "1"}),
     ("/v1/video", {"prompt": "a cat"}),
     ("/v1/trainings/lora", {"base_model": "digits", "name": "style", "dataset": "upl_" + "0" * 32}),
-    ("/v1/trainings/ddpm", {"name": "mine"}),
 ])
 def test_tasks_without_executor_answer_unsupported_task(client, path, body):
     img = data_uri(png_bytes())

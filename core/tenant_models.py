@@ -1,0 +1,74 @@
+"""Models and LoRAs that tenants trained through jobs: registered by name in the job store, files in storage.
+
+Torch-free: the gateway resolves names with it; workers also materialise the files into a local cache.
+
+Storage layout: ``registry/{tenant}/{kind}/{name}/{version}/{file}``. A registration record holds the name,
+kind (``model`` | ``lora``), version, the files, the job that produced it, and for models the configs the
+registry needs (so the gateway can validate a request without reading the files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from core.jobs.store import JobStore
+from core.registry import ModelEntry, engine_entry_from_configs
+from core.storage import Storage
+
+
+def prefix(tenant: str, kind: str, name: str, version: str) -> str:
+    return f"registry/{tenant}/{kind}/{name}/{version}"
+
+
+def publish(
+    store: JobStore, storage: Storage, tenant: str, kind: str, name: str, folder: Path, job_id: str, extra: dict | None = None
+) -> dict:
+    """Upload every file of ``folder`` and register it under ``name`` for ``tenant`` (the last step of a training)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode())
+        h.update(p.read_bytes())
+    version = h.hexdigest()
+    base = prefix(tenant, kind, name, version[:16])
+    for p in files:
+        storage.put(f"{base}/{p.relative_to(folder).as_posix()}", p.read_bytes(), "application/octet-stream")
+    record = {"name": name, "kind": kind, "version": version, "prefix": base, "job_id": job_id,
+              "files": [p.relative_to(folder).as_posix() for p in files], **(extra or {})}
+    store.register(tenant, kind, name, record)
+    return record
+
+
+def materialize(storage: Storage, record: dict, cache_dir: Path) -> Path:
+    """Download a registered model or LoRA into ``cache_dir`` once (keyed by version) and return its folder."""
+    dest = cache_dir / record["prefix"]
+    if (dest / ".complete").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in record["files"]:
+        path = tmp / f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(storage.get(f"{record['prefix']}/{f}"))
+    (tmp / ".complete").write_text("ok")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def tenant_model_entry(store: JobStore, tenant: str, name: str) -> ModelEntry | None:
+    """The registry entry of a model the tenant trained (its path filled in by the worker after materialising)."""
+    record = store.registration(tenant, "model", name)
+    if record is None:
+        return None
+    entry = engine_entry_from_configs(name, Path(record["prefix"]), record["config"], record["scheduler_config"],
+                                      record["version"])
+    return entry
+
+
+def read_configs(folder: Path) -> dict:
+    return {"config": json.loads((folder / "config.json").read_text()),
+            "scheduler_config": json.loads((folder / "scheduler_config.json").read_text())}
