@@ -87,11 +87,20 @@ def _check_engine_request(entry: ModelEntry, data: dict) -> None:
         raise InputError(f"model {entry.id!r} is unconditional and takes no prompt", field="prompt")
 
 
-def _check_diffusers_request(b: Backends, entry: ModelEntry, data: dict, job_type: JobType) -> None:
+def _check_diffusers_request(b: Backends, tenant: str, entry: ModelEntry, data: dict, job_type: JobType) -> None:
     from core.pipelines.families import valid_num_frames
 
-    if data.get("loras"):
-        raise InputError("LoRA adapters are not served yet", field="loras", code="unsupported_task")
+    from core.pipelines.families import LORA_SERVABLE
+
+    for i, ref in enumerate(data.get("loras") or []):
+        if entry.pipeline_class not in LORA_SERVABLE:
+            raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
+        record = b.store.registration(tenant, "lora", ref["name"])
+        if record is None and b.registry.lora(ref["name"]) is None:
+            raise InputError(f"unknown LoRA {ref['name']!r}", field=f"loras.{i}.name", code="unknown_lora")
+        if record is not None and record.get("base_pipeline_class") != entry.pipeline_class:
+            raise InputError(f"LoRA {ref['name']!r} was trained for a {record.get('base_pipeline_class')}, "
+                             f"not for {entry.id!r}", field=f"loras.{i}.name")
     if job_type == JobType.controlnet:
         b.registry.controlnet(data["controlnet"])
     if job_type == JobType.video:
@@ -126,9 +135,21 @@ def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tup
     if "mask_image" in dims and dims["mask_image"] != dims["image"]:
         raise InputError(f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image")
     if job_type == JobType.lora_training:
-        entry = b.registry.get(data["base_model"])
-        raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA on this service yet", field="base_model",
-                         code="unsupported_task")
+        from core.pipelines.families import LORA_TRAINABLE
+
+        try:
+            entry = b.registry.get(data["base_model"])
+        except InputError as e:
+            raise InputError(e.message, field="base_model", code=e.code) from None
+        if entry.pipeline_class not in LORA_TRAINABLE:
+            raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
+                             field="base_model", code="unsupported_task")
+        if data["resolution"] % 8:
+            raise InputError("must be a multiple of 8", field="resolution")
+        _check_zip_upload(b, tenant, data["dataset"])
+        if data.get("seed") is None:
+            data["seed"] = secrets.randbelow(MAX_SEED + 1)
+        return data, ModelRef(id=entry.id, sha256=entry.version)
     if job_type == JobType.ddpm_training:
         _check_training_name(b, data["name"])
         if data["dataset"] != "digits":
@@ -145,7 +166,7 @@ def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tup
         data["width"], data["height"] = (max(m, v - v % m) for v in first_image)
     _fill_generation_defaults(entry, data, job_type)
     if entry.kind == "diffusers":
-        _check_diffusers_request(b, entry, data, job_type)
+        _check_diffusers_request(b, tenant, entry, data, job_type)
     if data.get("seed") is None:
         data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # recorded, so the job can be reproduced
     return data, ModelRef(id=entry.id, sha256=entry.version)

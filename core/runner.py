@@ -75,7 +75,7 @@ class Runner:
         if self._diffusers is None:
             from core.pipelines.executors import DiffusersExecutor
 
-            self._diffusers = DiffusersExecutor(self.registry, self.device, self.pipeline_budget_bytes)
+            self._diffusers = DiffusersExecutor(self.registry, self.device, self.pipeline_budget_bytes, self.cache_dir)
         return self._diffusers
 
     # -- warm cache ---------------------------------------------------------------------------------
@@ -115,6 +115,10 @@ class Runner:
             from core.training.ddpm_job import run_ddpm_training
 
             return run_ddpm_training(job, ctx, self.device)
+        if job.type == JobType.lora_training:
+            from core.training.lora_job import run_lora_training
+
+            return run_lora_training(job, self.resolve(job, job.input["base_model"], ctx), ctx, self.device)
         model_id = job.input.get("model")
         if model_id is not None:
             entry = self.resolve(job, model_id, ctx)

@@ -53,11 +53,55 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
+MAX_ADAPTERS = 8  # adapters kept loaded per pipeline (LRU)
+
+
 class DiffusersExecutor:
-    def __init__(self, registry: ModelRegistry, device: str, budget_bytes: int):
+    def __init__(self, registry: ModelRegistry, device: str, budget_bytes: int, cache_dir: Path | None = None):
         self.registry = registry
         self.device = device
         self.cache = PipelineCache(budget_bytes)
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "diffuserve-cache"
+
+    # -- LoRA adapters ------------------------------------------------------------------------------
+    def lora_file(self, job: JobRecord, name: str, ctx: RunContext) -> tuple[str, Path]:
+        """(adapter id, file) of a LoRA: the tenant's own (trained by a job) or one in MODELS_DIR/loras."""
+        from core import tenant_models
+
+        record = ctx.store.registration(job.tenant, "lora", name)
+        if record:
+            folder = tenant_models.materialize(ctx.storage, record, self.cache_dir)
+            return f"t_{job.tenant}_{name}_{record['version'][:12]}", folder / "pytorch_lora_weights.safetensors"
+        path = self.registry.lora(name)
+        if path is None:
+            raise JobError("unknown_lora", f"unknown LoRA {name!r}")
+        return f"g_{name}_{path.stat().st_mtime_ns}", path
+
+    def apply_loras(self, base, job: JobRecord, ctx: RunContext) -> None:
+        """Activate exactly the requested adapters at their scales; with none, disable every adapter so the output
+        is the base model's. Adapters load once per pipeline and stay (LRU of MAX_ADAPTERS); the base weights are
+        never reloaded."""
+        loras = job.input.get("loras") or []
+        loaded = base.__dict__.setdefault("_diffuserve_adapters", [])
+        if not loras:
+            if loaded:
+                base.disable_lora()
+            return
+        names, scales = [], []
+        for ref in loras:
+            adapter, path = self.lora_file(job, ref["name"], ctx)
+            adapter = adapter.replace(".", "_").replace("-", "_")
+            if adapter not in loaded:
+                base.load_lora_weights(str(path), adapter_name=adapter)
+                loaded.append(adapter)
+                while len(loaded) > MAX_ADAPTERS:
+                    base.delete_adapters(loaded.pop(0))
+            else:
+                loaded.append(loaded.pop(loaded.index(adapter)))  # most recently used last
+            names.append(adapter)
+            scales.append(ref["scale"])
+        base.enable_lora()
+        base.set_adapters(names, adapter_weights=scales)
 
     # -- loading ------------------------------------------------------------------------------------
     def base_pipeline(self, entry: ModelEntry):
@@ -102,6 +146,7 @@ class DiffusersExecutor:
         family = FAMILIES[entry.pipeline_class]
         # 1. load (0 ms when warm) and build this task's pipeline from the cached components
         base, load_ms = self.base_pipeline(entry)
+        self.apply_loras(base, job, ctx)
         scheduler = make_scheduler(p.get("scheduler"), base.scheduler, family.flow)
         size = (p["width"], p["height"])
         call: dict = {}

@@ -62,3 +62,10 @@ def valid_num_frames(pipeline_class: str, n: int) -> str | None:
     if pipeline_class == "AnimateDiffPipeline" and n > 32:
         return "must be at most 32 for AnimateDiff models"
     return None
+
+
+# base models whose LoRA training loop is implemented (core/training/lora_job.py)
+LORA_TRAINABLE = ("StableDiffusionPipeline",)
+# families whose pipelines load LoRA adapters per request
+LORA_SERVABLE = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline",
+                 "StableDiffusion3Pipeline", "FluxPipeline")
