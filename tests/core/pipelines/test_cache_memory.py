@@ -67,3 +67,55 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
     first, last = rss[0], rss[-1]
     print(f"RSS after the first cycle {first / 2**20:.1f} MiB, after 50 jobs {last / 2**20:.1f} MiB")
     assert last <= first * 1.10
+
+
+@pytest.fixture(scope="module")
+def dropped_loras(tiny_models_dir, tmp_path_factory):
+    """Two LoRA files as a user would drop them into MODELS_DIR/loras (random, non-zero adapters)."""
+    import diffusers
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    root = tmp_path_factory.mktemp("lora-root")
+    (root / "loras").mkdir()
+    for i, name in enumerate(("ink", "neon")):
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_models_dir / "tiny-sd")
+        torch.manual_seed(i)
+        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        for n, p in pipe.unet.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5)
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+        diffusers.StableDiffusionPipeline.save_lora_weights(root / "tmp", unet_lora_layers=layers)
+        (root / "tmp" / "pytorch_lora_weights.safetensors").rename(root / "loras" / f"{name}.safetensors")
+    return root
+
+
+def test_rss_stays_flat_over_50_jobs_alternating_two_loras(tiny_models_dir, dropped_loras, tmp_path):
+    registry = ModelRegistry([tiny_models_dir, dropped_loras])
+    runner = Runner(registry, device="cpu", torch_threads=1)
+    store, storage = MemoryJobStore(), LocalStorage(tmp_path, "k")
+    proc = psutil.Process()
+    rss, outputs = [], {}
+    for i in range(50):
+        name = ("ink", "neon")[i % 2]
+        job = _job("tiny-sd", loras=[{"name": name, "scale": 1.0}])
+        store.create(job)
+        done = execute_job(job.id, store, storage, lambda: runner, "w")
+        assert done.status == JobStatus.succeeded, done.error
+        outputs.setdefault(name, storage.get(done.output[0].key))
+        assert storage.get(done.output[0].key) == outputs[name]  # switching adapters is exact, every time
+        if i % 2 == 1:
+            gc.collect()
+            rss.append(proc.memory_info().rss)
+    assert outputs["ink"] != outputs["neon"]
+    assert len(runner.diffusers.cache.keys()) == 1  # the base model loaded once, never again
+    print(f"RSS after the first pair {rss[0] / 2**20:.1f} MiB, after 50 jobs {rss[-1] / 2**20:.1f} MiB")
+    assert rss[-1] <= rss[0] * 1.10
+    base = _job("tiny-sd")
+    store.create(base)
+    plain = storage.get(execute_job(base.id, store, storage, lambda: runner, "w").output[0].key)
+    assert plain not in outputs.values()
