@@ -36,6 +36,7 @@ bench: setup  ## benchmark tables (see bench/)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/ddpm_quality.py
 	$(BIN)/python bench/pipelines.py
+	$(BIN)/python bench/training.py
 
 tiny-models: setup  ## tiny random pipelines of every kind into DIR (default models-tiny), then: MODELS_DIR=DIR make run
 	$(BIN)/python -m core.pipelines.tiny $(or $(DIR),models-tiny)
