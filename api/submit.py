@@ -16,10 +16,9 @@ from core.errors import InputError
 from core.images import decode_data_uri, inspect_image
 from core.jobs import lifecycle
 from core.registry import ModelEntry
-from core.tenant_models import tenant_model_entry
 from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
+from core.tenant_models import tenant_model_entry
 
-GENERATION = (JobType.txt2img, JobType.img2img, JobType.inpaint, JobType.controlnet, JobType.video)
 IMAGE_FIELDS = ("image", "mask_image", "control_image")
 
 
@@ -88,9 +87,7 @@ def _check_engine_request(entry: ModelEntry, data: dict) -> None:
 
 
 def _check_diffusers_request(b: Backends, tenant: str, entry: ModelEntry, data: dict, job_type: JobType) -> None:
-    from core.pipelines.families import valid_num_frames
-
-    from core.pipelines.families import LORA_SERVABLE
+    from core.pipelines.families import LORA_SERVABLE, valid_num_frames
 
     for i, ref in enumerate(data.get("loras") or []):
         if entry.pipeline_class not in LORA_SERVABLE:
@@ -128,35 +125,30 @@ def _check_zip_upload(b: Backends, tenant: str, upload_id: str) -> None:
         raise InputError("the dataset must be a zip archive", field="dataset")
 
 
-def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None]:
-    """Validate what pydantic cannot (models, tasks, images, labels) and fill every default into the input."""
-    data = body.model_dump(mode="json")
-    dims = {f: check_image_ref(b, tenant, f, data[f]) for f in IMAGE_FIELDS if data.get(f)}
-    if "mask_image" in dims and dims["mask_image"] != dims["image"]:
-        raise InputError(f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image")
-    if job_type == JobType.lora_training:
-        from core.pipelines.families import LORA_TRAINABLE
+def _prepare_lora_training(b: Backends, tenant: str, data: dict) -> tuple[dict, ModelRef]:
+    from core.pipelines.families import LORA_TRAINABLE
 
-        try:
-            entry = b.registry.get(data["base_model"])
-        except InputError as e:
-            raise InputError(e.message, field="base_model", code=e.code) from None
-        if entry.pipeline_class not in LORA_TRAINABLE:
-            raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
-                             field="base_model", code="unsupported_task")
-        if data["resolution"] % 8:
-            raise InputError("must be a multiple of 8", field="resolution")
+    try:
+        entry = b.registry.get(data["base_model"])
+    except InputError as e:
+        raise InputError(e.message, field="base_model", code=e.code) from None
+    if entry.pipeline_class not in LORA_TRAINABLE:
+        raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
+                         field="base_model", code="unsupported_task")
+    if data["resolution"] % 8:
+        raise InputError("must be a multiple of 8", field="resolution")
+    _check_zip_upload(b, tenant, data["dataset"])
+    return data, ModelRef(id=entry.id, sha256=entry.version)
+
+
+def _prepare_ddpm_training(b: Backends, tenant: str, data: dict) -> tuple[dict, None]:
+    _check_training_name(b, data["name"])
+    if data["dataset"] != "digits":
         _check_zip_upload(b, tenant, data["dataset"])
-        if data.get("seed") is None:
-            data["seed"] = secrets.randbelow(MAX_SEED + 1)
-        return data, ModelRef(id=entry.id, sha256=entry.version)
-    if job_type == JobType.ddpm_training:
-        _check_training_name(b, data["name"])
-        if data["dataset"] != "digits":
-            _check_zip_upload(b, tenant, data["dataset"])
-        if data.get("seed") is None:
-            data["seed"] = secrets.randbelow(MAX_SEED + 1)
-        return data, None
+    return data, None
+
+
+def _prepare_generation(b: Backends, tenant: str, job_type: JobType, data: dict, dims: dict) -> tuple[dict, ModelRef]:
     entry = tenant_model_entry(b.store, tenant, data["model"]) or b.registry.get(data["model"])
     entry.require_task(job_type)
     first_image = next(iter(dims.values()), None)
@@ -167,9 +159,25 @@ def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tup
     _fill_generation_defaults(entry, data, job_type)
     if entry.kind == "diffusers":
         _check_diffusers_request(b, tenant, entry, data, job_type)
-    if data.get("seed") is None:
-        data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # recorded, so the job can be reproduced
     return data, ModelRef(id=entry.id, sha256=entry.version)
+
+
+def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None]:
+    """Validate what pydantic cannot (models, tasks, images, labels, datasets) and fill every default into the
+    input, the seed included (null: a random one, recorded so the job can be reproduced)."""
+    data = body.model_dump(mode="json")
+    dims = {f: check_image_ref(b, tenant, f, data[f]) for f in IMAGE_FIELDS if data.get(f)}
+    if "mask_image" in dims and dims["mask_image"] != dims["image"]:
+        raise InputError(f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image")
+    if job_type == JobType.lora_training:
+        data, model = _prepare_lora_training(b, tenant, data)
+    elif job_type == JobType.ddpm_training:
+        data, model = _prepare_ddpm_training(b, tenant, data)
+    else:
+        data, model = _prepare_generation(b, tenant, job_type, data, dims)
+    if data.get("seed") is None:
+        data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # image i uses seed + i
+    return data, model
 
 
 async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
