@@ -162,6 +162,7 @@ class DDIMScheduler(_DiscreteScheduler):
         sample: torch.Tensor,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        use_clipped_model_output: bool = False,
     ) -> SchedulerOutput:
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps: call set_timesteps before step")
@@ -171,6 +172,9 @@ class DDIMScheduler(_DiscreteScheduler):
         a_prev = self._alpha(prev_t).to(sample.device, sample.dtype)
         # DDIM eq. 12: predicted x0, then the direction pointing to x_t
         x0, eps = self._x0_eps(model_output, t, sample)
+        if use_clipped_model_output:
+            # eps consistent with the clipped x0 (as improved-diffusion's DDIM does): keeps guided samples in range
+            eps = (sample - a_t**0.5 * x0) / (1 - a_t) ** 0.5
         # DDIM eq. 16: sigma_t(eta)
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
         std = eta * variance**0.5
@@ -263,12 +267,15 @@ def sample(
     device: str | torch.device = "cpu",
     callback: Callable[[int, int], bool | None] | None = None,
     noise: torch.Tensor | None = None,
+    use_clipped_model_output: bool = True,
 ) -> torch.Tensor:
     """Run the reverse process and return x_0 of ``shape`` (B, C, H, W).
 
     Classifier-free guidance (Ho & Salimans 2022): eps = eps_uncond + s (eps_cond - eps_uncond), the
     unconditional branch using the learned ``null_class``. ``callback(step, total)`` after every step;
-    returning False raises :class:`Cancelled`.
+    returning False raises :class:`Cancelled`. ``use_clipped_model_output`` (DDIM): take the DDIM direction from
+    the eps that agrees with the clipped x0, as improved-diffusion does; without it guidance above ~2 drives
+    samples out of range and they collapse (bench/ddpm_quality.py measured it).
     """
     device = torch.device(device)
     scheduler.set_timesteps(num_inference_steps)
@@ -288,7 +295,8 @@ def sample(
             cond, uncond = out.chunk(2)
             out = uncond + guidance_scale * (cond - uncond)
         if isinstance(scheduler, DDIMScheduler):
-            x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
+            x = scheduler.step(out, t, x, eta=eta, generator=generator,
+                               use_clipped_model_output=use_clipped_model_output).prev_sample
         else:
             x = scheduler.step(out, t, x, generator=generator).prev_sample
         if callback is not None and callback(i + 1, total) is False:

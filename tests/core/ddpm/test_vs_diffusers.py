@@ -71,6 +71,20 @@ def test_ddim_step_matches(schedule, prediction_type, eta, spacing):
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_ddim_use_clipped_model_output_matches(prediction_type):
+    ours = DDIMScheduler(1000, "cosine", prediction_type=prediction_type)
+    ref = RefDDIM(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    ours.set_timesteps(20)
+    ref.set_timesteps(20)
+    sample, out = _inputs(6)
+    out = out * 5  # large enough that x0 is clipped
+    for t in ours.timesteps[[0, 10, -1]]:
+        a = ours.step(out, t, sample, eta=0.5, use_clipped_model_output=True, generator=torch.Generator().manual_seed(1))
+        b = ref.step(out, t, sample, eta=0.5, use_clipped_model_output=True, generator=torch.Generator().manual_seed(1))
+        assert (a.prev_sample - b.prev_sample).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
 def test_full_ddim_loop_matches_with_analytic_model(prediction_type):
     """Whole 20-step loops driven by the same analytic dummy model stay together."""
     ours = DDIMScheduler(1000, "linear", prediction_type=prediction_type)
