@@ -58,6 +58,8 @@ def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) 
             raise InputError(f"must be a multiple of {entry.size_multiple} for model {entry.id!r}", field=dim)
     if data.get("num_inference_steps") is None:
         data["num_inference_steps"] = entry.default_num_inference_steps
+    elif data["num_inference_steps"] > entry.max_inference_steps:
+        raise InputError(f"at most {entry.max_inference_steps} for model {entry.id!r}", field="num_inference_steps")
     if data.get("guidance_scale") is None:
         data["guidance_scale"] = entry.default_guidance_scale
     if data.get("scheduler") is None:

@@ -46,6 +46,7 @@ class ModelEntry:
     pipeline_class: str | None = None  # diffusers models
     source: str | None = None  # a local folder or a hub id, for from_pretrained
     default_num_frames: int | None = None
+    max_inference_steps: int = 1000
 
     def info(self) -> ModelInfo:
         return ModelInfo(
@@ -171,6 +172,7 @@ def diffusers_entry(model_id: str, pipeline_class: str, source: str, path: Path 
         pipeline_class=pipeline_class,
         source=source,
         default_num_frames=overrides.get("num_frames"),
+        max_inference_steps=500,  # diffusers schedulers with steps_offset cannot take all 1000 training steps
     )
 
 

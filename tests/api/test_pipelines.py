@@ -145,6 +145,7 @@ def test_progress_events_per_step(client):
     ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "width": 60}, "width"),
     ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "model"),
     ("/v1/video", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "scheduler"),
+    ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "num_inference_steps": 1000}, "num_inference_steps"),
 ])
 def test_bad_pipeline_inputs(client, path, body, field):
     subs = {"RGB64": data_uri(rgb()), "MASK32": data_uri(mask(32, 32))}
@@ -155,14 +156,14 @@ def test_bad_pipeline_inputs(client, path, body, field):
 
 
 def test_cancel_running_diffusers_job_stops_at_next_step(client):
-    r = client.post("/v1/txt2img", json={"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 1000,
+    r = client.post("/v1/txt2img", json={"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 500,
                                          "scheduler": "ddim", "num_images": 4, "seed": 9}).json()
     from tests.conftest import wait_for
 
     wait_for(lambda: client.get(f"/v1/jobs/{r['id']}").json()["progress"]["step"] >= 2, 60, what="running")
     client.post(f"/v1/jobs/{r['id']}/cancel")
     done = client.get(f"/v1/jobs/{r['id']}?wait=60").json()
-    assert done["status"] == "canceled" and done["progress"]["step"] < 1000 and done["output"] == []
+    assert done["status"] == "canceled" and done["progress"]["step"] < 500 and done["output"] == []
 
 
 @pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd3"])
