@@ -122,11 +122,15 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, d)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        d = c // self.num_heads
+        # 1x1 convolutions applied as matmuls over (B, HW, C): the same weights, but contiguous (B, heads, HW, d)
+        # q, k, v let scaled_dot_product_attention take its fused kernel instead of the math fallback
+        seq = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        qkv = F.linear(seq, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, HW, 3C)
+        q, k, v = qkv.view(b, h * w, 3, self.num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, HW, d)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
 class Downsample(nn.Module):
