@@ -64,7 +64,6 @@ class Runner:
         self._models: OrderedDict[tuple[str, str | None], object] = OrderedDict()
         self._lock = threading.Lock()
         self._versions = versions()
-        self.load_seconds: list[tuple[str, float]] = []  # (model, seconds) for each cold load
         self.pipeline_budget_bytes = pipeline_budget_bytes or default_budget(self.device)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self._diffusers = None
@@ -95,7 +94,6 @@ class Runner:
             self._models[key] = model
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)
-        self.load_seconds.append((entry.id, load_ms / 1000))
         return model, load_ms
 
     def warm_up(self, model_ids: list[str]) -> None:

@@ -43,7 +43,6 @@ class RunContext:
         self.store = store
         self.job = job
         self.storage = storage
-        self._last = 0.0
 
     def progress(self, step: int, total: int, **extra: float) -> None:
         if lifecycle.report_progress(self.store, self.job.id, step, total, **extra):
