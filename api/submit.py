@@ -17,13 +17,10 @@ from core.images import decode_data_uri, inspect_image
 from core.jobs import lifecycle
 from core.registry import ModelEntry
 from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
+from core.storage import upload_key
 from core.tenant_models import tenant_model_entry
 
 IMAGE_FIELDS = ("image", "mask_image", "control_image")
-
-
-def upload_key(tenant: str, upload_id: str) -> str:
-    return f"uploads/{tenant}/{upload_id}"
 
 
 def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:

@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import backends, rate_limited
 from api.errors import ApiError
 from api.state import Backends
-from api.submit import upload_key
 from core.images import inspect_image
 from core.schemas import UploadInfo
+from core.storage import upload_key
 
 router = APIRouter()
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

@@ -8,7 +8,6 @@ from importlib import import_module
 
 _EXPORTS = {
     "DDPMEngineModel": "pipeline",
-    "is_engine_model": "pipeline",
     "FlowMatching": "process",
     "GaussianDiffusion": "process",
     "add_noise": "process",

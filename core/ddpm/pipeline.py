@@ -38,15 +38,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def is_engine_model(path: str | Path) -> bool:
-    """True when ``path`` looks like an engine checkpoint folder (cheap: reads config.json only)."""
-    p = Path(path) / CONFIG_FILE
-    try:
-        return json.loads(p.read_text()).get("_class_name") == CLASS_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 class DDPMEngineModel:
     """A U-Net with its scheduler config and class labels."""
 

@@ -22,8 +22,8 @@ from core.pipelines.cache import PipelineCache
 from core.pipelines.families import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord, JobType, ModelRef
+from core.storage import upload_key
 
-UPLOAD_PREFIX = "uploads"
 
 
 def pick_dtype(device: str, pipeline_class: str) -> torch.dtype:
@@ -130,7 +130,7 @@ class DiffusersExecutor:
         from PIL import Image
 
         ref = job.input[field]
-        raw = decode_data_uri(ref, field, 1 << 30) if ref.startswith("data:") else storage.get(f"{UPLOAD_PREFIX}/{job.tenant}/{ref}")
+        raw = decode_data_uri(ref, field, 1 << 30) if ref.startswith("data:") else storage.get(upload_key(job.tenant, ref))
         image = Image.open(io.BytesIO(raw))
         image.load()
         image = image.convert(mode)

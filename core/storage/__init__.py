@@ -18,6 +18,11 @@ class StorageError(Exception):
     pass
 
 
+def upload_key(tenant: str, upload_id: str) -> str:
+    """Where an upload lives; its metadata is beside it at ``upload_key(...) + ".json"``."""
+    return f"uploads/{tenant}/{upload_id}"
+
+
 def check_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:

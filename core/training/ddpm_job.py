@@ -22,6 +22,7 @@ from core.ddpm.unet import UNet, UNetConfig, count_parameters
 from core.errors import JobError
 from core.jobs.execute import Artifact, RunContext, RunResult
 from core.schemas import JobRecord, ModelRef
+from core.storage import upload_key
 from core.training.datasets import extract_zip
 
 
@@ -40,7 +41,7 @@ def load_data(job: JobRecord, ctx: RunContext, resolution: int, workdir: Path):
     if dataset == "digits":
         return load_digits_dataset(resolution)
     try:
-        raw = ctx.storage.get(f"uploads/{job.tenant}/{dataset}")
+        raw = ctx.storage.get(upload_key(job.tenant, dataset))
     except KeyError:
         raise JobError("invalid_dataset", f"upload {dataset!r} is gone") from None
     root = extract_zip(raw, workdir / "data")

@@ -24,6 +24,7 @@ from core.jobs.execute import Artifact, RunContext, RunResult
 from core.pipelines.families import LORA_TRAINABLE
 from core.registry import ModelEntry
 from core.schemas import JobRecord, ModelRef
+from core.storage import upload_key
 from core.training.datasets import captioned_images, extract_zip
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -65,7 +66,7 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
         work = Path(tmp)
         # 1. data: images and captions
         try:
-            raw = ctx.storage.get(f"uploads/{job.tenant}/{p['dataset']}")
+            raw = ctx.storage.get(upload_key(job.tenant, p["dataset"]))
         except KeyError:
             raise JobError("invalid_dataset", f"upload {p['dataset']!r} is gone") from None
         pairs = captioned_images(extract_zip(raw, work / "data"))
