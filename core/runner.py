@@ -133,7 +133,7 @@ class Runner:
         record = ctx.store.registration(job.tenant, "model", model_id)
         if record is None:
             return self.registry.get(model_id)
-        entry = tenant_models.tenant_model_entry(ctx.store, job.tenant, model_id)
+        entry = tenant_models.entry_from_record(record)
         entry.path = tenant_models.materialize(ctx.storage, record, self.cache_dir)
         return entry
 

@@ -59,14 +59,16 @@ def materialize(storage: Storage, record: dict, cache_dir: Path) -> Path:
     return dest
 
 
+def entry_from_record(record: dict) -> ModelEntry | None:
+    """The registry entry of a registered model (its path is filled in by the worker after materialising)."""
+    return engine_entry_from_configs(record["name"], Path(record["prefix"]), record["config"], record["scheduler_config"],
+                                     record["version"])
+
+
 def tenant_model_entry(store: JobStore, tenant: str, name: str) -> ModelEntry | None:
-    """The registry entry of a model the tenant trained (its path filled in by the worker after materialising)."""
+    """The registry entry of a model the tenant trained, or None."""
     record = store.registration(tenant, "model", name)
-    if record is None:
-        return None
-    entry = engine_entry_from_configs(name, Path(record["prefix"]), record["config"], record["scheduler_config"],
-                                      record["version"])
-    return entry
+    return entry_from_record(record) if record else None
 
 
 def read_configs(folder: Path) -> dict:

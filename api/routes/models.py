@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import backends, tenant
 from api.state import Backends
 from core.schemas import ModelInfo
-from core.tenant_models import tenant_model_entry
+from core.tenant_models import entry_from_record
 
 router = APIRouter()
 
@@ -32,7 +32,7 @@ async def list_models(t: str = Depends(tenant), b: Backends = Depends(backends))
     """Every model found in the bundled folder and MODELS_DIR, and those the caller trained, with tasks, sizes, labels."""
 
     def own() -> list:
-        return [e for r in b.store.registrations(t, "model") if (e := tenant_model_entry(b.store, t, r["name"]))]
+        return [e for r in b.store.registrations(t, "model") if (e := entry_from_record(r))]
 
     entries = await run_in_threadpool(b.registry.list) + await run_in_threadpool(own)
     controlnets = [ModelInfo(id=name, kind="controlnet", tasks=["controlnet"]) for name in b.registry.controlnet_names()]
