@@ -34,8 +34,7 @@ def _wait_terminal(b: Backends, t: str, job_id: str, wait: float) -> JobRecord:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        seen = len(b.store.events(job_id))
-        b.store.wait_events(job_id, seen, left)
+        b.store.wait_events(job_id, b.store.event_count(job_id), left)
         job = _own(b, t, job_id)
     return job
 
@@ -83,13 +82,13 @@ async def job_events(job_id: str, t: str = Depends(tenant), b: Backends = Depend
                 yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
                 if e["event"] == "status" and JobStatus(e["data"]["status"]).is_terminal():
                     return
-            if not events:
-                job = await run_in_threadpool(b.store.get, job_id)
-                if job is None or job.status.is_terminal() and seq > 0 and not b.store.events(job_id, seq):
-                    return
-            got = await run_in_threadpool(b.store.wait_events, job_id, seq, KEEPALIVE_S)
-            if not got:
-                yield ": keep-alive\n\n"
+            if await run_in_threadpool(b.store.wait_events, job_id, seq, KEEPALIVE_S):
+                continue
+            # nothing new for a while: end if the job is gone or finished (its log expired), else keep alive
+            job = await run_in_threadpool(b.store.get, job_id)
+            if job is None or job.status.is_terminal():
+                return
+            yield ": keep-alive\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

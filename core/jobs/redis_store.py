@@ -96,6 +96,9 @@ class RedisJobStore(JobStore):
         raws = self.r.lrange(f"{P}job:{job_id}:events", start, -1)
         return [{"seq": start + i, **json.loads(r)} for i, r in enumerate(raws)]
 
+    def event_count(self, job_id):
+        return self.r.llen(f"{P}job:{job_id}:events")
+
     def wait_events(self, job_id, count, timeout):
         deadline = time.monotonic() + timeout
         ps = self.r.pubsub(ignore_subscribe_messages=True)
@@ -103,7 +106,7 @@ class RedisJobStore(JobStore):
             ps.subscribe(f"{P}job:{job_id}:notify")
             while True:
                 # check after subscribing, so an event between the check and the wait is never missed
-                if self.r.llen(f"{P}job:{job_id}:events") > count:
+                if self.event_count(job_id) > count:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -45,6 +45,9 @@ class JobStore(ABC):
     def events(self, job_id: str, start: int = 0) -> list[dict]: ...
 
     @abstractmethod
+    def event_count(self, job_id: str) -> int: ...
+
+    @abstractmethod
     def wait_events(self, job_id: str, count: int, timeout: float) -> bool:
         """Block until the job has more than ``count`` events, or ``timeout`` seconds pass."""
 
@@ -181,6 +184,10 @@ class MemoryJobStore(JobStore):
     def events(self, job_id, start=0):
         with self._lock:
             return list(self._events.get(job_id, [])[start:])
+
+    def event_count(self, job_id):
+        with self._lock:
+            return len(self._events.get(job_id, []))
 
     def wait_events(self, job_id, count, timeout):
         deadline = time.monotonic() + timeout
