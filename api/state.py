@@ -81,6 +81,7 @@ def build_backends(settings: Settings) -> Backends:
                         torch_threads=settings.torch_threads,
                         pipeline_budget_bytes=(settings.pipeline_budget_mb or 0) * 2**20 or None,
                         cache_dir=settings.data_dir / "cache",
+                        on_load=lambda model, ms: lifecycle.record_model_load(store, model, ms),
                     )
                 return runner_holder["r"]
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import io
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from core.errors import JobError
 from core.jobs.execute import Artifact, RunContext, RunResult
@@ -49,10 +48,10 @@ class Runner:
         self,
         registry: ModelRegistry,
         device: str | None = None,
-        max_models: int = 4,
         torch_threads: int = 0,
         pipeline_budget_bytes: int | None = None,
         cache_dir: str | Path | None = None,
+        on_load: Callable[[str, float], None] | None = None,
     ):
         import torch
 
@@ -60,11 +59,14 @@ class Runner:
             torch.set_num_threads(torch_threads)
         self.registry = registry
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.max_models = max_models
-        self._models: OrderedDict[tuple[str, str | None], object] = OrderedDict()
-        self._lock = threading.Lock()
         self._versions = versions()
-        self.pipeline_budget_bytes = pipeline_budget_bytes or default_budget(self.device)
+        from core.pipelines.cache import PipelineCache
+
+        # one warm cache, one memory budget, for engine models and diffusers pipelines alike
+        self.cache = PipelineCache(
+            pipeline_budget_bytes or default_budget(self.device),
+            on_load=(lambda key, ms: on_load(key[1], ms)) if on_load else None,  # key: (kind, model id, version)
+        )
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self._diffusers = None
 
@@ -74,7 +76,7 @@ class Runner:
         if self._diffusers is None:
             from core.pipelines.executors import DiffusersExecutor
 
-            self._diffusers = DiffusersExecutor(self.registry, self.device, self.pipeline_budget_bytes, self.cache_dir)
+            self._diffusers = DiffusersExecutor(self.registry, self.device, self.cache, self.cache_dir)
         return self._diffusers
 
     # -- warm cache ---------------------------------------------------------------------------------
@@ -82,19 +84,8 @@ class Runner:
         """Return (model, load_ms): 0 ms on a warm hit."""
         from core.ddpm.pipeline import DDPMEngineModel
 
-        key = (entry.id, entry.version)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key], 0.0
-        t0 = time.perf_counter()
-        model = DDPMEngineModel.from_pretrained(entry.path, device=self.device)
-        load_ms = (time.perf_counter() - t0) * 1000
-        with self._lock:
-            self._models[key] = model
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-        return model, load_ms
+        return self.cache.get(("engine", entry.id, entry.version),
+                              lambda: DDPMEngineModel.from_pretrained(entry.path, device=self.device))
 
     def warm_up(self, model_ids: list[str]) -> None:
         for mid in model_ids:

@@ -55,7 +55,8 @@ class Process:
                 s = self.settings
                 self._runner = Runner(self.registry, device=s.device, torch_threads=s.torch_threads,
                                       pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
-                                      cache_dir=s.data_dir / "cache")
+                                      cache_dir=s.data_dir / "cache",
+                                      on_load=lambda model, ms: lifecycle.record_model_load(self.store, model, ms))
             return self._runner
 
     def warm_up(self) -> None:

@@ -63,6 +63,11 @@ class DDPMEngineModel:
         self.sha256: str | None = None
 
     @property
+    def components(self) -> dict:
+        """The torch modules, as a diffusers pipeline names them (the warm cache sizes models by these)."""
+        return {"unet": self.unet}
+
+    @property
     def sample_size(self) -> int:
         return self.unet.config.sample_size
 

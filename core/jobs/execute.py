@@ -102,10 +102,6 @@ def execute_job(
     try:
         with Heartbeat(store, job_id, worker_id, lease_ttl, heartbeat_interval):
             result = runner_factory().run(job, ctx)
-            if result.load_ms and result.model is not None:
-                store.observe(
-                    "diffuserve_model_load_seconds", {"model": result.model.id}, result.load_ms / 1000, lifecycle.SECONDS_BUCKETS
-                )
             t0 = time.perf_counter()
             outputs = []
             for i, a in enumerate(result.artifacts):

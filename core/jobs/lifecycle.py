@@ -147,6 +147,11 @@ def _count_finished(store: JobStore, job: JobRecord) -> None:
         store.observe("diffuserve_job_run_seconds", {"type": job.type.value}, run_s, SECONDS_BUCKETS)
 
 
+def record_model_load(store: JobStore, model: str, load_ms: float) -> None:
+    """Every cold model load, warm-ups at start included, feeds the model-load-time histogram."""
+    store.observe("diffuserve_model_load_seconds", {"model": model}, load_ms / 1000, SECONDS_BUCKETS)
+
+
 def cancel(store: JobStore, job_id: str) -> JobRecord | None:
     """A queued job is canceled at once and never starts; a running one is flagged and stops at its next step."""
     changed = None

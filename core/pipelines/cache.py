@@ -1,4 +1,4 @@
-"""A warm LRU of pipelines with a memory budget (RAM on CPU, VRAM on CUDA).
+"""A warm LRU of pipelines and engine models with a memory budget (RAM on CPU, VRAM on CUDA).
 
 Entries are keyed by model id and version; task variants (img2img, inpaint, ControlNet) are built from the
 cached components with ``from_pipe``, so no second copy of the weights is ever loaded. Evicting drops every
@@ -44,8 +44,9 @@ def release_memory() -> None:
 
 
 class PipelineCache:
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, on_load: Callable[[tuple, float], None] | None = None):
         self.budget_bytes = budget_bytes
+        self.on_load = on_load  # (key, load_ms) after every cold load, warm-ups included
         self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
         self._lock = threading.RLock()
         self.evictions = 0
@@ -69,7 +70,10 @@ class PipelineCache:
             size = module_bytes(item)
             self._items[key] = (item, size)
             self._evict(keep=key)
-            return item, (time.perf_counter() - t0) * 1000
+            load_ms = (time.perf_counter() - t0) * 1000
+        if self.on_load is not None:
+            self.on_load(key, load_ms)
+        return item, load_ms
 
     def _evict(self, keep: tuple) -> None:
         evicted = False

@@ -57,10 +57,10 @@ MAX_ADAPTERS = 8  # adapters kept loaded per pipeline (LRU)
 
 
 class DiffusersExecutor:
-    def __init__(self, registry: ModelRegistry, device: str, budget_bytes: int, cache_dir: Path | None = None):
+    def __init__(self, registry: ModelRegistry, device: str, cache: PipelineCache, cache_dir: Path | None = None):
         self.registry = registry
         self.device = device
-        self.cache = PipelineCache(budget_bytes)
+        self.cache = cache  # shared with the runner's engine models
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "diffuserve-cache"
 
     # -- LoRA adapters ------------------------------------------------------------------------------
