@@ -1,8 +1,9 @@
-"""Generation jobs: one POST per task type, each answering 202 with the job."""
+"""Job submissions: one POST per job type, each answering 202 with the job."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from api.deps import backends, rate_limited
 from api.state import Backends
@@ -20,46 +21,32 @@ from core.schemas import (
 )
 
 router = APIRouter()
-ACCEPTED = {"status_code": 202, "response_model": Job}
+
+# (path, route name = operation id, job type, request model, one-line description)
+ROUTES: list[tuple[str, str, JobType, type[BaseModel], str]] = [
+    ("/txt2img", "txt2img", JobType.txt2img, Txt2ImgRequest,
+     "Queue a text-to-image job (for a class-conditional engine model the prompt names the label)."),
+    ("/img2img", "img2img", JobType.img2img, Img2ImgRequest, "Queue an image-to-image job."),
+    ("/inpaint", "inpaint", JobType.inpaint, InpaintRequest, "Queue an inpainting job (white pixels of mask_image are repainted)."),
+    ("/controlnet", "controlnet", JobType.controlnet, ControlNetRequest, "Queue a ControlNet-conditioned generation job."),
+    ("/video", "video", JobType.video, VideoRequest, "Queue a text-to-video job."),
+    ("/trainings/lora", "train_lora", JobType.lora_training, LoraTrainingRequest,
+     "Queue a LoRA fine-tuning job on an uploaded dataset."),
+    ("/trainings/ddpm", "train_ddpm", JobType.ddpm_training, DDPMTrainingRequest,
+     "Queue a training job of the from-scratch engine."),
+]
 
 
-@router.post("/txt2img", **ACCEPTED)
-async def txt2img(request: Request, body: Txt2ImgRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue a text-to-image job (for a class-conditional engine model the prompt names the label)."""
-    return await submit(request, b, tenant, JobType.txt2img, body)
+def _endpoint(job_type: JobType, model: type[BaseModel], doc: str):
+    async def endpoint(request: Request, body: BaseModel, tenant: str = Depends(rate_limited),
+                       b: Backends = Depends(backends)):
+        return await submit(request, b, tenant, job_type, body)
+
+    endpoint.__annotations__["body"] = model  # FastAPI validates the body against the job type's own model
+    endpoint.__doc__ = doc
+    return endpoint
 
 
-@router.post("/img2img", **ACCEPTED)
-async def img2img(request: Request, body: Img2ImgRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue an image-to-image job."""
-    return await submit(request, b, tenant, JobType.img2img, body)
-
-
-@router.post("/inpaint", **ACCEPTED)
-async def inpaint(request: Request, body: InpaintRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue an inpainting job (white pixels of mask_image are repainted)."""
-    return await submit(request, b, tenant, JobType.inpaint, body)
-
-
-@router.post("/controlnet", **ACCEPTED)
-async def controlnet(request: Request, body: ControlNetRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue a ControlNet-conditioned generation job."""
-    return await submit(request, b, tenant, JobType.controlnet, body)
-
-
-@router.post("/video", **ACCEPTED)
-async def video(request: Request, body: VideoRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue a text-to-video job."""
-    return await submit(request, b, tenant, JobType.video, body)
-
-
-@router.post("/trainings/lora", **ACCEPTED)
-async def train_lora(request: Request, body: LoraTrainingRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue a LoRA fine-tuning job on an uploaded dataset."""
-    return await submit(request, b, tenant, JobType.lora_training, body)
-
-
-@router.post("/trainings/ddpm", **ACCEPTED)
-async def train_ddpm(request: Request, body: DDPMTrainingRequest, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)):
-    """Queue a training job of the from-scratch engine."""
-    return await submit(request, b, tenant, JobType.ddpm_training, body)
+for _path, _name, _type, _model, _doc in ROUTES:
+    router.add_api_route(_path, _endpoint(_type, _model, _doc), methods=["POST"], name=_name, status_code=202,
+                         response_model=Job)
