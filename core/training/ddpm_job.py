@@ -7,6 +7,7 @@ resumes from its last checkpoint on the next worker and still ends ``succeeded``
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -100,8 +101,6 @@ def run_ddpm_training(job: JobRecord, ctx: RunContext, device: str, checkpoint_e
     card = {"name": p["name"], "version": record["version"], "parameters": count_parameters(unet),
             "dataset": p["dataset"], "images": int(images.shape[0]), "labels": names, "steps": p["max_steps"],
             "final_loss": model.metadata["final_loss"], "train_seconds": round(train_ms / 1000, 2)}
-    import json
-
     return RunResult(
         [Artifact(buf.getvalue(), "image/png", "png", {"width": grid.width, "height": grid.height, "role": "samples"}),
          Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "model_card"})],
