@@ -20,7 +20,7 @@ run: setup  ## embedded mode on $(HOST):$(PORT): in-process queue, local disk, t
 	$(BIN)/python -m uvicorn --factory api.main:create_app --host $(HOST) --port $(PORT)
 
 worker: setup  ## a Celery worker (distributed mode: needs BROKER_URL)
-	$(BIN)/celery -A worker.app worker -Q inference,training --pool solo --loglevel INFO
+	$(BIN)/celery -A worker.app worker --pool solo --loglevel INFO
 
 test: setup  ## the whole suite; the tests start their own redis-server and moto_server and stop them
 	$(BIN)/python scripts/export_openapi.py --check

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
     url_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
     data_dir: Path = REPO / "data"
-    signing_key: str = Field(default_factory=lambda: secrets.token_hex(32))
+    signing_key: str | None = Field(None, description="HMAC key of local URLs; unset: DATA_DIR/signing_key, made once")
     api_keys: str = Field("", description="tenant:key,tenant:key")
     rate_limit_per_minute: int = Field(600, ge=1)
     models_dir: Path | None = None
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_wait_s: float = 60.0
+    max_active_jobs_per_tenant: int = Field(64, ge=1, description="queued + running jobs per tenant; past it 429")
+    max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
+    job_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="a finished job, its outputs and uploads are deleted after it")
+    storage_retry_s: float = Field(30.0, ge=0, description="how long storage writes are retried before storage_unavailable")
+    redis_max_connections: int = Field(64, ge=4)
+    metrics_token: str | None = Field(None, description="set: /metrics needs Authorization: Bearer <token>")
     lease_ttl_s: float = 15.0
     heartbeat_s: float = 3.0
     max_attempts: int = 3
@@ -52,6 +59,24 @@ class Settings(BaseSettings):
     @property
     def distributed(self) -> bool:
         return bool(self.broker_url)
+
+    def resolved_signing_key(self) -> str:
+        """SIGNING_KEY, else a key made once and kept in DATA_DIR (so URLs survive a restart, and gateways that share
+        DATA_DIR agree); gateways on separate disks must share SIGNING_KEY, and the gateway warns when it is unset."""
+        if self.signing_key:
+            return self.signing_key
+        path = self.data_dir / "signing_key"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".signing_key.{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # exclusive: two gateways starting at once end up with one key
+            except FileExistsError:
+                pass
+            tmp.unlink()
+        return path.read_text().strip()
 
     def tenants_by_key(self) -> dict[str, str]:
         out = {}

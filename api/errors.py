@@ -1,20 +1,51 @@
-"""One error shape everywhere: ``{"error": {"code", "message", "field"}}``."""
+"""One error shape everywhere: ``{"error": {"code", "message", "field"}}``, and the one table from core's failure
+taxonomy to HTTP status codes. Every response carries ``X-Request-ID``; a 500 names it and nothing else."""
 
 from __future__ import annotations
+
+import json
+import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import InputError
+from core.errors import (
+    Conflict,
+    InputError,
+    JobError,
+    NotFound,
+    QuotaExceeded,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+)
 from core.schemas import ErrorResponse
+
+log = logging.getLogger("diffuserve.api")
+
+# core's failure taxonomy -> HTTP status (the first match wins: subclasses before their bases)
+STATUS_BY_ERROR: list[tuple[type[ServiceError], int]] = [
+    (TooLarge, 413),
+    (InputError, 422),
+    (Conflict, 409),
+    (NotFound, 404),
+    (QuotaExceeded, 429),
+    (Unavailable, 503),
+    (JobError, 422),
+    (ServiceError, 400),
+]
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               409: "conflict", 413: "too_large", 415: "unsupported_media_type", 429: "rate_limited"}
 
 
 class ApiError(Exception):
+    """An HTTP-level answer decided in ``api/`` itself (auth, rate limits, routes)."""
+
     def __init__(self, status: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
         self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
 
@@ -23,9 +54,77 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status, headers=headers)
 
 
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    status = next(s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls))
+    headers = None
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+    return error_response(status, exc.code, exc.message, exc.field, headers)
+
+
 def _field(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
+
+
+def _backend_outage(exc: BaseException) -> bool:
+    """A backend's own connection error that reached the gateway unwrapped (the broker's client, say)."""
+    try:
+        from kombu.exceptions import OperationalError
+
+        if isinstance(exc, OperationalError):
+            return True
+    except ImportError:  # embedded mode may run without Celery installed
+        pass
+    try:
+        import redis
+
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return True
+    except ImportError:
+        pass
+    return False
+
+
+class CatchAll:
+    """Outermost of ours: stamps ``X-Request-ID`` on every response; any exception no handler took becomes a JSON
+    500 naming that id (or a 503 with ``Retry-After`` for a backend outage), never a text page or a traceback."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = uuid.uuid4().hex
+        started = False
+
+        async def stamped(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamped)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if started:
+                raise
+            if _backend_outage(exc):
+                status, code, msg, extra = 503, "unavailable", "a backend of the service is unavailable; retry shortly", \
+                    [(b"retry-after", b"5")]
+                log.warning("request %s: backend unavailable (%s)", request_id, type(exc).__name__)
+            else:
+                status, code, msg, extra = 500, "internal_error", f"internal error; request id {request_id}", []
+                log.exception("request %s failed", request_id)
+            body = json.dumps({"error": {"code": code, "message": msg, "field": None}}).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"x-request-id", request_id.encode()), *extra]})
+            await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI) -> None:
@@ -39,9 +138,9 @@ def install(app: FastAPI) -> None:
             msg = "the body is not valid JSON"
         return error_response(422, code, msg, _field(tuple(first.get("loc", ()))))
 
-    @app.exception_handler(InputError)
-    async def input_error(_: Request, exc: InputError):
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError):
+        return service_error_response(exc)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
@@ -52,6 +151,8 @@ def install(app: FastAPI) -> None:
         code = HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
 
+    app.add_middleware(CatchAll)
+
 
 ERROR_RESPONSES = {
     status: {"model": ErrorResponse, "description": desc}
@@ -60,6 +161,7 @@ ERROR_RESPONSES = {
         404: "unknown, or not yours",
         413: "too large",
         422: "invalid input; `field` names it",
-        429: "rate limited; see Retry-After",
+        429: "rate limited or over a quota; see Retry-After",
+        503: "a backend (job store, queue, storage) is unavailable; see Retry-After",
     }.items()
 }

@@ -26,13 +26,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        import anyio.to_thread
-
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 200  # long-polls and SSE wait in threads
         backends = build_backends(settings)
         app.state.backends = backends
-        backends.start_reaper()
-        logging.getLogger("diffuserve.api").info("diffuserve %s ready in %s mode", __version__, backends.mode)
+        backends.start()
+        log = logging.getLogger("diffuserve.api")
+        if settings.distributed and not settings.s3_bucket and not settings.signing_key:
+            log.warning("SIGNING_KEY is unset and outputs are on local disk: every gateway that serves /files must "
+                        "share SIGNING_KEY (or DATA_DIR, where the key is kept); URLs signed by one gateway are "
+                        "refused by another that does not")
+        log.info("diffuserve %s ready in %s mode", __version__, backends.mode)
         try:
             yield
         finally:

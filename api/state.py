@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 
 from api.config import Settings
+from api.waiters import Waiters
 from core.jobs import lifecycle
 from core.jobs.store import JobStore
 from core.registry import ModelRegistry
@@ -20,6 +21,7 @@ class Backends:
     queue: object
     registry: ModelRegistry
     tenants_by_key: dict[str, str]
+    waiters: Waiters
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -27,9 +29,12 @@ class Backends:
     def mode(self) -> str:
         return "distributed" if self.settings.distributed else "embedded"
 
-    def start_reaper(self) -> None:
+    def start(self) -> None:
+        """The reaper (orphans, unsent jobs, retention) and the listener that wakes long-polls; call on the loop."""
         s = self.settings
-        self._threads.append(lifecycle.start_reaper(self.store, self.queue, s.reaper_interval_s, s.max_attempts, self._stop))
+        self._threads.append(lifecycle.start_reaper(self.store, self.queue, self.storage, s.reaper_interval_s,
+                                                    s.max_attempts, self._stop))
+        self.waiters.start(self._stop)
 
     def close(self) -> None:
         self._stop.set()
@@ -51,22 +56,25 @@ def build_backends(settings: Settings) -> Backends:
             expires_s=settings.url_expires_s,
             public_endpoint_url=settings.s3_public_endpoint_url,
             prefix=settings.s3_prefix,
+            retry_budget_s=settings.storage_retry_s,
         )
     else:
-        storage = LocalStorage(settings.data_dir / "files", settings.signing_key, settings.url_expires_s)
+        storage = LocalStorage(settings.data_dir / "files", settings.resolved_signing_key(), settings.url_expires_s,
+                               retry_budget_s=settings.storage_retry_s)
 
     if settings.distributed:
         from core.jobs.queue import CeleryQueue
         from core.jobs.redis_store import RedisJobStore
 
-        store: JobStore = RedisJobStore(settings.redis_url or settings.broker_url)
+        store: JobStore = RedisJobStore(settings.redis_url or settings.broker_url, settings.job_ttl_s,
+                                        settings.redis_max_connections)
         queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
     else:
         from core.jobs.execute import execute_job
         from core.jobs.queue import InProcessQueue
         from core.jobs.store import MemoryJobStore
 
-        store = MemoryJobStore()
+        store = MemoryJobStore(settings.job_ttl_s)
         runner_holder: dict = {}
         runner_lock = threading.Lock()
 
@@ -94,4 +102,5 @@ def build_backends(settings: Settings) -> Backends:
         if warm:
             threading.Thread(target=lambda: runner().warm_up(warm), name="warm-up", daemon=True).start()
 
-    return Backends(settings, store, storage, queue, registry, settings.tenants_by_key())
+    return Backends(settings, store, storage, queue, registry, settings.tenants_by_key(),
+                    Waiters(store, settings.max_waits_per_tenant))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 
 from fastapi import Request
@@ -12,12 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.state import Backends
+from core import uploads
 from core.errors import InputError
-from core.images import decode_data_uri, inspect_image
 from core.jobs import lifecycle
+from core.limits import LIMITS, MAX_VIDEO_VOLUME, family_of
 from core.registry import ModelEntry
 from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
-from core.storage import upload_key
 from core.tenant_models import tenant_model_entry
 
 IMAGE_FIELDS = ("image", "mask_image", "control_image")
@@ -31,20 +30,6 @@ def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
         if key:
             item["url"] = b.storage.url(key, base_url)
     return data
-
-
-def check_image_ref(b: Backends, tenant: str, field: str, ref: str) -> tuple[int, int]:
-    if ref.startswith("data:"):
-        raw = decode_data_uri(ref, field, b.settings.max_body_bytes)
-        w, h, _ = inspect_image(raw, field, b.settings.max_image_pixels)
-        return w, h
-    try:
-        meta = json.loads(b.storage.get(upload_key(tenant, ref) + ".json"))
-    except KeyError:
-        raise InputError(f"unknown upload {ref!r}", field=field, code="unknown_upload") from None
-    if not meta.get("width"):
-        raise InputError(f"upload {ref!r} is not an image", field=field, code="invalid_image")
-    return meta["width"], meta["height"]
 
 
 def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) -> None:
@@ -116,10 +101,7 @@ def _check_training_name(b: Backends, name: str) -> None:
 
 
 def _check_zip_upload(b: Backends, tenant: str, upload_id: str) -> None:
-    try:
-        meta = json.loads(b.storage.get(upload_key(tenant, upload_id) + ".json"))
-    except KeyError:
-        raise InputError(f"unknown upload {upload_id!r}", field="dataset", code="unknown_upload") from None
+    meta = uploads.metadata(b.storage, tenant, upload_id, "dataset")
     if meta.get("content_type") != "application/zip":
         raise InputError("the dataset must be a zip archive", field="dataset")
 
@@ -134,20 +116,29 @@ def _prepare_lora_training(b: Backends, tenant: str, data: dict) -> tuple[dict, 
     if entry.pipeline_class not in LORA_TRAINABLE:
         raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
                          field="base_model", code="unsupported_task")
-    if data["resolution"] % 8:
-        raise InputError("must be a multiple of 8", field="resolution")
+    _check_training_work(data["max_train_steps"], data["train_batch_size"], data["resolution"], "lora_training")
     _check_zip_upload(b, tenant, data["dataset"])
     return data, ModelRef(id=entry.id, sha256=entry.version)
 
 
+def _check_training_work(steps: int, batch: int, resolution: int, family: str) -> None:
+    cap = LIMITS[family].max_work
+    if steps * batch * resolution**2 > cap:
+        raise InputError(f"steps x batch x resolution^2 = {steps * batch * resolution**2:,} is over the cap of {cap:,} "
+                         "for one training job; lower one of them", field="max_steps" if family == "ddpm_training"
+                         else "max_train_steps", code="too_expensive")
+
+
 def _prepare_ddpm_training(b: Backends, tenant: str, data: dict) -> tuple[dict, None]:
     _check_training_name(b, data["name"])
+    _check_training_work(data["max_steps"], data["batch_size"], data["resolution"], "ddpm_training")
     if data["dataset"] != "digits":
         _check_zip_upload(b, tenant, data["dataset"])
     return data, None
 
 
-def _prepare_generation(b: Backends, tenant: str, job_type: JobType, data: dict, dims: dict) -> tuple[dict, ModelRef]:
+def _prepare_generation(b: Backends, tenant: str, job_type: JobType, data: dict,
+                        dims: dict) -> tuple[dict, ModelRef, str]:
     entry = tenant_model_entry(b.store, tenant, data["model"]) or b.registry.get(data["model"])
     entry.require_task(job_type)
     first_image = next(iter(dims.values()), None)
@@ -158,25 +149,59 @@ def _prepare_generation(b: Backends, tenant: str, job_type: JobType, data: dict,
     _fill_generation_defaults(entry, data, job_type)
     if entry.kind == "diffusers":
         _check_diffusers_request(b, tenant, entry, data, job_type)
-    return data, ModelRef(id=entry.id, sha256=entry.version)
+    family = family_of(entry.kind, job_type == JobType.video)
+    _check_family_limits(family, data)
+    return data, ModelRef(id=entry.id, sha256=entry.version), family
 
 
-def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None]:
-    """Validate what pydantic cannot (models, tasks, images, labels, datasets) and fill every default into the
-    input, the seed included (null: a random one, recorded so the job can be reproduced)."""
+def _check_family_limits(family: str, data: dict) -> None:
+    lim = LIMITS[family]
+    if data["width"] * data["height"] > lim.max_pixels:
+        raise InputError(f"{data['width']}x{data['height']} is over {lim.max_pixels:,} pixels for {family} models",
+                         field="width", code="too_expensive")
+    if data["num_inference_steps"] > lim.max_steps:
+        raise InputError(f"at most {lim.max_steps} for {family} models", field="num_inference_steps")
+    if data.get("num_images", 1) > lim.max_images:
+        raise InputError(f"at most {lim.max_images} for {family} models", field="num_images")
+    if family == "video" and data["num_frames"] * data["width"] * data["height"] > MAX_VIDEO_VOLUME:
+        raise InputError(f"num_frames x width x height is over {MAX_VIDEO_VOLUME:,}", field="num_frames",
+                         code="too_expensive")
+
+
+def _fill_timeout(data: dict, family: str) -> None:
+    lim = LIMITS[family]
+    if data.get("timeout_s") is None:
+        data["timeout_s"] = lim.default_timeout_s
+    elif data["timeout_s"] > lim.max_timeout_s:
+        raise InputError(f"at most {lim.max_timeout_s} for {family} jobs", field="timeout_s")
+
+
+def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None, dict]:
+    """Validate what pydantic cannot (models, tasks, images, labels, datasets, the family's limits) and fill every
+    default into the input, the seed and timeout included (a null seed: a random one, recorded so the job can be
+    reproduced). Inline images are saved as uploads last, once the request is known good; the input keeps their
+    ids and ``input_sha256`` their hashes. Returns (input, model, input_sha256)."""
     data = body.model_dump(mode="json")
-    dims = {f: check_image_ref(b, tenant, f, data[f]) for f in IMAGE_FIELDS if data.get(f)}
+    s = b.settings
+    images = {f: uploads.check_image(b.storage, tenant, f, data[f], s.max_body_bytes, s.max_image_pixels)
+              for f in IMAGE_FIELDS if data.get(f)}
+    dims = {f: (im.width, im.height) for f, im in images.items()}
     if "mask_image" in dims and dims["mask_image"] != dims["image"]:
         raise InputError(f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image")
     if job_type == JobType.lora_training:
         data, model = _prepare_lora_training(b, tenant, data)
+        family = "lora_training"
     elif job_type == JobType.ddpm_training:
         data, model = _prepare_ddpm_training(b, tenant, data)
+        family = "ddpm_training"
     else:
-        data, model = _prepare_generation(b, tenant, job_type, data, dims)
+        data, model, family = _prepare_generation(b, tenant, job_type, data, dims)
+    _fill_timeout(data, family)
     if data.get("seed") is None:
         data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # image i uses seed + i
-    return data, model
+    for f, im in images.items():
+        data[f] = uploads.save_inline(b.store, b.storage, tenant, im, s.job_ttl_s)
+    return data, model, {f: im.sha256 for f, im in images.items()}
 
 
 async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
@@ -187,9 +212,11 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
             raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
         body_hash = hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
         idempotency = (idem_key, body_hash)
-    data, model = await run_in_threadpool(prepare, b, tenant, job_type, body)
+    data, model, hashes = await run_in_threadpool(prepare, b, tenant, job_type, body)
     job = lifecycle.new_job(job_type, data, tenant, model)
-    job, created = await run_in_threadpool(lifecycle.submit, b.store, b.queue, job, idempotency)
+    job.input_sha256 = hashes
+    job, created = await run_in_threadpool(lifecycle.submit, b.store, b.queue, job, idempotency,
+                                           b.settings.max_active_jobs_per_tenant)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

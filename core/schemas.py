@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from core.limits import LIMITS, MAX_TIMEOUT_S
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 UPLOAD_ID_PATTERN = re.compile(r"^upl_[0-9a-f]{32}$")
 MAX_SEED = 2**32 - 1
@@ -75,6 +77,8 @@ class GenerationBase(Strict):
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description="default: the model's")
     scheduler: str | None = Field(None, max_length=32, description="see GET /v1/schedulers; default: the model's")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: random; image i uses seed + i")
+    timeout_s: int | None = Field(None, ge=1, le=MAX_TIMEOUT_S,
+                                  description="past it the job fails deadline_exceeded; default and cap: per family")
 
 
 class Txt2ImgRequest(GenerationBase):
@@ -114,11 +118,12 @@ class LoraTrainingRequest(Strict):
     rank: int = Field(4, ge=1, le=256)
     alpha: float | None = Field(None, gt=0, le=1024)
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
-    max_train_steps: int = Field(500, ge=1, le=100_000)
-    train_batch_size: int = Field(1, ge=1, le=64)
-    resolution: int = Field(512, ge=8, le=2048)
+    max_train_steps: int = Field(500, ge=1, le=LIMITS["lora_training"].max_steps)
+    train_batch_size: int = Field(1, ge=1, le=LIMITS["lora_training"].max_images)
+    resolution: int = Field(512, ge=8, le=1024, multiple_of=8)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     train_text_encoder: bool = False
+    timeout_s: int | None = Field(None, ge=1, le=LIMITS["lora_training"].max_timeout_s)
 
     @field_validator("dataset")
     @classmethod
@@ -135,10 +140,11 @@ class DDPMTrainingRequest(Strict):
     objective: Literal["ddpm", "flow"] = "ddpm"
     beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
-    max_steps: int = Field(1000, ge=1, le=1_000_000)
-    batch_size: int = Field(64, ge=1, le=1024)
+    max_steps: int = Field(1000, ge=1, le=LIMITS["ddpm_training"].max_steps)
+    batch_size: int = Field(64, ge=1, le=LIMITS["ddpm_training"].max_images)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    timeout_s: int | None = Field(None, ge=1, le=LIMITS["ddpm_training"].max_timeout_s)
 
     @field_validator("dataset")
     @classmethod
@@ -207,6 +213,8 @@ class Job(BaseModel):
     model: ModelRef | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     attempts: int = 0
+    input_sha256: dict[str, str] = Field(default_factory=dict,
+                                         description="sha256 of each image input (inline images are stored as uploads)")
 
 
 class JobRecord(Job):
@@ -218,9 +226,11 @@ class JobRecord(Job):
     tenant: str = "default"
     cancel_requested: bool = False
     worker: str | None = None
+    lease_token: str | None = None  # the owner of the current attempt; only it may report, renew or finish
+    enqueued: bool = False  # the queue accepted the message; the reaper re-sends jobs that stay False
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"tenant", "cancel_requested", "worker"})
+        return self.model_dump(mode="json", exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued"})
 
 
 class JobList(BaseModel):
@@ -257,5 +267,6 @@ class UploadInfo(BaseModel):
     id: str
     content_type: str
     size: int
+    sha256: str | None = None
     width: int | None = None
     height: int | None = None

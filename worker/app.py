@@ -1,4 +1,5 @@
-"""The Celery app: ``celery -A worker.app worker -Q inference,training --pool solo``.
+"""The Celery app: ``celery -A worker.app worker --pool solo`` (every queue; ``-Q inference`` or ``-Q training``
+dedicates a worker to one).
 
 One job at a time per process (it owns its GPU): acks late, prefetch 1. Models load once per process at
 start-up (``worker_process_init``) and stay warm. A reaper thread re-queues jobs whose worker stopped
@@ -13,10 +14,11 @@ import os
 import threading
 
 from celery.signals import worker_init, worker_process_init, worker_shutdown
+from kombu import Queue as KombuQueue
 
 from core.jobs import lifecycle
 from core.jobs.execute import execute_job
-from core.jobs.queue import TASK_NAME, CeleryQueue, make_celery
+from core.jobs.queue import QUEUES, TASK_NAME, CeleryQueue, make_celery
 from core.jobs.redis_store import RedisJobStore
 from core.registry import ModelRegistry
 from core.storage import LocalStorage, S3Storage, Storage
@@ -26,7 +28,8 @@ log = logging.getLogger("diffuserve.worker")
 
 settings = WorkerSettings()
 app = make_celery(settings.broker_url, settings.visibility_timeout_s)
-app.conf.task_queues = None  # declared by -Q on the command line (inference, training)
+# a worker started without -Q consumes every queue, training included; -Q picks a subset
+app.conf.task_queues = tuple(KombuQueue(name) for name in QUEUES)
 
 
 class Process:
@@ -34,12 +37,13 @@ class Process:
 
     def __init__(self, s: WorkerSettings):
         self.settings = s
-        self.store = RedisJobStore(s.redis_url or s.broker_url)
+        self.store = RedisJobStore(s.redis_url or s.broker_url, s.job_ttl_s)
         self.queue = CeleryQueue(s.broker_url, s.visibility_timeout_s)
         self.storage: Storage = (
-            S3Storage(s.s3_bucket, endpoint_url=s.s3_endpoint_url, region=s.s3_region, prefix=s.s3_prefix)
+            S3Storage(s.s3_bucket, endpoint_url=s.s3_endpoint_url, region=s.s3_region, prefix=s.s3_prefix,
+                      retry_budget_s=s.storage_retry_s)
             if s.s3_bucket
-            else LocalStorage(s.data_dir / "files", signing_key="unused-by-workers")
+            else LocalStorage(s.data_dir / "files", signing_key="unused-by-workers", retry_budget_s=s.storage_retry_s)
         )
         self.registry = ModelRegistry([s.bundled_models_dir, s.models_dir], s.models_config)
         self.worker_id = f"{s.worker_name}:{os.getpid()}"
@@ -66,7 +70,7 @@ class Process:
 
     def start_reaper(self) -> None:
         s = self.settings
-        lifecycle.start_reaper(self.store, self.queue, s.reaper_interval_s, s.max_attempts, self._stop)
+        lifecycle.start_reaper(self.store, self.queue, self.storage, s.reaper_interval_s, s.max_attempts, self._stop)
 
 
 _process: Process | None = None

@@ -33,6 +33,8 @@ class WorkerSettings(BaseSettings):
     max_attempts: int = 3
     reaper_interval_s: float = 5.0
     visibility_timeout_s: int = 3600
+    job_ttl_s: float = Field(7 * 24 * 3600, gt=0)
+    storage_retry_s: float = Field(30.0, ge=0)
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}")
 
     @field_validator("broker_url")

@@ -25,4 +25,5 @@ async def get_file(key: str, expires: int = Query(...), sig: str = Query(..., ma
         data = await run_in_threadpool(storage.get, key)
     except (KeyError, ValueError):
         raise ApiError(404, "not_found", "no such file", "key") from None
-    return Response(data, media_type=storage.content_type(key), headers={"Cache-Control": "private, max-age=3600"})
+    return Response(data, media_type=storage.content_type(key),
+                    headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})

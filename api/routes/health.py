@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import hmac
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import backends
+from api.errors import ApiError
 from api.state import Backends
 from core.schemas import JobStatus
 
@@ -28,7 +31,9 @@ async def readyz(b: Backends = Depends(backends)):
 
     checks = await run_in_threadpool(check)
     ok = all(checks.values())
-    return JSONResponse({"status": "ready" if ok else "unavailable", "mode": b.mode, "checks": checks}, status_code=200 if ok else 503)
+    failing = [name for name, good in checks.items() if not good]
+    body = {"status": "ready" if ok else "unavailable", "mode": b.mode, "checks": checks, "failing": failing}
+    return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
 def render_metrics(b: Backends) -> bytes:
@@ -36,6 +41,27 @@ def render_metrics(b: Backends) -> bytes:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
     counters, hists = b.store.metrics_snapshot()
+    served = {e.id for e in b.registry.list()}
+
+    def public(labels: tuple) -> tuple:
+        # a tenant's own model names are the tenant's data: never in an unauthenticated scrape
+        return tuple((k, v if k != "model" or v in served else "tenant_model") for k, v in labels)
+
+    merged_c: dict = {}
+    for (name, labels), v in counters.items():
+        k = (name, public(labels))
+        merged_c[k] = merged_c.get(k, 0.0) + v
+    merged_h: dict = {}
+    for (name, labels), h in hists.items():
+        k = (name, public(labels))
+        if k not in merged_h:
+            merged_h[k] = {"buckets": dict(h["buckets"]), "sum": h["sum"], "count": h["count"]}
+        else:
+            m = merged_h[k]
+            m["buckets"] = {le: m["buckets"].get(le, 0) + n for le, n in h["buckets"].items()}
+            m["sum"] += h["sum"]
+            m["count"] += h["count"]
+    counters, hists = merged_c, merged_h
     depth = len(b.store.ids_with_status(JobStatus.queued))
     running = len(b.store.ids_with_status(JobStatus.running))
 
@@ -65,7 +91,10 @@ def render_metrics(b: Backends) -> bytes:
 
 
 @router.get("/metrics")
-async def metrics(b: Backends = Depends(backends)):
+async def metrics(request: Request, b: Backends = Depends(backends)):
     """Prometheus text format: jobs by type and status, queue depth, wait/run/model-load histograms."""
+    token = b.settings.metrics_token
+    if token and not hmac.compare_digest(request.headers.get("authorization", "").encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "unauthorized", "/metrics needs Authorization: Bearer <METRICS_TOKEN>", "Authorization")
     body = await run_in_threadpool(render_metrics, b)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

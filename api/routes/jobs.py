@@ -13,6 +13,7 @@ from api.deps import backends, tenant
 from api.errors import ApiError
 from api.state import Backends
 from api.submit import job_view
+from api.waiters import wait_for
 from core.jobs import lifecycle
 from core.schemas import Job, JobList, JobRecord, JobStatus
 
@@ -27,24 +28,21 @@ def _own(b: Backends, t: str, job_id: str) -> JobRecord:
     return job
 
 
-def _wait_terminal(b: Backends, t: str, job_id: str, wait: float) -> JobRecord:
-    deadline = time.monotonic() + wait
-    job = _own(b, t, job_id)
-    while not job.status.is_terminal():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        b.store.wait_events(job_id, b.store.event_count(job_id), left)
-        job = _own(b, t, job_id)
-    return job
-
-
 @router.get("/jobs/{job_id}", response_model=Job)
-async def get_job(request: Request, job_id: str, wait: float = Query(0, ge=0, le=600, description="long-poll up to this many seconds for a terminal status"),
+async def get_job(request: Request, job_id: str,
+                  wait: float = Query(0, ge=0, le=60, description="long-poll up to this many seconds for a terminal status"),
                   t: str = Depends(tenant), b: Backends = Depends(backends)):
     """Read a job; with ?wait=N, answer as soon as it is terminal or after N seconds."""
     wait = min(wait, b.settings.max_wait_s)
-    job = await run_in_threadpool(_wait_terminal, b, t, job_id, wait)
+    job = await run_in_threadpool(_own, b, t, job_id)
+    if wait > 0 and not job.status.is_terminal():
+        deadline = time.monotonic() + wait
+        async with b.waiters.watch(t, job_id) as changed:  # waits on the loop: no thread, no connection held
+            while True:
+                changed.clear()
+                job = await run_in_threadpool(_own, b, t, job_id)
+                if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
+                    break
     return job_view(job, b, str(request.base_url))
 
 
@@ -75,20 +73,23 @@ async def job_events(job_id: str, t: str = Depends(tenant), b: Backends = Depend
 
     async def stream():
         seq = start
-        while True:
-            events = await run_in_threadpool(b.store.events, job_id, seq)
-            for e in events:
-                seq = e["seq"] + 1
-                yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
-                if e["event"] == "status" and JobStatus(e["data"]["status"]).is_terminal():
+        async with b.waiters.watch(t, job_id) as changed:
+            while True:
+                changed.clear()
+                events = await run_in_threadpool(b.store.events, job_id, seq)
+                for e in events:
+                    seq = e["seq"] + 1
+                    yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
+                    if e["event"] == "status" and JobStatus(e["data"]["status"]).is_terminal():
+                        return
+                if events or await wait_for(changed, KEEPALIVE_S):
+                    continue
+                # nothing new for a while: end if the job is gone or finished (its log expired), else keep alive
+                job = await run_in_threadpool(b.store.get, job_id)
+                if job is None or job.status.is_terminal():
                     return
-            if await run_in_threadpool(b.store.wait_events, job_id, seq, KEEPALIVE_S):
-                continue
-            # nothing new for a while: end if the job is gone or finished (its log expired), else keep alive
-            job = await run_in_threadpool(b.store.get, job_id)
-            if job is None or job.status.is_terminal():
-                return
-            yield ": keep-alive\n\n"
+                yield ": keep-alive\n\n"
 
+    b.waiters.check(t)  # past the tenant's cap on open waits: 429 before the stream starts
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -104,7 +104,7 @@ def train(
     start = 0
     state_path = Path(state_path) if state_path else None
     if state_path and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = torch.load(state_path, map_location=device, weights_only=True)  # never a pickle from storage
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from core.errors import InputError, JobCancelled, JobError
+from core.errors import DeadlineExceeded, JobCancelled, LeaseLost, OutOfMemory, ServiceError, StorageUnavailable, Unavailable
 from core.jobs import lifecycle
 from core.jobs.store import JobStore
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, Metrics, ModelRef, OutputItem
@@ -37,16 +37,44 @@ class RunResult:
 
 
 class RunContext:
-    """What a runner sees of the service: a progress callback that raises JobCancelled when asked to stop."""
+    """What a runner sees of the service: progress (raises JobCancelled when asked to stop, LeaseLost when the job
+    moved on to another worker, DeadlineExceeded past ``timeout_s``) and checkpoints."""
 
-    def __init__(self, store: JobStore, job: JobRecord, storage: Storage):
+    def __init__(self, store: JobStore, job: JobRecord, storage: Storage, token: str | None = None,
+                 deadline: float | None = None):
         self.store = store
         self.job = job
         self.storage = storage
+        self.token = token if token is not None else job.lease_token
+        self.deadline = deadline
+        self.lost = threading.Event()
+
+    def check(self) -> None:
+        """Raise if the job must stop now: its lease is gone or its deadline passed."""
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.job.id} is no longer ours")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded(f"the job ran past its timeout_s of {self.job.input.get('timeout_s')}")
 
     def progress(self, step: int, total: int, **extra: float) -> None:
-        if lifecycle.report_progress(self.store, self.job.id, step, total, **extra):
+        self.check()
+        try:
+            cancel = lifecycle.report_progress(self.store, self.job.id, self.token, step, total, **extra)
+        except Unavailable:
+            return  # a store blip costs one progress event; the heartbeat decides whether the job is still ours
+        if cancel:
             raise JobCancelled(f"canceled at step {step}")
+
+    def checkpoint(self, key: str, data: bytes) -> bool:
+        """Save a training checkpoint (retried for a bounded time); a failed save is skipped, not fatal: the run
+        goes on and the next checkpoint tries again."""
+        self.check()
+        try:
+            self.storage.put(key, data, "application/octet-stream")
+            return True
+        except StorageUnavailable:
+            log.warning("checkpoint of %s skipped: storage unavailable", self.job.id)
+            return False
 
 
 class Runner(Protocol):
@@ -62,19 +90,25 @@ def record_key(job_id: str) -> str:
 
 
 class Heartbeat:
-    """Renews the job's lease while it runs; when the process dies the lease expires and the reaper re-queues."""
+    """Renews the job's lease while it runs; when the process dies the lease expires and the reaper re-queues.
+    When a renewal finds the job no longer ours, ``on_lost`` is called and the beating stops."""
 
-    def __init__(self, store: JobStore, job_id: str, owner: str, ttl: float, interval: float):
-        self.store, self.job_id, self.owner, self.ttl, self.interval = store, job_id, owner, ttl, interval
+    def __init__(self, store: JobStore, job_id: str, token: str, ttl: float, interval: float,
+                 on_lost: Callable[[], None]):
+        self.store, self.job_id, self.token, self.ttl, self.interval = store, job_id, token, ttl, interval
+        self.on_lost = on_lost
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.store.set_lease(self.job_id, self.owner, self.ttl)
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease outlives a few
-                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+                if not self.store.renew_lease(self.job_id, self.token, self.ttl):
+                    log.warning("job %s: lease lost; stopping", self.job_id)
+                    self.on_lost()
+                    return
+            except Exception as e:  # noqa: BLE001 - a missed beat is retried; the lease outlives a few
+                log.warning("heartbeat for %s failed: %s", self.job_id, type(e).__name__)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -83,6 +117,18 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _failure(e: BaseException, job_id: str) -> JobErrorInfo:
+    """What a failed job tells its client: the error's code and message, never hosts, paths or tracebacks."""
+    if isinstance(e, ServiceError):
+        return JobErrorInfo(code=e.code, message=e.message)
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        oom = OutOfMemory()
+        return JobErrorInfo(code=oom.code, message=oom.message)
+    if isinstance(e, ValueError):  # core raises ValueError naming the bad value
+        return JobErrorInfo(code="invalid_input", message=str(e).split("\n")[0][:500])
+    return JobErrorInfo(code="internal_error", message=f"the job failed unexpectedly (job {job_id}); see the worker log")
 
 
 def execute_job(
@@ -94,39 +140,54 @@ def execute_job(
     lease_ttl: float = 15.0,
     heartbeat_interval: float = 3.0,
 ) -> JobRecord | None:
-    """Run ``job_id`` if it is still queued. Returns the finished record, or None when there was nothing to do."""
+    """Run ``job_id`` if it is still queued. Returns the finished record, or None when there was nothing to do.
+
+    Only the lease owner writes: a worker that lost its job (frozen past its lease, then woken) stops at its next
+    step and neither finishes nor records anything. A failed or canceled job leaves no outputs behind."""
     job = lifecycle.claim(store, job_id, worker_id, lease_ttl)
     if job is None:
         return None  # canceled while queued, already done, or taken by another worker
-    ctx = RunContext(store, job, storage)
+    token = job.lease_token
+    timeout = job.input.get("timeout_s")
+    ctx = RunContext(store, job, storage, token, time.monotonic() + timeout if timeout else None)
+    written: list[str] = []
+    error: JobErrorInfo | None = None
     try:
-        with Heartbeat(store, job_id, worker_id, lease_ttl, heartbeat_interval):
+        with Heartbeat(store, job_id, token, lease_ttl, heartbeat_interval, ctx.lost.set):
             result = runner_factory().run(job, ctx)
+            ctx.check()
             t0 = time.perf_counter()
             outputs = []
             for i, a in enumerate(result.artifacts):
                 key = output_key(job_id, i, a.extension)
                 storage.put(key, a.data, a.content_type)
+                written.append(key)
                 outputs.append(OutputItem(content_type=a.content_type, key=key, **a.meta))
             upload_ms = (time.perf_counter() - t0) * 1000
+            ctx.check()
         metrics = Metrics(load_ms=round(result.load_ms, 3), inference_ms=round(result.inference_ms, 3), upload_ms=round(upload_ms, 3))
-        done = lifecycle.finish(store, job_id, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions)
+        done = lifecycle.finish(store, job_id, token, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions)
+    except LeaseLost:
+        log.warning("job %s moved on to another worker; this attempt writes nothing", job_id)
+        return store.get(job_id)
     except JobCancelled:
-        done = lifecycle.finish(store, job_id, JobStatus.canceled)
-    except (JobError, InputError) as e:
-        code = getattr(e, "code", "invalid_input")
-        done = lifecycle.finish(store, job_id, JobStatus.failed, error=JobErrorInfo(code=code, message=str(e)))
-    except ValueError as e:  # core raises ValueError naming the bad value
-        done = lifecycle.finish(store, job_id, JobStatus.failed, error=JobErrorInfo(code="invalid_input", message=str(e)))
+        done = lifecycle.finish(store, job_id, token, JobStatus.canceled)
     except Exception as e:  # noqa: BLE001 - recorded; the worker lives on
-        log.exception("job %s failed", job_id)
-        done = lifecycle.finish(
-            store, job_id, JobStatus.failed, error=JobErrorInfo(code="internal_error", message=f"{type(e).__name__}: {e}")
-        )
-    final = done or store.get(job_id)
-    if final is not None and final.status.is_terminal():
+        if not isinstance(e, ServiceError):
+            log.exception("job %s failed", job_id)
+        error = _failure(e, job_id)
+        done = lifecycle.finish(store, job_id, token, JobStatus.failed, error=error)
+    if done is None:
+        return store.get(job_id)  # someone else finished it (the reaper, or a newer owner)
+    if done.status != JobStatus.succeeded:
+        for key in written:  # no half set of outputs stays behind a failed job
+            try:
+                storage.delete(key)
+            except Exception:  # noqa: BLE001 - retention removes the rest with the job
+                log.warning("could not remove %s of failed job %s", key, job_id)
+    if error is None or error.code != "storage_unavailable":
         try:  # the bucket alone tells what happened
-            storage.put(record_key(job_id), json.dumps(final.model_dump(mode="json"), indent=2).encode(), "application/json")
+            storage.put(record_key(job_id), json.dumps(done.model_dump(mode="json"), indent=2).encode(), "application/json")
         except Exception:  # noqa: BLE001
-            log.warning("could not write the record of %s", job_id, exc_info=True)
-    return final
+            log.warning("could not write the record of %s", job_id)
+    return done

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from core.errors import LeaseLost, Unavailable
 from core.jobs.store import JobStore
+from core.storage import Storage, upload_key
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
 
 log = logging.getLogger("diffuserve.jobs")
@@ -51,19 +54,45 @@ def status_event(job: JobRecord) -> dict:
     }
 
 
-def submit(store: JobStore, queue: Queue, job: JobRecord, idempotency: tuple[str, str] | None = None):
-    """Create and enqueue; returns (job, created). A repeated Idempotency-Key returns the first job."""
-    job, created = store.create(job, idempotency)
-    if created:
-        store.add_event(job.id, "status", status_event(job))
-        store.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
+def submit(store: JobStore, queue: Queue, job: JobRecord, idempotency: tuple[str, str] | None = None,
+           max_active: int | None = None) -> tuple[JobRecord, bool]:
+    """Create and enqueue, all or nothing; returns (job, created). A repeated Idempotency-Key returns the first job.
+
+    When the queue refuses the message the job is failed (``unavailable``), its idempotency key released so that a
+    retry makes a new job, and :class:`Unavailable` raised. When even that write fails (the store went down with the
+    broker), the job stays ``queued`` with ``enqueued`` False and the reaper sends it once the store is back."""
+    job, created = store.create(job, idempotency, max_active)
+    if not created:
+        return job, False
+    store.add_event(job.id, "status", status_event(job))
+    store.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
+    try:
         queue.enqueue(job.id, job.type.queue)
-    return job, created
+    except Exception as e:
+        log.warning("could not enqueue %s: %s", job.id, type(e).__name__)
+        try:
+            finish(store, job.id, None, JobStatus.failed,
+                   error=JobErrorInfo(code="unavailable", message="the queue was unavailable; the job was not started"))
+            if idempotency:
+                store.release_idempotency(job.tenant, idempotency[0], job.id)
+        except Unavailable:
+            pass  # the reaper sends it later (enqueued stays False)
+        raise Unavailable("the job queue is unavailable; retry shortly", code="queue_unavailable") from e
+    return store.update(job.id, _mark_enqueued) or job, True
+
+
+def _mark_enqueued(job: JobRecord) -> JobRecord | None:
+    if job.enqueued:
+        return None
+    job.enqueued = True
+    return job
 
 
 def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRecord | None:
-    """queued -> running for this worker; None when the job is gone, canceled, finished or taken."""
+    """queued -> running under a new owner token, with its lease, in one atomic step. None when the job is gone,
+    canceled, finished or taken. The returned record's ``lease_token`` is what the worker reports with."""
     claimed = False
+    token = uuid.uuid4().hex
 
     def fn(job: JobRecord) -> JobRecord | None:
         nonlocal claimed
@@ -74,36 +103,49 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
         job.started_at = t
         job.attempts += 1
         job.worker = worker
+        job.lease_token = token
+        job.enqueued = True
         job.metrics.queue_ms = round((t - job.created_at).total_seconds() * 1000, 3)
         claimed = True
         return job
 
-    job = store.update(job_id, fn)
+    job = store.update(job_id, fn, lease=(token, lease_ttl))
     if not claimed or job is None:
         return None
-    store.set_lease(job_id, worker, lease_ttl)
     store.add_event(job_id, "status", status_event(job))
     store.observe("diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS)
     return job
 
 
-def report_progress(store: JobStore, job_id: str, step: int, total: int, **extra: float) -> bool:
-    """Record progress (``extra``, e.g. a training loss, goes into the event); True when a cancel was requested."""
+def report_progress(store: JobStore, job_id: str, token: str, step: int, total: int, **extra: float) -> bool:
+    """Record progress (``extra``, e.g. a training loss, goes into the event); True when a cancel was requested.
+    Raises :class:`LeaseLost` when ``token`` no longer owns the job (nothing is written then)."""
+    owned = False
 
     def fn(job: JobRecord) -> JobRecord | None:
-        if job.status != JobStatus.running:
+        nonlocal owned
+        if job.status != JobStatus.running or job.lease_token != token:
             return None
+        owned = True
         job.progress.step, job.progress.total = step, total
         return job
 
     job = store.update(job_id, fn)
+    if not owned or job is None:
+        raise LeaseLost(f"job {job_id} is no longer ours")
     store.add_event(job_id, "progress", {"step": step, "total": total, **extra})
-    return job is None or job.cancel_requested or job.status != JobStatus.running
+    return job.cancel_requested
+
+
+def owns(store: JobStore, job_id: str, token: str) -> bool:
+    job = store.get(job_id)
+    return job is not None and job.status == JobStatus.running and job.lease_token == token
 
 
 def finish(
     store: JobStore,
     job_id: str,
+    token: str | None,
     status: JobStatus,
     output: list[OutputItem] | None = None,
     error: JobErrorInfo | None = None,
@@ -111,17 +153,19 @@ def finish(
     model: ModelRef | None = None,
     versions: dict[str, str] | None = None,
 ) -> JobRecord | None:
-    """running -> a terminal status. Only the first finish counts."""
+    """A job of ours -> a terminal status. Only the current lease owner (``token``; None: a job that never ran)
+    finishes, and only once; anyone else gets None and changes nothing."""
     done = False
 
     def fn(job: JobRecord) -> JobRecord | None:
         nonlocal done
-        if job.status.is_terminal():
+        if job.status.is_terminal() or job.lease_token != token:
             return None
         job.status = status
         job.finished_at = now()
         job.output = output or []
         job.error = error
+        job.lease_token = None
         if metrics is not None:
             job.metrics = Metrics(**{**metrics.model_dump(exclude_none=True), "queue_ms": job.metrics.queue_ms})
         if model is not None:
@@ -131,10 +175,9 @@ def finish(
         done = True
         return job
 
-    job = store.update(job_id, fn)
+    job = store.update(job_id, fn, lease=("", 0))
     if not done or job is None:
         return None
-    store.clear_lease(job_id)
     store.add_event(job_id, "status", status_event(job))
     _count_finished(store, job)
     return job
@@ -178,34 +221,46 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
     return job
 
 
-def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int) -> list[str]:
-    """The reaper: a running job whose worker stopped heart-beating is queued again (or failed after
-    ``max_attempts``). Redis' visibility timeout alone would redeliver it only after an hour, and
-    claim() makes a late redelivery harmless."""
+DEADLINE_GRACE_S = 30.0  # the worker enforces timeout_s at its steps; the reaper only catches a hung worker
+
+
+def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_grace_s: float = 30.0) -> list[str]:
+    """The reaper. A running job whose worker stopped heart-beating is queued again (or failed ``worker_lost``
+    after ``max_attempts``); one hung past its ``timeout_s`` fails ``deadline_exceeded``; a queued job whose message
+    never reached the queue is sent again after ``enqueue_grace_s``. Either way the job gets a new (or no) owner
+    token, so the worker that had it can write nothing more. Redis' visibility timeout alone would redeliver a lost
+    message only after an hour, and claim() makes a late redelivery harmless."""
     requeued = []
+    wall = now()
     for job_id in store.ids_with_status(JobStatus.running):
-        if store.lease_alive(job_id):
-            continue
         outcome = None
 
         def fn(job: JobRecord) -> JobRecord | None:
             nonlocal outcome
-            if job.status != JobStatus.running or store.lease_alive(job_id):
+            if job.status != JobStatus.running:
                 return None
-            if job.cancel_requested:
+            timeout = job.input.get("timeout_s")
+            overdue = timeout and job.started_at and (wall - job.started_at).total_seconds() > timeout + DEADLINE_GRACE_S
+            if overdue:
+                job.status, outcome = JobStatus.failed, "failed"
+                job.error = JobErrorInfo(code="deadline_exceeded", message=f"the job ran past its timeout_s of {timeout}")
+            elif store.lease_alive(job_id):
+                return None
+            elif job.cancel_requested:
                 job.status, outcome = JobStatus.canceled, "canceled"
-                job.finished_at = now()
             elif job.attempts >= max_attempts:
                 job.status, outcome = JobStatus.failed, "failed"
-                job.finished_at = now()
                 job.error = JobErrorInfo(code="worker_lost", message=f"the worker died {job.attempts} times running this job")
             else:
                 job.status, outcome = JobStatus.queued, "queued"
                 job.worker = None
                 job.progress.step = 0
+            if job.status.is_terminal():
+                job.finished_at = now()
+            job.lease_token = None
             return job
 
-        job = store.update(job_id, fn)
+        job = store.update(job_id, fn, lease=("", 0))
         if job is None or outcome is None:
             continue
         store.add_event(job_id, "status", status_event(job))
@@ -215,20 +270,49 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int) -> list[st
             requeued.append(job_id)
         else:
             _count_finished(store, job)
+    for job_id in store.ids_with_status(JobStatus.queued):
+        job = store.get(job_id)
+        if job is None or job.enqueued or (wall - job.created_at).total_seconds() < enqueue_grace_s:
+            continue
+        log.warning("job %s never reached the queue; sending it now", job_id)
+        queue.enqueue(job_id, job.type.queue)
+        store.update(job_id, _mark_enqueued)
+        requeued.append(job_id)
     return requeued
 
 
-def start_reaper(store: JobStore, queue: Queue, interval_s: float, max_attempts: int, stop: threading.Event) -> threading.Thread:
-    """Run :func:`requeue_orphans` every ``interval_s`` in a daemon thread until ``stop`` is set. Every gateway and
-    worker runs one; a short lock in the store lets one of them do each pass."""
+def sweep_expired(store: JobStore, storage: Storage, at: float | None = None, limit: int = 100) -> list[str]:
+    """Retention: delete what is due, outputs and uploads from storage first, then the records. Returns what was
+    deleted (``job:{id}``, ``upload:{tenant}/{id}``)."""
+    done = []
+    for member in store.due_expiries(time.time() if at is None else at, limit):
+        kind, _, ident = member.partition(":")
+        if kind == "job":
+            storage.delete_prefix(f"jobs/{ident}/")
+            store.delete_job(ident)
+        elif kind == "upload":
+            tenant, _, upload_id = ident.partition("/")
+            key = upload_key(tenant, upload_id)
+            storage.delete(key)
+            storage.delete(key + ".json")
+        store.forget_expiry(member)
+        done.append(member)
+    return done
+
+
+def start_reaper(store: JobStore, queue: Queue, storage: Storage, interval_s: float, max_attempts: int,
+                 stop: threading.Event) -> threading.Thread:
+    """Run :func:`requeue_orphans` and :func:`sweep_expired` every ``interval_s`` in a daemon thread until ``stop``
+    is set. Every gateway and worker runs one; a short lock in the store lets one of them do each pass."""
 
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
                 if store.try_lock("reaper", interval_s * 0.9):
                     requeue_orphans(store, queue, max_attempts)
-            except Exception:  # noqa: BLE001 - the reaper must outlive a Redis blip
-                log.warning("reaper pass failed", exc_info=True)
+                    sweep_expired(store, storage)
+            except Exception as e:  # noqa: BLE001 - the reaper must outlive a Redis or S3 blip
+                log.warning("reaper pass failed: %s", type(e).__name__)
 
     t = threading.Thread(target=loop, name="reaper", daemon=True)
     t.start()

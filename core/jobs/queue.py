@@ -24,7 +24,11 @@ def celery_config(broker_url: str, visibility_timeout_s: int = 3600) -> dict:
         "worker_prefetch_multiplier": 1,  # one job at a time per worker process: it owns the GPU
         "task_default_queue": "inference",
         "task_routes": {TASK_NAME: {"queue": "inference"}},
-        "broker_transport_options": {"visibility_timeout": visibility_timeout_s},
+        # fail fast when the broker is away (the gateway answers 503; the worker reconnects on its own)
+        "broker_transport_options": {"visibility_timeout": visibility_timeout_s, "socket_connect_timeout": 2,
+                                     "socket_timeout": 10},
+        "broker_connection_timeout": 2,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "task_serializer": "json",
@@ -89,9 +93,6 @@ class InProcessQueue:
 
     def enqueue(self, job_id: str, queue: str) -> None:
         self._queues[queue].put(job_id)
-
-    def depth(self) -> int:
-        return sum(q.qsize() for q in self._queues.values())
 
     def ping(self) -> bool:
         return all(t.is_alive() for t in self._threads)

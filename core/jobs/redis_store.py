@@ -2,52 +2,123 @@
 
 Keys (prefix ``ds:``): ``job:{id}`` the record as JSON; ``job:{id}:events`` its event log (a list) with
 ``job:{id}:notify`` a pub/sub channel that wakes waiters; ``tenant:{t}:jobs`` a list, newest first;
-``status:queued`` / ``status:running`` sets; ``lease:{id}`` the worker's heartbeat (expires when it dies);
-``idem:{tenant}:{key}``; ``metrics:*`` hashes; ``rl:*`` rate-limit windows.
+``tenant:{t}:active`` the tenant's queued + running job ids; ``status:queued`` / ``status:running`` sets;
+``lease:{id}`` the owner token of the running attempt (expires when its worker stops heart-beating);
+``idem:{tenant}:{key}``; ``expiry`` a sorted set of what retention deletes when; ``metrics:*`` hashes; ``rl:*``
+rate-limit windows.
+
+Every multi-key change is one MULTI under WATCH, so a record and its indexes, idempotency key and lease never
+disagree. Connection failures surface as :class:`core.errors.Unavailable`, fast: short socket timeouts, one retry.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import threading
 import time
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from core.jobs.store import INDEXED, JobStore, MemoryJobStore, _labels_key
-from core.schemas import JobRecord, JobStatus
+from core.errors import Unavailable
+from core.jobs.store import INDEXED, JobStore, _labels_key, check_idempotency, over_quota
+from core.schemas import JobRecord
 
 P = "ds:"
-EVENTS_TTL_S = 7 * 24 * 3600
+IDEM_TTL_S = 24 * 3600
+log = logging.getLogger("diffuserve.store")
+
+# renew the lease only while the record says the job runs under this token (a frozen worker that wakes up after
+# the reaper moved its job on gets 0 and stops)
+RENEW = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local job = cjson.decode(raw)
+if job['status'] ~= 'running' or job['lease_token'] ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def _unavailable(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TRANSIENT as e:
+            raise Unavailable("the job store is unavailable; retry shortly", code="store_unavailable") from e
+
+    return wrapper
 
 
 class RedisJobStore(JobStore):
-    def __init__(self, url: str):
+    def __init__(self, url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64):
         self.url = url
-        self.r = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        self.job_ttl_s = job_ttl_s
+        # one bounded pool: callers beyond it wait up to 2 s for a connection instead of failing at once
+        pool = redis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, max_connections=max_connections, timeout=2, socket_connect_timeout=2,
+            socket_timeout=5, health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1))
+        self.r = redis.Redis(connection_pool=pool)
+        self._renew = self.r.register_script(RENEW)
 
     # -- records -------------------------------------------------------------------------------------
-    def create(self, job, idempotency=None):
-        if idempotency:
-            k = f"{P}idem:{job.tenant}:{idempotency[0]}"
-            if not self.r.set(k, f"{job.id}|{idempotency[1]}", nx=True, ex=24 * 3600):
-                first_id, body_hash = (self.r.get(k) or "|").split("|", 1)
-                first = self.get(first_id)
-                if first is not None:
-                    return MemoryJobStore._check_idem(first, body_hash, idempotency[1]), False
-                self.r.set(k, f"{job.id}|{idempotency[1]}", ex=24 * 3600)
-        pipe = self.r.pipeline()
-        pipe.set(f"{P}job:{job.id}", job.model_dump_json())
-        pipe.lpush(f"{P}tenant:{job.tenant}:jobs", job.id)  # newest first
-        if job.status in INDEXED:
-            pipe.sadd(f"{P}status:{job.status.value}", job.id)
-        pipe.execute()
-        return job, True
+    @_unavailable
+    def create(self, job, idempotency=None, max_active=None):
+        key = f"{P}job:{job.id}"
+        idem = f"{P}idem:{job.tenant}:{idempotency[0]}" if idempotency else None
+        active = f"{P}tenant:{job.tenant}:active"
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*filter(None, (idem, active)))
+                    if idem:
+                        first_id, _, body_hash = (pipe.get(idem) or "").partition("|")
+                        first = self.get(first_id) if first_id else None
+                        if first is not None:
+                            pipe.unwatch()
+                            return check_idempotency(first, body_hash, idempotency[1]), False
+                    if max_active is not None and pipe.scard(active) >= max_active:
+                        pipe.unwatch()
+                        raise over_quota(job.tenant, max_active)
+                    pipe.multi()
+                    if idem:
+                        pipe.set(idem, f"{job.id}|{idempotency[1]}", ex=IDEM_TTL_S)
+                    pipe.set(key, job.model_dump_json())
+                    pipe.lpush(f"{P}tenant:{job.tenant}:jobs", job.id)  # newest first
+                    if job.status in INDEXED:
+                        pipe.sadd(f"{P}status:{job.status.value}", job.id)
+                        pipe.sadd(active, job.id)
+                    pipe.execute()
+                    return job, True
+                except redis.WatchError:
+                    continue  # another POST with the same key or tenant won the race: look again
 
+    @_unavailable
+    def release_idempotency(self, tenant, key, job_id):
+        k = f"{P}idem:{tenant}:{key}"
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(k)
+                if (pipe.get(k) or "").partition("|")[0] == job_id:
+                    pipe.multi()
+                    pipe.delete(k)
+                    pipe.execute()
+            except redis.WatchError:
+                pass
+
+    @_unavailable
     def get(self, job_id):
         raw = self.r.get(f"{P}job:{job_id}")
         return JobRecord.model_validate_json(raw) if raw else None
 
-    def update(self, job_id, fn):
+    @_unavailable
+    def update(self, job_id, fn, lease=None):
         key = f"{P}job:{job_id}"
         with self.r.pipeline() as pipe:
             while True:
@@ -69,11 +140,29 @@ class RedisJobStore(JobStore):
                             pipe.srem(f"{P}status:{s.value}", job_id)
                         if new.status in INDEXED:
                             pipe.sadd(f"{P}status:{new.status.value}", job_id)
+                            pipe.sadd(f"{P}tenant:{new.tenant}:active", job_id)
+                        else:
+                            pipe.srem(f"{P}tenant:{new.tenant}:active", job_id)
+                            pipe.zadd(f"{P}expiry", {f"job:{job_id}": time.time() + self.job_ttl_s})
+                    if lease is not None:
+                        if lease[1] > 0:
+                            pipe.set(f"{P}lease:{job_id}", lease[0], px=int(lease[1] * 1000))
+                        else:
+                            pipe.delete(f"{P}lease:{job_id}")
                     pipe.execute()
                     return new
                 except redis.WatchError:
                     continue
 
+    @_unavailable
+    def renew_lease(self, job_id, token, ttl):
+        return bool(self._renew(keys=[f"{P}job:{job_id}", f"{P}lease:{job_id}"], args=[token, int(ttl * 1000)]))
+
+    @_unavailable
+    def lease_alive(self, job_id):
+        return bool(self.r.exists(f"{P}lease:{job_id}"))
+
+    @_unavailable
     def list(self, tenant, limit, offset):
         ids = self.r.lrange(f"{P}tenant:{tenant}:jobs", offset, offset + limit - 1)
         if not ids:
@@ -81,24 +170,31 @@ class RedisJobStore(JobStore):
         raws = self.r.mget([f"{P}job:{i}" for i in ids])
         return [JobRecord.model_validate_json(r) for r in raws if r]
 
+    @_unavailable
+    def active_count(self, tenant):
+        return self.r.scard(f"{P}tenant:{tenant}:active")
+
     # -- events --------------------------------------------------------------------------------------
+    @_unavailable
     def add_event(self, job_id, event, data):
         key = f"{P}job:{job_id}:events"
         pipe = self.r.pipeline()
-        pipe.llen(key)
         pipe.rpush(key, json.dumps({"event": event, "data": data}))
-        pipe.expire(key, EVENTS_TTL_S)
+        pipe.expire(key, int(self.job_ttl_s) + 3600)  # a backstop: retention deletes it with the job
         pipe.publish(f"{P}job:{job_id}:notify", "1")
-        _, length, *_ = pipe.execute()
+        length, *_ = pipe.execute()
         return length - 1
 
+    @_unavailable
     def events(self, job_id, start=0):
         raws = self.r.lrange(f"{P}job:{job_id}:events", start, -1)
         return [{"seq": start + i, **json.loads(r)} for i, r in enumerate(raws)]
 
+    @_unavailable
     def event_count(self, job_id):
         return self.r.llen(f"{P}job:{job_id}:events")
 
+    @_unavailable
     def wait_events(self, job_id, count, timeout):
         deadline = time.monotonic() + timeout
         ps = self.r.pubsub(ignore_subscribe_messages=True)
@@ -115,40 +211,87 @@ class RedisJobStore(JobStore):
         finally:
             ps.close()
 
-    # -- indexes and leases --------------------------------------------------------------------------
+    def listen(self, callback, stop):
+        """One pattern subscription for every job; reconnects after an outage and then wakes every waiter
+        (``callback(None)``), since events published while it was away were missed."""
+
+        def loop() -> None:
+            backoff = 0.1
+            while not stop.is_set():
+                ps = self.r.pubsub(ignore_subscribe_messages=True)
+                try:
+                    ps.psubscribe(f"{P}job:*:notify")
+                    callback(None)
+                    backoff = 0.1
+                    while not stop.is_set():
+                        msg = ps.get_message(timeout=1.0)
+                        if msg and msg.get("type") == "pmessage":
+                            callback(msg["channel"][len(P) + 4 : -len(":notify")])
+                except Exception:  # noqa: BLE001 - Redis away: retry with backoff
+                    log.debug("event listener lost Redis; reconnecting", exc_info=True)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                finally:
+                    try:
+                        ps.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+        t = threading.Thread(target=loop, name="events-listener", daemon=True)
+        t.start()
+        return t
+
+    # -- indexes -------------------------------------------------------------------------------------
+    @_unavailable
     def ids_with_status(self, status):
         return list(self.r.smembers(f"{P}status:{status.value}"))
 
-    def set_lease(self, job_id, owner, ttl):
-        self.r.set(f"{P}lease:{job_id}", owner, px=int(ttl * 1000))
+    # -- retention -----------------------------------------------------------------------------------
+    @_unavailable
+    def schedule_expiry(self, member, at):
+        self.r.zadd(f"{P}expiry", {member: at})
 
-    def lease_alive(self, job_id):
-        return bool(self.r.exists(f"{P}lease:{job_id}"))
+    @_unavailable
+    def due_expiries(self, now, limit=100):
+        return self.r.zrangebyscore(f"{P}expiry", "-inf", now, start=0, num=limit)
 
-    def clear_lease(self, job_id):
-        self.r.delete(f"{P}lease:{job_id}")
+    @_unavailable
+    def forget_expiry(self, member):
+        self.r.zrem(f"{P}expiry", member)
+
+    @_unavailable
+    def delete_job(self, job_id):
+        job = self.get(job_id)
+        pipe = self.r.pipeline()
+        pipe.delete(f"{P}job:{job_id}", f"{P}job:{job_id}:events", f"{P}lease:{job_id}")
+        for s in INDEXED:
+            pipe.srem(f"{P}status:{s.value}", job_id)
+        if job is not None:
+            pipe.lrem(f"{P}tenant:{job.tenant}:jobs", 0, job_id)
+            pipe.srem(f"{P}tenant:{job.tenant}:active", job_id)
+        pipe.execute()
 
     # -- metrics, rate limits, locks -----------------------------------------------------------------
     @staticmethod
     def _field(name: str, labels: dict[str, str]) -> str:
         return json.dumps([name, _labels_key(labels)])
 
+    @_unavailable
     def incr(self, name, labels, value=1.0):
         self.r.hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
 
+    @_unavailable
     def observe(self, name, labels, value, buckets):
         f = self._field(name, labels)
         pipe = self.r.pipeline()
         for b in buckets:
-            if value <= b:
-                pipe.hincrby(f"{P}metrics:hist:{f}", f"le:{b}", 1)
-            else:
-                pipe.hincrby(f"{P}metrics:hist:{f}", f"le:{b}", 0)
+            pipe.hincrby(f"{P}metrics:hist:{f}", f"le:{b}", 1 if value <= b else 0)
         pipe.hincrbyfloat(f"{P}metrics:hist:{f}", "sum", value)
         pipe.hincrby(f"{P}metrics:hist:{f}", "count", 1)
         pipe.sadd(f"{P}metrics:hists", f)
         pipe.execute()
 
+    @_unavailable
     def metrics_snapshot(self):
         counters = {}
         for f, v in self.r.hgetall(f"{P}metrics:counters").items():
@@ -166,6 +309,7 @@ class RedisJobStore(JobStore):
             }
         return counters, hists
 
+    @_unavailable
     def rate_limit(self, key, limit, window_s):
         now = time.time()
         window = int(now // window_s)
@@ -176,6 +320,7 @@ class RedisJobStore(JobStore):
         n, _ = pipe.execute()
         return (window + 1) * window_s - now if n > limit else None
 
+    @_unavailable
     def try_lock(self, name, ttl):
         return bool(self.r.set(f"{P}lock:{name}", "1", nx=True, px=int(ttl * 1000)))
 
@@ -185,13 +330,16 @@ class RedisJobStore(JobStore):
         except redis.RedisError:
             return False
 
+    @_unavailable
     def register(self, tenant, kind, name, record):
         self.r.hset(f"{P}registry:{tenant}:{kind}", name, json.dumps(record))
 
+    @_unavailable
     def registration(self, tenant, kind, name):
         raw = self.r.hget(f"{P}registry:{tenant}:{kind}", name)
         return json.loads(raw) if raw else None
 
+    @_unavailable
     def registrations(self, tenant, kind):
         return [json.loads(v) for _, v in sorted(self.r.hgetall(f"{P}registry:{tenant}:{kind}").items())]
 

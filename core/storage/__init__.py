@@ -7,15 +7,43 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import quote, urlencode
 
+from core.errors import StorageUnavailable
 
-class StorageError(Exception):
-    pass
+T = TypeVar("T")
+
+
+log = logging.getLogger("diffuserve.storage")
+
+
+def with_retries(op: Callable[[], T], budget_s: float, transient: Callable[[BaseException], bool], what: str) -> T:
+    """Run ``op``, retrying transient failures with exponential backoff (0.2 s doubling to 4 s) for at most
+    ``budget_s`` seconds, then raise :class:`StorageUnavailable` (no endpoint or key in its message).
+
+    Written here rather than left to boto's retry config alone: boto counts attempts, and a job needs a bound in time
+    (an 8-second outage of the bucket must not fail it, a dead bucket must fail it in about ``budget_s``)."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.2
+    while True:
+        try:
+            return op()
+        except Exception as e:
+            if not transient(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("storage %s failed for %.0f s: %s", what, budget_s, type(e).__name__)
+                raise StorageUnavailable() from e
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 4.0)
 
 
 def upload_key(tenant: str, upload_id: str) -> str:
@@ -31,12 +59,22 @@ def check_key(key: str) -> str:
 
 
 class Storage(ABC):
+    """Transient failures are retried for a bounded time, then raise :class:`StorageUnavailable`."""
+
     @abstractmethod
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Raise KeyError when the key does not exist."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; no error when it is not there."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key under ``prefix`` (a folder such as ``jobs/{id}/``)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -52,22 +90,37 @@ class Storage(ABC):
 class LocalStorage(Storage):
     """Files under ``root``, served by the gateway at ``/files/{key}?expires=..&sig=..`` (HMAC-SHA256)."""
 
-    def __init__(self, root: str | Path, signing_key: str, expires_s: int = 3600):
+    def __init__(self, root: str | Path, signing_key: str, expires_s: int = 3600, retry_budget_s: float = 30.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.signing_key = signing_key.encode()
         self.expires_s = expires_s
+        self.retry_budget_s = retry_budget_s
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def put(self, key, data, content_type):
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic, and a re-run overwrites the same file
-        path.with_name(f".{path.name}.ct").write_text(content_type)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)  # atomic, and a re-run overwrites the same file
+            path.with_name(f".{path.name}.ct").write_text(content_type)
+
+        with_retries(write, self.retry_budget_s, lambda e: isinstance(e, OSError), "put")
+
+    def delete(self, key):
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(f".{path.name}.ct").unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix):
+        folder = self._path(prefix.rstrip("/"))
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
     def get(self, key):
         path = self._path(key)
@@ -93,7 +146,7 @@ class LocalStorage(Storage):
     def verify(self, key: str, expires: int, sig: str) -> bool:
         if expires < time.time():
             return False
-        return hmac.compare_digest(self.signature(key, expires), sig)
+        return hmac.compare_digest(self.signature(key, expires).encode(), sig.encode("utf-8", "replace"))
 
     def ping(self):
         return self.root.is_dir() and os.access(self.root, os.W_OK)
@@ -110,11 +163,15 @@ class S3Storage(Storage):
         expires_s: int = 3600,
         public_endpoint_url: str | None = None,
         prefix: str = "",
+        retry_budget_s: float = 30.0,
     ):
         import boto3
         from botocore.config import Config
 
-        cfg = Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"})
+        # boto retries each call twice within a few seconds; with_retries bounds the whole in time
+        cfg = Config(signature_version="s3v4", retries={"max_attempts": 2, "mode": "standard"}, s3={"addressing_style": "path"},
+                     connect_timeout=2, read_timeout=15)
+        self.retry_budget_s = retry_budget_s
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.expires_s = expires_s
@@ -129,18 +186,44 @@ class S3Storage(Storage):
     def _k(self, key: str) -> str:
         return self.prefix + check_key(key)
 
+    @staticmethod
+    def _transient(e: BaseException) -> bool:
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+        if isinstance(e, (ConnectionError, HTTPClientError)):
+            return True
+        if isinstance(e, ClientError):
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return status >= 500 or e.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling", "RequestTimeout")
+        return False
+
+    def _call(self, what: str, op: Callable[[], T]) -> T:
+        return with_retries(op, self.retry_budget_s, self._transient, what)
+
     def put(self, key, data, content_type):
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, ContentType=content_type)
+        k = self._k(key)
+        self._call("put", lambda: self.client.put_object(Bucket=self.bucket, Key=k, Body=data, ContentType=content_type))
 
     def get(self, key):
         from botocore.exceptions import ClientError
 
+        k = self._k(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+            return self._call("get", lambda: self.client.get_object(Bucket=self.bucket, Key=k)["Body"].read())
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key) from e
             raise
+
+    def delete(self, key):
+        k = self._k(key)
+        self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=k))
+
+    def delete_prefix(self, prefix):
+        keys = self._call("list", lambda: self.list(prefix))
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self.prefix + k} for k in keys[i : i + 1000]]
+            self._call("delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
 
     def exists(self, key):
         from botocore.exceptions import ClientError

@@ -79,7 +79,7 @@ def run_ddpm_training(job: JobRecord, ctx: RunContext, device: str, checkpoint_e
             losses.append(prog.loss)
             ctx.progress(prog.step, prog.max_steps, loss=round(prog.loss, 5), images_per_s=round(prog.images_per_s, 1))
             if prog.step % every == 0 and prog.step < prog.max_steps and state.exists():
-                ctx.storage.put(state_key(job.id), state.read_bytes(), "application/octet-stream")
+                ctx.checkpoint(state_key(job.id), state.read_bytes())
 
         # 4. train (checkpointing into `state`, uploaded after each save)
         t0 = time.perf_counter()

@@ -94,7 +94,7 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
         # 3. resume from a checkpoint a previous attempt left in storage
         start = 0
         try:
-            state = torch.load(io.BytesIO(ctx.storage.get(state_key(job.id))), map_location=device, weights_only=False)
+            state = torch.load(io.BytesIO(ctx.storage.get(state_key(job.id))), map_location=device, weights_only=True)
             set_peft_model_state_dict(unet, state["unet"])
             if state.get("text_encoder"):
                 set_peft_model_state_dict(te, state["text_encoder"])
@@ -136,7 +136,7 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
                 torch.save({"unet": get_peft_model_state_dict(unet),
                             "text_encoder": get_peft_model_state_dict(te) if p.get("train_text_encoder") else None,
                             "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": done}, buf)
-                ctx.storage.put(state_key(job.id), buf.getvalue(), "application/octet-stream")
+                ctx.checkpoint(state_key(job.id), buf.getvalue())
             ctx.progress(done, p["max_train_steps"], loss=round(losses[-1], 5))  # raises JobCancelled when asked
         train_ms = (time.perf_counter() - t0) * 1000
 

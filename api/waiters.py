@@ -1,0 +1,71 @@
+"""Long-polls and event streams wait here, on the event loop, without a threadpool token or a Redis connection each:
+one listener thread per gateway (the store's ``listen``) wakes the asyncio events of the jobs that changed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from core.errors import QuotaExceeded
+from core.jobs.store import JobStore
+
+
+class Waiters:
+    def __init__(self, store: JobStore, max_per_tenant: int):
+        self.store = store
+        self.max_per_tenant = max_per_tenant
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._open: dict[str, int] = defaultdict(int)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.store.listen(self._on_event, stop)
+
+    def _on_event(self, job_id: str | None) -> None:  # the listener thread
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake, job_id)
+
+    def _wake(self, job_id: str | None) -> None:
+        groups = self._events.values() if job_id is None else [self._events.get(job_id, ())]
+        for group in groups:
+            for ev in group:
+                ev.set()
+
+    def check(self, tenant: str) -> None:
+        if self._open[tenant] >= self.max_per_tenant:
+            raise QuotaExceeded(f"at most {self.max_per_tenant} open long-polls and event streams per tenant",
+                                retry_after=2, code="too_many_waits")
+
+    @asynccontextmanager
+    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``job_id`` gets an event; counts against the tenant's open waits (429 past it).
+        Clear it before reading the store, then wait on it: nothing in between is missed."""
+        self.check(tenant)
+        self._open[tenant] += 1
+        ev = asyncio.Event()
+        self._events[job_id].add(ev)
+        try:
+            yield ev
+        finally:
+            self._open[tenant] -= 1
+            group = self._events.get(job_id)
+            if group is not None:
+                group.discard(ev)
+                if not group:
+                    del self._events[job_id]
+
+
+async def wait_for(ev: asyncio.Event, timeout: float) -> bool:
+    """True when ``ev`` was set within ``timeout`` seconds."""
+    if timeout <= 0:
+        return ev.is_set()
+    try:
+        await asyncio.wait_for(ev.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False
