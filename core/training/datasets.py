@@ -7,11 +7,48 @@ import json
 import zipfile
 from pathlib import Path
 
-from core.errors import JobError
+from core.errors import InvalidDataset, JobError
+from core.limits import (
+    DATASET_FORMATS,
+    DATASET_MAX_ASPECT,
+    DATASET_MAX_DECODED_BYTES,
+    DATASET_MAX_FILES,
+    DATASET_MAX_IMAGE_PIXELS,
+    DATASET_MAX_UNCOMPRESSED,
+)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-MAX_FILES = 10_000
-MAX_UNCOMPRESSED = 2 * 1024**3
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+# files that look like images but are not in the allow-list are refused by name, not silently skipped
+SUSPECT_SUFFIXES = {".bmp", ".gif", ".tif", ".tiff", ".eps", ".ps", ".pdf", ".svg", ".ico", ".psd", ".tga", ".pcx"}
+MAX_FILES = DATASET_MAX_FILES
+MAX_UNCOMPRESSED = DATASET_MAX_UNCOMPRESSED
+
+
+def check_images(root: Path, paths: list[Path], resolution: int, channels: int = 3) -> None:
+    """Check every image of a dataset from its header, before anything is decoded: an allowed format, at most
+    ``DATASET_MAX_IMAGE_PIXELS``, an aspect ratio of at most ``DATASET_MAX_ASPECT``, and all of them together at most
+    ``DATASET_MAX_DECODED_BYTES`` once decoded to float32 at ``resolution``. Raises InvalidDataset naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    suspects = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUSPECT_SUFFIXES and p.is_file())
+    if suspects:
+        raise InvalidDataset(f"{suspects[0].relative_to(root)}: only PNG, JPEG and WebP images are accepted")
+    per_image = channels * resolution * resolution * 4
+    if len(paths) * per_image > DATASET_MAX_DECODED_BYTES:
+        raise InvalidDataset(f"{len(paths)} images at resolution {resolution} decode to "
+                             f"{len(paths) * per_image / 2**30:.1f} GiB, over the cap of "
+                             f"{DATASET_MAX_DECODED_BYTES / 2**30:.0f} GiB; use fewer images or a lower resolution")
+    for path in paths:
+        name = path.relative_to(root)
+        try:
+            with Image.open(path, formats=list(DATASET_FORMATS)) as im:  # the header only
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            raise InvalidDataset(f"{name}: not a PNG, JPEG or WebP image") from None
+        if w < 1 or h < 1 or w * h > DATASET_MAX_IMAGE_PIXELS:
+            raise InvalidDataset(f"{name}: {w}x{h} is over the limit of {DATASET_MAX_IMAGE_PIXELS:,} pixels")
+        if max(w, h) / min(w, h) > DATASET_MAX_ASPECT:
+            raise InvalidDataset(f"{name}: {w}x{h} has an aspect ratio over {DATASET_MAX_ASPECT:g}:1")
 
 
 def extract_zip(data: bytes, dest: Path) -> Path:

@@ -24,7 +24,7 @@ from core.errors import JobError
 from core.jobs.execute import Artifact, RunContext, RunResult
 from core.schemas import JobRecord, ModelRef
 from core.storage import upload_key
-from core.training.datasets import extract_zip
+from core.training.datasets import IMAGE_SUFFIXES, check_images, extract_zip
 
 
 def state_key(job_id: str) -> str:
@@ -46,6 +46,9 @@ def load_data(job: JobRecord, ctx: RunContext, resolution: int, workdir: Path):
     except KeyError:
         raise JobError("invalid_dataset", f"upload {dataset!r} is gone") from None
     root = extract_zip(raw, workdir / "data")
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                   and not f.name.startswith("."))
+    check_images(root, files, resolution, 3)  # before any pixel is decoded
     try:
         return load_image_folder(root, resolution, channels=3)
     except ValueError as e:

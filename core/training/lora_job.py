@@ -25,7 +25,7 @@ from core.pipelines.families import LORA_TRAINABLE
 from core.registry import ModelEntry
 from core.schemas import JobRecord, ModelRef
 from core.storage import upload_key
-from core.training.datasets import captioned_images, extract_zip
+from core.training.datasets import captioned_images, check_images, extract_zip
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -69,7 +69,9 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
             raw = ctx.storage.get(upload_key(job.tenant, p["dataset"]))
         except KeyError:
             raise JobError("invalid_dataset", f"upload {p['dataset']!r} is gone") from None
-        pairs = captioned_images(extract_zip(raw, work / "data"))
+        root = extract_zip(raw, work / "data")
+        pairs = captioned_images(root)
+        check_images(root, [path for path, _ in pairs], p["resolution"], 3)  # before any pixel is decoded
         pixels = load_pixels(pairs, p["resolution"])
         captions = [c for _, c in pairs]
 

@@ -27,3 +27,14 @@ def bomb_png(w: int = 100_000, h: int = 100_000) -> bytes:
 
 
 LONG_JOB = {"prompt": "3", "scheduler": "ddpm", "num_inference_steps": 1000, "num_images": 8, "seed": 1}
+
+
+def wait_job(client, job_id: str, headers: dict | None = None, timeout: float = 300) -> dict:
+    """Long-poll (at most 60 s a request, as the API allows) until the job is terminal or ``timeout`` passes."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}?wait=60", headers=headers or {}).json()
+        if job.get("status") in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return job

@@ -6,6 +6,8 @@ import zipfile
 
 import numpy as np
 import pytest
+
+from tests.api.helpers import wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -41,7 +43,7 @@ def dataset_zip(n=8, layout="jsonl") -> bytes:
 
 
 def wait(client, job_id):
-    return client.get(f"/v1/jobs/{job_id}?wait=300").json()
+    return wait_job(client, job_id)
 
 
 def train(client, name, steps=40, layout="jsonl", **extra):

@@ -11,7 +11,7 @@ from PIL import Image
 from api.config import Settings
 from api.main import create_app
 from core.pipelines.families import SCHEDULERS
-from tests.api.helpers import data_uri, png_bytes
+from tests.api.helpers import data_uri, png_bytes, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def client(tiny_models_dir, tmp_path_factory):
 def run(client, path, body, status="succeeded"):
     r = client.post(path, json=body)
     assert r.status_code == 202, r.text
-    job = client.get(f"/v1/jobs/{r.json()['id']}?wait=120").json()
+    job = wait_job(client, r.json()["id"])
     assert job["status"] == status, job
     return job
 

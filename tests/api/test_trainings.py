@@ -5,6 +5,8 @@ import json
 import zipfile
 
 import pytest
+
+from tests.api.helpers import wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -24,7 +26,7 @@ def client(tmp_path_factory):
 
 
 def wait(client, job_id, headers=A):
-    return client.get(f"/v1/jobs/{job_id}?wait=300", headers=headers).json()
+    return wait_job(client, job_id, headers)
 
 
 def test_ddpm_training_on_digits_then_serve_it(client):

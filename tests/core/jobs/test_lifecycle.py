@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from core.errors import InputError
+from core.errors import Conflict, LeaseLost, QuotaExceeded, StorageUnavailable, Unavailable
 from core.jobs import lifecycle
 from core.jobs.execute import Artifact, RunResult, execute_job
 from core.jobs.store import MemoryJobStore
@@ -52,10 +52,11 @@ def test_submit_claim_progress_finish(store):
     assert claimed.status == JobStatus.running and claimed.attempts == 1 and store.lease_alive(job.id)
     assert lifecycle.claim(store, job.id, "w2", 10) is None  # only one worker wins
     assert job.id in store.ids_with_status(JobStatus.running) and job.id not in store.ids_with_status(JobStatus.queued)
-    assert lifecycle.report_progress(store, job.id, 1, 2) is False
-    done = lifecycle.finish(store, job.id, JobStatus.succeeded)
+    token = claimed.lease_token
+    assert lifecycle.report_progress(store, job.id, token, 1, 2) is False
+    done = lifecycle.finish(store, job.id, token, JobStatus.succeeded)
     assert done.status == JobStatus.succeeded and not store.lease_alive(job.id)
-    assert lifecycle.finish(store, job.id, JobStatus.failed) is None  # the first finish wins
+    assert lifecycle.finish(store, job.id, token, JobStatus.failed) is None  # the first finish wins
     assert [e["event"] for e in store.events(job.id)] == ["status", "status", "progress", "status"]
     assert job.id not in store.ids_with_status(JobStatus.running)
 
@@ -66,9 +67,9 @@ def test_idempotency(store):
     a, c1 = lifecycle.submit(store, q, j, ("k1", "h1"))
     b, c2 = lifecycle.submit(store, q, _job(j.tenant), ("k1", "h1"))
     assert c1 and not c2 and a.id == b.id and len(q.items) == 1
-    with pytest.raises(InputError) as e:
+    with pytest.raises(Conflict) as e:
         lifecycle.submit(store, q, _job(j.tenant), ("k1", "other-body"))
-    assert e.value.status == 409
+    assert e.value.field == "Idempotency-Key"
 
 
 def test_cancel_queued_and_running(store):
@@ -77,9 +78,9 @@ def test_cancel_queued_and_running(store):
     assert lifecycle.cancel(store, a.id).status == JobStatus.canceled
     assert lifecycle.claim(store, a.id, "w", 10) is None  # a canceled queued job never starts
     b, _ = lifecycle.submit(store, q, _job())
-    lifecycle.claim(store, b.id, "w", 10)
+    token = lifecycle.claim(store, b.id, "w", 10).lease_token
     assert lifecycle.cancel(store, b.id).cancel_requested
-    assert lifecycle.report_progress(store, b.id, 1, 10) is True  # the runner sees it at its next step
+    assert lifecycle.report_progress(store, b.id, token, 1, 10) is True  # the runner sees it at its next step
 
 
 def test_reaper_requeues_a_job_whose_lease_expired(store):
@@ -158,7 +159,8 @@ def test_execute_job_records_failures_and_cancel(store, tmp_path):
 
     job, _ = lifecycle.submit(store, q, _job())
     done = execute_job(job.id, store, storage, lambda: Boom(), "w")
-    assert done.status == JobStatus.failed and done.error.code == "internal_error" and "kaput" in done.error.message
+    assert done.status == JobStatus.failed and done.error.code == "internal_error"
+    assert "kaput" not in done.error.message and job.id in done.error.message  # no internals, the id to look up
 
     class Cancels:
         def run(self, job, ctx):
@@ -168,3 +170,201 @@ def test_execute_job_records_failures_and_cancel(store, tmp_path):
 
     job, _ = lifecycle.submit(store, q, _job())
     assert execute_job(job.id, store, storage, lambda: Cancels(), "w").status == JobStatus.canceled
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(store):
+    """Frozen past its lease: the reaper hands the job on; the old owner can neither report, renew, cancel nor
+    finish it, and the new owner's attempt is the one that counts."""
+    q = ListQueue()
+    job, _ = lifecycle.submit(store, q, _job())
+    old = lifecycle.claim(store, job.id, "frozen", 0.2).lease_token
+    wait_for(lambda: not store.lease_alive(job.id), 5, what="lease expiry")
+    assert lifecycle.requeue_orphans(store, q, max_attempts=3) == [job.id]
+    new = lifecycle.claim(store, job.id, "fresh", 10).lease_token
+    assert new != old
+    with pytest.raises(LeaseLost):
+        lifecycle.report_progress(store, job.id, old, 5, 10)
+    assert store.renew_lease(job.id, old, 10) is False and store.renew_lease(job.id, new, 10) is True
+    assert lifecycle.finish(store, job.id, old, JobStatus.canceled) is None
+    assert lifecycle.finish(store, job.id, old, JobStatus.failed) is None
+    assert store.get(job.id).status == JobStatus.running and store.get(job.id).lease_token == new
+    assert lifecycle.finish(store, job.id, new, JobStatus.succeeded).status == JobStatus.succeeded
+    statuses = [e["data"]["status"] for e in store.events(job.id) if e["event"] == "status"]
+    assert statuses == ["queued", "running", "queued", "running", "succeeded"]
+
+
+def test_claim_writes_the_lease_with_the_record(store):
+    q = ListQueue()
+    job, _ = lifecycle.submit(store, q, _job())
+    claimed = lifecycle.claim(store, job.id, "w", 10)
+    assert claimed.lease_token and store.lease_alive(job.id)
+    assert store.renew_lease(job.id, claimed.lease_token, 10)
+
+
+def test_idempotency_under_concurrency(store):
+    """30 threads POST one key at once: one job, every caller gets its id."""
+    q = ListQueue()
+    tenant = "idem-" + uuid.uuid4().hex[:6]
+    results, barrier = [], threading.Barrier(30)
+
+    def post():
+        barrier.wait()
+        results.append(lifecycle.submit(store, q, _job(tenant), ("same-key", "h"))[0].id)
+
+    threads = [threading.Thread(target=post) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 30 and len(set(results)) == 1
+    assert len(q.items) == 1 and len(store.list(tenant, 100, 0)) == 1
+
+
+def test_active_job_quota_per_tenant(store):
+    q = ListQueue()
+    tenant, other = "busy-" + uuid.uuid4().hex[:6], "calm-" + uuid.uuid4().hex[:6]
+    jobs = [lifecycle.submit(store, q, _job(tenant), max_active=2)[0] for _ in range(2)]
+    with pytest.raises(QuotaExceeded) as e:
+        lifecycle.submit(store, q, _job(tenant), max_active=2)
+    assert e.value.retry_after > 0
+    assert lifecycle.submit(store, q, _job(other), max_active=2)[1]  # other tenants unaffected
+    lifecycle.cancel(store, jobs[0].id)  # a terminal job frees its slot
+    assert store.active_count(tenant) == 1
+    assert lifecycle.submit(store, q, _job(tenant), max_active=2)[1]
+
+
+class BrokenQueue(ListQueue):
+    def enqueue(self, job_id, queue):
+        raise ConnectionError("broker down")
+
+
+def test_submit_is_all_or_nothing(store):
+    """The broker refuses: 503 for the client, the job is not left queued, and a retry with the same key makes a
+    new job instead of returning the dead one."""
+    tenant = "enq-" + uuid.uuid4().hex[:6]
+    with pytest.raises(Unavailable):
+        lifecycle.submit(store, BrokenQueue(), _job(tenant), ("retry-me", "h"))
+    [dead] = store.list(tenant, 10, 0)
+    assert dead.status == JobStatus.failed and dead.error.code == "unavailable"
+    assert dead.id not in store.ids_with_status(JobStatus.queued)
+    q = ListQueue()
+    job, created = lifecycle.submit(store, q, _job(tenant), ("retry-me", "h"))
+    assert created and job.id != dead.id and q.items == [(job.id, "inference")]
+    assert store.get(job.id).enqueued
+
+
+def test_reaper_sends_jobs_that_never_reached_the_queue(store):
+    q = ListQueue()
+    job = _job()
+    store.create(job)  # as if the gateway died between create and enqueue
+    assert lifecycle.requeue_orphans(store, q, 3, enqueue_grace_s=60) == []
+    assert lifecycle.requeue_orphans(store, q, 3, enqueue_grace_s=0) == [job.id]
+    assert q.items == [(job.id, "inference")] and store.get(job.id).enqueued
+    assert lifecycle.requeue_orphans(store, q, 3, enqueue_grace_s=0) == []  # sent once
+
+
+def test_retention_deletes_records_events_outputs_and_uploads(store, tmp_path):
+    from core import uploads
+    from tests.api.helpers import png_bytes
+
+    storage = LocalStorage(tmp_path, "k")
+    q = ListQueue()
+    tenant = "ret-" + uuid.uuid4().hex[:6]
+    info = uploads.save(store, storage, tenant, png_bytes(), uploads.describe(png_bytes(), "file", 10**6), 60)
+    job, _ = lifecycle.submit(store, q, _job(tenant))
+    done = execute_job(job.id, store, storage, lambda: OneImage(), "w")
+    assert storage.exists(done.output[0].key)
+    assert lifecycle.sweep_expired(store, storage, at=time.time() + 30) == []  # nothing due yet
+    swept = lifecycle.sweep_expired(store, storage, at=time.time() + store.job_ttl_s + 61)
+    assert f"job:{job.id}" in swept and f"upload:{tenant}/{info['id']}" in swept
+    assert store.get(job.id) is None and store.events(job.id) == [] and store.list(tenant, 10, 0) == []
+    assert not storage.exists(done.output[0].key) and not storage.exists(f"jobs/{job.id}/job.json")
+    assert not storage.exists(f"uploads/{tenant}/{info['id']}")
+
+
+class OneImage:
+    def run(self, job, ctx):
+        ctx.progress(1, 1)
+        return RunResult([Artifact(b"png-bytes", "image/png", "png", {"width": 1, "height": 1, "seed": 1})], 1.0, 2.0)
+
+
+class FlakyStorage(LocalStorage):
+    """Local storage whose puts fail while ``down`` (or the first ``fail_first`` times)."""
+
+    def __init__(self, root, fail_first=0, down=False, budget=0.5):
+        super().__init__(root, "k", retry_budget_s=budget)
+        self.fail_first, self.down, self.calls = fail_first, down, 0
+
+    def put(self, key, data, content_type):
+        from core.storage import with_retries
+
+        def op():
+            self.calls += 1
+            if self.down or self.calls <= self.fail_first:
+                raise ConnectionError("s3 at http://10.0.0.7:9000 refused")
+            LocalStorage.put(self, key, data, content_type)
+
+        with_retries(op, self.retry_budget_s, lambda e: isinstance(e, ConnectionError), "put")
+
+
+def test_storage_outage_fails_the_job_cleanly(store, tmp_path):
+    """Writes retry for the budget, then the job fails storage_unavailable with no host in the message, and none
+    of its outputs stay behind."""
+    q = ListQueue()
+
+    class TwoImages:
+        def run(self, job, ctx):
+            return RunResult([Artifact(b"a", "image/png", "png"), Artifact(b"b", "image/png", "png")], 1.0, 1.0)
+
+    class DiesAfterFirst(FlakyStorage):
+        def put(self, key, data, content_type):
+            self.down = key.endswith("1.png")
+            super().put(key, data, content_type)
+
+    storage = DiesAfterFirst(tmp_path)
+    job, _ = lifecycle.submit(store, q, _job())
+    t0 = time.monotonic()
+    done = execute_job(job.id, store, storage, lambda: TwoImages(), "w")
+    assert done.status == JobStatus.failed and done.error.code == "storage_unavailable"
+    assert "10.0.0.7" not in done.error.message and time.monotonic() - t0 < 10
+    assert done.output == [] and not storage.exists(f"jobs/{job.id}/0.png")
+
+
+def test_storage_blip_is_retried(store, tmp_path):
+    q = ListQueue()
+    storage = FlakyStorage(tmp_path, fail_first=2, budget=10)
+    job, _ = lifecycle.submit(store, q, _job())
+    done = execute_job(job.id, store, storage, lambda: OneImage(), "w")
+    assert done.status == JobStatus.succeeded and storage.get(done.output[0].key) == b"png-bytes"
+
+
+def test_checkpoint_failure_is_not_fatal(store, tmp_path):
+    q = ListQueue()
+    storage = FlakyStorage(tmp_path, down=True, budget=0.2)
+
+    class Trains:
+        def run(self, job, ctx):
+            assert ctx.checkpoint("jobs/x/state.pt", b"state") is False  # skipped, the run goes on
+            storage.down = False
+            assert ctx.checkpoint("jobs/x/state.pt", b"state") is True
+            return OneImage().run(job, ctx)
+
+    job, _ = lifecycle.submit(store, q, _job())
+    assert execute_job(job.id, store, storage, lambda: Trains(), "w").status == JobStatus.succeeded
+
+
+def test_deadline_exceeded(store, tmp_path):
+    q = ListQueue()
+    job = lifecycle.new_job(JobType.txt2img, {"model": "digits", "seed": 1, "timeout_s": 1}, "t")
+    lifecycle.submit(store, q, job)
+
+    class Slow:
+        def run(self, job, ctx):
+            for i in range(100):
+                time.sleep(0.05)
+                ctx.progress(i, 100)
+            raise AssertionError("should have stopped at its deadline")
+
+    done = execute_job(job.id, store, LocalStorage(tmp_path, "k"), lambda: Slow(), "w")
+    assert done.status == JobStatus.failed and done.error.code == "deadline_exceeded"
+    assert done.progress.step < 40
