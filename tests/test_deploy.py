@@ -17,11 +17,23 @@ def _compose_cmd() -> list[str] | None:
     return None
 
 
+SECRETS = {"MINIO_ROOT_USER": "u-test", "MINIO_ROOT_PASSWORD": "p-" + "x" * 30, "API_KEYS": "t:k-" + "y" * 30,
+           "FLOWER_BASIC_AUTH": "admin:z-secret"}
+
+
+def _config(cmd, env):
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run([*cmd, "-f", "docker-compose.yml", "config"], cwd=REPO, capture_output=True, text=True,
+                          env={**clean, **env})
+
+
 def test_compose_config_is_valid():
     cmd = _compose_cmd()
     if cmd is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed (.ci/run installs docker-compose)")
-    out = subprocess.run([*cmd, "-f", "docker-compose.yml", "config"], cwd=REPO, capture_output=True, text=True)
+    out = _config(cmd, SECRETS)
     assert out.returncode == 0, out.stderr
     for service in ("api", "worker", "redis", "minio", "minio-init", "flower"):
         assert re.search(rf"^  {re.escape(service)}:$", out.stdout, re.M), service
@@ -34,3 +46,34 @@ def test_gpu_dockerfile_runs_worker_as_non_root():
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["celery", "-A", "worker.app", "worker"', text, re.M)
+
+
+def test_compose_has_safe_defaults():
+    """No literal secrets (nothing starts without them), private ports on 127.0.0.1, restart policies."""
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "diffuserve-secret" not in text and "dev-key" not in text
+    cmd = _compose_cmd()
+    if cmd is None:
+        pytest.skip("neither `docker compose` nor docker-compose is installed (.ci/run installs docker-compose)")
+    for missing in SECRETS:
+        out = _config(cmd, {k: v for k, v in SECRETS.items() if k != missing})
+        assert out.returncode != 0 and missing in out.stderr, missing
+    text_ports = re.findall(r'- "([^"]+)"', text)
+    assert "127.0.0.1:9001:9001" in text_ports and "127.0.0.1:5555:5555" in text_ports  # console, Flower
+    assert "9000:9000" in text_ports and "8000:8000" in text_ports  # S3 (presigned URLs) and the gateway
+    assert not [p for p in text_ports if p.endswith(":6379")]  # Redis is never published
+    out = _config(cmd, SECRETS).stdout
+    for service in ("api", "worker"):
+        block = re.split(r"\n  \S", out.split(f"\n  {service}:\n", 1)[1], maxsplit=1)[0]
+        assert "restart: unless-stopped" in block, service
+
+
+def test_gateway_image_is_slim():
+    text = (REPO / "Dockerfile.api").read_text()
+    reqs = (REPO / "requirements-api.txt").read_text().lower()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M) and "uvicorn" in text
+    for heavy in ("torch", "diffusers", "transformers", "numpy"):
+        assert not re.search(rf"^{heavy}\b", reqs, re.M), heavy
+    pinned = dict(re.findall(r"^([\w\[\]-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
+    for name, version in re.findall(r"^([\w\[\]-]+)==(\S+)", reqs, re.M):
+        assert pinned.get(name) == version, name  # the same pins as the worker

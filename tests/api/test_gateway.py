@@ -206,6 +206,9 @@ def test_tasks_without_executor_answer_unsupported_task(client, path, body):
     assert r.json()["error"]["code"] == "unsupported_task"
 
 
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+
 BAD_INPUTS = [
     # (method, path, kwargs, status, field)
     ("post", "/v1/txt2img", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, None),
@@ -247,6 +250,22 @@ BAD_INPUTS = [
     ("delete", "/v1/txt2img", {}, 405, None),
     ("get", "/files/jobs/x/0.png", {}, 422, "expires"),
     ("get", "/files/jobs/x/0.png?expires=1&sig=abc", {}, 403, "sig"),
+    ("get", "/files/jobs/x/0.png?expires=99999999999&sig=%C3%A9%E2%82%AC", {}, 403, "sig"),  # non-ASCII sig
+    ("get", "/v1/jobs/x?wait=61", {}, 422, "wait"),
+    ("post", "/v1/uploads", {"files": {"file": ("x.eps", EPS, "application/postscript")}}, 422, "file"),
+    ("post", "/v1/uploads", {"files": {"file": ("x.gif", GIF, "image/gif")}}, 422, "file"),
+    ("post", "/v1/img2img", {"json": {"prompt": "1", "image": data_uri(EPS, "image/png")}}, 422, "image"),
+    ("post", "/v1/txt2img", {"json": {"prompt": "1", "timeout_s": 100_000}}, 422, "timeout_s"),
+    ("post", "/v1/txt2img", {"json": {"prompt": "1", "timeout_s": 3600}}, 422, "timeout_s"),  # over the engine's cap
+    ("post", "/v1/txt2img", {"json": {"prompt": "1", "width": 512, "height": 512}}, 422, "width"),
+    ("post", "/v1/trainings/lora", {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32,
+                                             "max_train_steps": 100_000}}, 422, "max_train_steps"),
+    ("post", "/v1/trainings/lora", {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32,
+                                             "resolution": 2048}}, 422, "resolution"),
+    ("post", "/v1/trainings/lora", {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32,
+                                             "train_batch_size": 64}}, 422, "train_batch_size"),
+    ("post", "/v1/trainings/ddpm", {"json": {"name": "x", "max_steps": 200_000, "batch_size": 512,
+                                             "resolution": 256}}, 422, "max_steps"),
 ]
 
 

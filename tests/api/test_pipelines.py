@@ -180,3 +180,31 @@ def test_flow_transformer_models_img2img_and_inpaint(client, model):
     job = run(client, "/v1/inpaint", {"model": model, "prompt": "a dog", "image": data_uri(rgb(32, 32)),
                                       "mask_image": data_uri(mask(32, 32)), "seed": 3})
     assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (32, 32)
+
+
+def test_inline_image_becomes_an_upload_and_job_reads_stay_small(client):
+    """A 5 MB data: image is saved as an upload at submit: the record holds its id and sha256, never the bytes, so a
+    job read stays small; the job still uses the image."""
+    import hashlib
+    import json
+
+    raw = np.random.default_rng(1).integers(0, 255, (1300, 1300, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(raw).save(buf, format="PNG", compress_level=0)
+    png = buf.getvalue()
+    assert len(png) > 4.5 * 2**20
+    big = Settings(data_dir=client.app.state.backends.settings.data_dir, models_dir=client.app.state.backends.settings.models_dir,
+                   warm_models="", torch_threads=1, max_body_bytes=8 * 2**20, max_image_pixels=2048 * 2048)
+    with TestClient(create_app(big)) as c:
+        r = c.post("/v1/img2img", json={"model": "tiny-sd", "prompt": "x", "image": data_uri(png), "width": 64,
+                                       "height": 64, "num_inference_steps": 2, "seed": 0})
+        assert r.status_code == 202, r.text[:300]
+        job = wait_job(c, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        read = c.get(f"/v1/jobs/{job['id']}")
+        assert len(read.content) < 4096, len(read.content)
+        assert job["input"]["image"].startswith("upl_") and job["input_sha256"]["image"] == hashlib.sha256(png).hexdigest()
+        listed = c.get("/v1/jobs?limit=100")
+        assert len(listed.content) < 100 * 4096
+        print(f"\njob read after a {len(png) / 2**20:.1f} MB inline image: {len(read.content)} bytes")
+        assert json.loads(read.content)["output"][0]["width"] == 64

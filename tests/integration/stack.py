@@ -16,7 +16,8 @@ B = {"Authorization": "Bearer key-globex"}
 
 
 class Stack:
-    def __init__(self, redis_url: str, s3: dict | None, tmp: Path, logs: Path, api_keys: str = KEYS):
+    def __init__(self, redis_url: str, s3: dict | None, tmp: Path, logs: Path, api_keys: str = KEYS,
+                 extra_env: dict | None = None):
         self.tmp, self.logs = tmp, logs
         self.env = {
             **os.environ,
@@ -32,6 +33,7 @@ class Stack:
         }
         if s3:
             self.env.update(S3_BUCKET=s3["bucket"], S3_ENDPOINT_URL=s3["endpoint"], S3_PREFIX=tmp.name)
+        self.env.update(extra_env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
@@ -41,7 +43,7 @@ class Stack:
         wait_for(lambda: self.http.get("/readyz").status_code == 200, 30, what=f"gateway ready: {self.api.tail()}")
 
     def start_worker(self, name: str) -> Proc:
-        w = Proc([bin_path("celery"), "-A", "worker.app", "worker", "-Q", "inference,training", "--pool", "solo",
+        w = Proc([bin_path("celery"), "-A", "worker.app", "worker", "--pool", "solo",
                   "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}@%h", "--loglevel", "INFO"],
                  self.logs / f"worker-{name}-{self.port}.log", env=self.env, cwd=REPO)
         self.workers.append(w)
