@@ -54,8 +54,14 @@ def _image_ref(value: str) -> str:
 
 
 ImageRef = Annotated[
-    str, AfterValidator(_image_ref), Field(min_length=1, max_length=40_000_000, description="data: URI or upload id")
+    str, AfterValidator(_image_ref),
+    Field(min_length=1, max_length=40_000_000, description="data: URI (PNG, JPEG or WebP, base64) or upload id",
+          json_schema_extra={"pattern": r"^(data:image/(png|jpeg|webp);base64,[A-Za-z0-9+/]+=*|upl_[0-9a-f]{32})$"}),
 ]
+
+
+# every scheduler name a request may give (diffusers schedulers and the engine's samplers)
+SchedulerName = Literal["ddim", "ddpm", "pndm", "lms", "heun", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"]
 
 
 class Strict(BaseModel):
@@ -71,11 +77,12 @@ class GenerationBase(Strict):
     model: str = Field("digits", pattern=NAME_PATTERN)
     prompt: str = Field("", max_length=4000)
     negative_prompt: str = Field("", max_length=4000)
-    width: int | None = Field(None, ge=8, le=2048, description="default: the model's native size")
-    height: int | None = Field(None, ge=8, le=2048, description="default: the model's native size")
+    width: int | None = Field(None, ge=8, le=2048, multiple_of=8, description="default: the model's native size")
+    height: int | None = Field(None, ge=8, le=2048, multiple_of=8, description="default: the model's native size")
     num_inference_steps: int | None = Field(None, ge=1, le=1000, description="default: the model's")
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description="default: the model's")
-    scheduler: str | None = Field(None, max_length=32, description="see GET /v1/schedulers; default: the model's")
+    scheduler: SchedulerName | None = Field(None, description="see GET /v1/schedulers; each model accepts the ones "
+                                                               "GET /v1/models lists; default: the model's")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: random; image i uses seed + i")
     timeout_s: int | None = Field(None, ge=1, le=MAX_TIMEOUT_S,
                                   description="past it the job fails deadline_exceeded; default and cap: per family")
@@ -114,7 +121,8 @@ class VideoRequest(GenerationBase):
 class LoraTrainingRequest(Strict):
     base_model: str = Field(pattern=NAME_PATTERN)
     name: str = Field(pattern=NAME_PATTERN)
-    dataset: str = Field(description="upload id of a zip of images with metadata.jsonl or .txt captions")
+    dataset: str = Field(description="upload id of a zip of images with metadata.jsonl or .txt captions",
+                         json_schema_extra={"pattern": UPLOAD_ID_PATTERN.pattern})
     rank: int = Field(4, ge=1, le=256)
     alpha: float | None = Field(None, gt=0, le=1024)
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
@@ -135,7 +143,8 @@ class LoraTrainingRequest(Strict):
 
 class DDPMTrainingRequest(Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    dataset: str = Field("digits", description="'digits' or the upload id of an image zip")
+    dataset: str = Field("digits", description="'digits' or the upload id of an image zip",
+                         json_schema_extra={"pattern": r"^(digits|upl_[0-9a-f]{32})$"})
     resolution: int = Field(16, ge=8, le=256)
     objective: Literal["ddpm", "flow"] = "ddpm"
     beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"

@@ -120,19 +120,21 @@ def test_s3_paused_then_gone(redis_server, moto, tmp_path, logs_dir):
 
 
 def test_one_job_per_idempotency_key_under_30_concurrent_posts(redis_server, tmp_path, logs_dir):
-    stack = Stack(redis_server, None, tmp_path, logs_dir)
+    tenant = f"idem{time.time_ns()}"  # a tenant of its own on the shared Redis
+    stack = Stack(redis_server, None, tmp_path, logs_dir, api_keys=f"{tenant}:key-idem")
+    h = {"Authorization": "Bearer key-idem"}
     try:
         body = {"prompt": "2", "num_inference_steps": 2, "seed": 9}
 
         def post(_):
             with httpx.Client(base_url=stack.url, timeout=30) as c:
-                return c.post("/v1/txt2img", json=body, headers={**A, "Idempotency-Key": "one-key"})
+                return c.post("/v1/txt2img", json=body, headers={**h, "Idempotency-Key": "one-key"})
 
         with ThreadPoolExecutor(30) as pool:
             answers = list(pool.map(post, range(30)))
         assert {r.status_code for r in answers} == {202}
         assert len({r.json()["id"] for r in answers}) == 1
-        assert len(stack.http.get("/v1/jobs?limit=100", headers=A).json()["data"]) == 1
+        assert len(stack.http.get("/v1/jobs?limit=100", headers=h).json()["data"]) == 1
     finally:
         stack.stop()
 
