@@ -155,3 +155,27 @@ def test_flow_model_samples_with_euler(digits8):
     assert out.shape == (2, 1, 8, 8) and steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     with pytest.raises(ValueError, match="scheduler"):
         m.generate(["1"], sampler="ddim")
+
+
+class _Payload:
+    """A pickle that runs code when loaded without weights_only (what a planted checkpoint would do)."""
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(_Payload.marker),))
+
+
+def test_a_pickle_planted_as_checkpoint_is_never_run(digits8, tmp_path):
+    """Training state comes from the bucket on resume: it is read with weights_only, so code in it never runs."""
+    import pickle
+
+    _Payload.marker = str(tmp_path / "pwned")
+    state = tmp_path / "state.pt"
+    torch.save({"model": _Payload(), "step": 1}, state)
+    x, y, _ = digits8
+    model = UNet(UNetConfig(num_classes=10, **TINY))
+    with pytest.raises(pickle.UnpicklingError):
+        train(model, make_objective({"kind": "ddpm", "num_train_timesteps": 100}), x, y, TrainConfig(max_steps=2),
+              state_path=state)
+    assert not (tmp_path / "pwned").exists()
