@@ -60,8 +60,9 @@ ImageRef = Annotated[
 ]
 
 
-# every scheduler name a request may give (diffusers schedulers and the engine's samplers)
-SchedulerName = Literal["ddim", "ddpm", "pndm", "lms", "heun", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"]
+# every scheduler name a request may give ("default": a diffusers model's own; diffusers schedulers; engine samplers)
+SchedulerName = Literal["default", "ddim", "ddpm", "pndm", "lms", "heun", "euler", "euler_a", "dpmpp_2m",
+                        "dpmpp_2m_karras", "unipc"]
 
 
 class Strict(BaseModel):

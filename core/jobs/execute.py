@@ -69,6 +69,8 @@ class RunContext:
         """Save a training checkpoint (retried for a bounded time); a failed save is skipped, not fatal: the run
         goes on and the next checkpoint tries again."""
         self.check()
+        if not lifecycle.owns(self.store, self.job.id, self.token):  # only the lease owner writes a checkpoint
+            raise LeaseLost(f"job {self.job.id} is no longer ours")
         try:
             self.storage.put(key, data, "application/octet-stream")
             return True
@@ -156,6 +158,8 @@ def execute_job(
         with Heartbeat(store, job_id, token, lease_ttl, heartbeat_interval, ctx.lost.set):
             result = runner_factory().run(job, ctx)
             ctx.check()
+            if not lifecycle.owns(store, job_id, token):  # outputs are written by the lease owner only
+                raise LeaseLost(f"job {job_id} is no longer ours")
             t0 = time.perf_counter()
             outputs = []
             for i, a in enumerate(result.artifacts):

@@ -25,7 +25,7 @@ def test_spec_names_exactly_the_schedulers_the_service_knows():
     from core.registry import ENGINE_SCHEDULERS
     from core.schemas import SchedulerName
 
-    known = set(SCHEDULERS) | set(FLOW_SCHEDULERS) | {n for names in ENGINE_SCHEDULERS.values() for n in names}
+    known = {"default"} | set(SCHEDULERS) | set(FLOW_SCHEDULERS) | {n for names in ENGINE_SCHEDULERS.values() for n in names}
     assert set(get_args(SchedulerName)) == known
 
 

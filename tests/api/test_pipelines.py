@@ -11,7 +11,7 @@ from PIL import Image
 from api.config import Settings
 from api.main import create_app
 from core.pipelines.families import SCHEDULERS
-from tests.api.helpers import data_uri, png_bytes, wait_job
+from tests.api.helpers import data_uri, wait_job
 
 
 @pytest.fixture(scope="module")

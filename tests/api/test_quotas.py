@@ -94,3 +94,17 @@ def test_metrics_hide_tenant_models_and_honour_a_token(tmp_path):
         text = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).text
         assert "diffuserve_model_load_seconds" in text and 'model="tenant_model"' in text
         assert "acme-secret-model" not in text
+
+
+def test_an_unexpected_error_is_a_json_500_with_a_request_id_and_no_internals(tmp_path):
+    with TestClient(create_app(_settings(tmp_path)), raise_server_exceptions=False) as c:
+        def boom():
+            raise RuntimeError("secret at /srv/diffuserve/models and redis://10.0.0.3:6379")
+
+        c.app.state.backends.registry.list = boom
+        r = c.get("/v1/models", headers=A)
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        err = r.json()["error"]
+        assert err["code"] == "internal_error" and r.headers["x-request-id"] in err["message"]
+        assert "secret" not in r.text and "10.0.0.3" not in r.text and "Traceback" not in r.text
+        assert c.get("/healthz").headers["x-request-id"]  # every response carries one

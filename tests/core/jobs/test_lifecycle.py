@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from core.errors import Conflict, LeaseLost, QuotaExceeded, StorageUnavailable, Unavailable
+from core.errors import Conflict, LeaseLost, QuotaExceeded, Unavailable
 from core.jobs import lifecycle
 from core.jobs.execute import Artifact, RunResult, execute_job
 from core.jobs.store import MemoryJobStore
@@ -368,3 +368,32 @@ def test_deadline_exceeded(store, tmp_path):
     done = execute_job(job.id, store, LocalStorage(tmp_path, "k"), lambda: Slow(), "w")
     assert done.status == JobStatus.failed and done.error.code == "deadline_exceeded"
     assert done.progress.step < 40
+
+
+def test_a_worker_that_lost_its_job_writes_no_outputs_or_checkpoints(store, tmp_path):
+    """The job moves on while the runner computes: no checkpoint, no output, no finish from the old attempt."""
+    storage = LocalStorage(tmp_path, "k")
+    q = ListQueue()
+    job, _ = lifecycle.submit(store, q, _job())
+
+    class LosesItMidway:
+        def run(self, job, ctx):
+            # what the reaper does after a freeze: the job is queued again and another worker owns it
+            store.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
+            ctx.checkpoint(f"jobs/{job.id}/state.pt", b"state")
+            raise AssertionError("the checkpoint of a non-owner must raise LeaseLost")
+
+    result = execute_job(job.id, store, storage, lambda: LosesItMidway(), "old")
+    assert result.status == JobStatus.running and result.lease_token == "someone-else"
+    assert not storage.exists(f"jobs/{job.id}/state.pt") and not storage.exists(f"jobs/{job.id}/job.json")
+
+    job2, _ = lifecycle.submit(store, q, _job())
+
+    class LosesItAtTheEnd:
+        def run(self, job, ctx):
+            store.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
+            return RunResult([Artifact(b"png-bytes", "image/png", "png")], 1.0, 2.0)
+
+    result = execute_job(job2.id, store, storage, lambda: LosesItAtTheEnd(), "old")
+    assert result.status == JobStatus.running
+    assert not storage.exists(f"jobs/{job2.id}/0.png") and not storage.exists(f"jobs/{job2.id}/job.json")
