@@ -45,12 +45,21 @@ return 1
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
+BREAKER_S = 1.0  # after a failed call, fail fast for this long instead of waiting on a dead socket again
+
+
 def _unavailable(fn):
+    """Turn Redis connection failures into :class:`Unavailable`, and trip a short breaker: while Redis is away
+    (killed: refused at once; frozen: a socket timeout), only one call per ``BREAKER_S`` waits on it."""
+
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
+        if time.monotonic() < self._down_until:
+            raise Unavailable("the job store is unavailable; retry shortly", code="store_unavailable")
         try:
-            return fn(*args, **kwargs)
+            return fn(self, *args, **kwargs)
         except TRANSIENT as e:
+            self._down_until = time.monotonic() + BREAKER_S
             raise Unavailable("the job store is unavailable; retry shortly", code="store_unavailable") from e
 
     return wrapper
@@ -60,11 +69,15 @@ class RedisJobStore(JobStore):
     def __init__(self, url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64):
         self.url = url
         self.job_ttl_s = job_ttl_s
-        # one bounded pool: callers beyond it wait up to 2 s for a connection instead of failing at once
+        # one bounded pool: callers beyond it wait up to 2 s for a connection instead of failing at once. Redis
+        # answers in microseconds, so 2 s without an answer means it is gone; a dropped connection is retried once
+        # (a reconnect), a timeout is not
         pool = redis.BlockingConnectionPool.from_url(
             url, decode_responses=True, max_connections=max_connections, timeout=2, socket_connect_timeout=2,
-            socket_timeout=5, health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1))
+            socket_timeout=2, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1, supported_errors=(redis.ConnectionError,)))
         self.r = redis.Redis(connection_pool=pool)
+        self._down_until = 0.0
         self._renew = self.r.register_script(RENEW)
 
     # -- records -------------------------------------------------------------------------------------
@@ -326,9 +339,13 @@ class RedisJobStore(JobStore):
 
     def ping(self):
         try:
-            return bool(self.r.ping())
-        except redis.RedisError:
+            return bool(self._ping())
+        except Unavailable:
             return False
+
+    @_unavailable
+    def _ping(self):
+        return self.r.ping()
 
     @_unavailable
     def register(self, tenant, kind, name, record):

@@ -32,6 +32,17 @@ def test_redis_killed_and_restarted_from_aof(aof_redis, moto, tmp_path, logs_dir
     stack = Stack(aof_redis.url, moto.info, tmp_path, logs_dir)
     try:
         jobs = [stack.submit({"prompt": str(i), "num_inference_steps": 4, "seed": i})["id"] for i in range(5)]
+        # frozen (a dead socket, not a refused one): answers within the store's 2-second socket timeout, then fast
+        os.killpg(aof_redis.proc.pid, signal.SIGSTOP)
+        try:
+            for path in ("/v1/jobs", f"/v1/jobs/{jobs[0]}", "/v1/models"):
+                t0 = time.monotonic()
+                r = stack.http.get(path, headers=A)
+                assert r.status_code == 503 and time.monotonic() - t0 < 3.5, (path, r.status_code)
+            t0 = time.monotonic()
+            assert stack.http.get("/readyz").json()["failing"][:1] == ["store"] and time.monotonic() - t0 < 4.5
+        finally:
+            os.killpg(aof_redis.proc.pid, signal.SIGCONT)
         aof_redis.kill()
         calls = [("POST", "/v1/txt2img", {"prompt": "1"}), ("GET", "/v1/jobs", None), ("GET", f"/v1/jobs/{jobs[0]}", None),
                  ("GET", "/v1/models", None), ("GET", f"/v1/jobs/{jobs[0]}?wait=5", None),
