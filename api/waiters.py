@@ -17,7 +17,7 @@ class Waiters:
     def __init__(self, store: JobStore, max_per_tenant: int):
         self.store = store
         self.max_per_tenant = max_per_tenant
-        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._events: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # event -> wants progress too
         self._open: dict[str, int] = defaultdict(int)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -25,16 +25,17 @@ class Waiters:
         self._loop = asyncio.get_running_loop()
         self.store.listen(self._on_event, stop)
 
-    def _on_event(self, job_id: str | None) -> None:  # the listener thread
+    def _on_event(self, job_id: str | None, event: str | None) -> None:  # the listener thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake, job_id)
+            loop.call_soon_threadsafe(self._wake, job_id, event)
 
-    def _wake(self, job_id: str | None) -> None:
-        groups = self._events.values() if job_id is None else [self._events.get(job_id, ())]
+    def _wake(self, job_id: str | None, event: str | None) -> None:
+        groups = self._events.values() if job_id is None else [self._events.get(job_id, {})]
         for group in groups:
-            for ev in group:
-                ev.set()
+            for ev, every_event in group.items():
+                if every_event or event in (None, "status"):
+                    ev.set()
 
     def check(self, tenant: str) -> None:
         if self._open[tenant] >= self.max_per_tenant:
@@ -42,20 +43,21 @@ class Waiters:
                                 retry_after=2, code="too_many_waits")
 
     @asynccontextmanager
-    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever ``job_id`` gets an event; counts against the tenant's open waits (429 past it).
-        Clear it before reading the store, then wait on it: nothing in between is missed."""
+    async def watch(self, tenant: str, job_id: str, every_event: bool = True) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``job_id`` gets an event (``every_event`` False: status changes only, what a
+        long-poll waits for; a 1000-step job then wakes it twice, not 1000 times); counts against the tenant's open
+        waits (429 past it). Clear it before reading the store, then wait on it: nothing in between is missed."""
         self.check(tenant)
         self._open[tenant] += 1
         ev = asyncio.Event()
-        self._events[job_id].add(ev)
+        self._events[job_id][ev] = every_event
         try:
             yield ev
         finally:
             self._open[tenant] -= 1
             group = self._events.get(job_id)
             if group is not None:
-                group.discard(ev)
+                group.pop(ev, None)
                 if not group:
                     del self._events[job_id]
 

@@ -37,7 +37,8 @@ async def get_job(request: Request, job_id: str,
     job = await run_in_threadpool(_own, b, t, job_id)
     if wait > 0 and not job.status.is_terminal():
         deadline = time.monotonic() + wait
-        async with b.waiters.watch(t, job_id) as changed:  # waits on the loop: no thread, no connection held
+        # waits on the loop for a status change: no thread, no connection held
+        async with b.waiters.watch(t, job_id, every_event=False) as changed:
             while True:
                 changed.clear()
                 job = await run_in_threadpool(_own, b, t, job_id)

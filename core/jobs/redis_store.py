@@ -194,7 +194,7 @@ class RedisJobStore(JobStore):
         pipe = self.r.pipeline()
         pipe.rpush(key, json.dumps({"event": event, "data": data}))
         pipe.expire(key, int(self.job_ttl_s) + 3600)  # a backstop: retention deletes it with the job
-        pipe.publish(f"{P}job:{job_id}:notify", "1")
+        pipe.publish(f"{P}job:{job_id}:notify", event)
         length, *_ = pipe.execute()
         return length - 1
 
@@ -226,7 +226,7 @@ class RedisJobStore(JobStore):
 
     def listen(self, callback, stop):
         """One pattern subscription for every job; reconnects after an outage and then wakes every waiter
-        (``callback(None)``), since events published while it was away were missed."""
+        (``callback(None, None)``), since events published while it was away were missed."""
 
         def loop() -> None:
             backoff = 0.1
@@ -234,12 +234,12 @@ class RedisJobStore(JobStore):
                 ps = self.r.pubsub(ignore_subscribe_messages=True)
                 try:
                     ps.psubscribe(f"{P}job:*:notify")
-                    callback(None)
+                    callback(None, None)
                     backoff = 0.1
                     while not stop.is_set():
                         msg = ps.get_message(timeout=1.0)
                         if msg and msg.get("type") == "pmessage":
-                            callback(msg["channel"][len(P) + 4 : -len(":notify")])
+                            callback(msg["channel"][len(P) + 4 : -len(":notify")], msg["data"])
                 except Exception:  # noqa: BLE001 - Redis away: retry with backoff
                     log.debug("event listener lost Redis; reconnecting", exc_info=True)
                     stop.wait(backoff)

@@ -77,9 +77,9 @@ class JobStore(ABC):
         """Block until the job has more than ``count`` events, or ``timeout`` seconds pass."""
 
     @abstractmethod
-    def listen(self, callback: Callable[[str | None], None], stop: threading.Event) -> threading.Thread | None:
-        """Call ``callback(job_id)`` whenever a job gets an event (``None``: maybe missed some, re-check all),
-        until ``stop`` is set. One listener serves every waiter of a gateway."""
+    def listen(self, callback: Callable[[str | None, str | None], None], stop: threading.Event) -> threading.Thread | None:
+        """Call ``callback(job_id, event)`` whenever a job gets an event (``(None, None)``: maybe missed some,
+        re-check all), until ``stop`` is set. One listener serves every waiter of a gateway."""
 
     @abstractmethod
     def ids_with_status(self, status: JobStatus) -> list[str]: ...
@@ -162,7 +162,7 @@ class MemoryJobStore(JobStore):
         self._index: dict[JobStatus, dict[str, None]] = {s: {} for s in INDEXED}
         self._leases: dict[str, float] = {}
         self._expiry: dict[str, float] = {}
-        self._listeners: list[Callable[[str | None], None]] = []
+        self._listeners: list[Callable[[str | None, str | None], None]] = []
         self._counters: dict[tuple, float] = defaultdict(float)
         self._hist: dict[tuple, dict] = {}
         self._rate: dict[tuple[str, int], int] = defaultdict(int)
@@ -255,7 +255,7 @@ class MemoryJobStore(JobStore):
             seq = len(log) - 1
             listeners = list(self._listeners)
         for cb in listeners:
-            cb(job_id)
+            cb(job_id, event)
         return seq
 
     def events(self, job_id, start=0):
