@@ -30,8 +30,8 @@ _checks = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
 
 @router.get("/readyz")
 async def readyz(b: Backends = Depends(backends)):
-    """The job store, the queue and the storage are reachable (503 naming the failing checks otherwise). The three
-    run at once and each gets READY_TIMEOUT_S: a frozen backend fails its check, it does not stall the probe."""
+    """The job store, the queue and the storage are reachable (503 naming the failing checks otherwise)."""
+    # the three run at once and each gets READY_TIMEOUT_S: a frozen backend fails its check, not the probe
     loop = asyncio.get_running_loop()
     probes = {"store": b.store.ping, "queue": b.queue.ping, "storage": b.storage.ping}
     futures = {name: loop.run_in_executor(_checks, fn) for name, fn in probes.items()}
