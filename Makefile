@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: setup run test openapi smoke worker bench tiny-models tiny-digits clean
+.PHONY: setup run test lint format openapi smoke worker bench tiny-models tiny-digits clean
 
 setup: $(VENV)/.installed  ## create .venv and install the pinned dependencies (idempotent)
 
@@ -22,7 +22,15 @@ run: setup  ## embedded mode on $(HOST):$(PORT): in-process queue, local disk, t
 worker: setup  ## a Celery worker (distributed mode: needs BROKER_URL)
 	$(BIN)/celery -A worker.app worker --pool solo --loglevel INFO
 
-test: setup  ## the whole suite; the tests start their own redis-server and moto_server and stop them
+lint: setup  ## ruff check and ruff format --check, the project's own config (pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: setup lint  ## lint, the spec, then the whole suite (the tests start their own redis-server and moto_server)
 	$(BIN)/python scripts/export_openapi.py --check
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 --durations 15
 

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=1)
     models_dir: Path | None = None
     models_config: Path | None = Field(None, description="JSON file naming hub ids (see core/registry.py)")
-    pipeline_budget_mb: int | None = Field(None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM")
+    pipeline_budget_mb: int | None = Field(
+        None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM"
+    )
     bundled_models_dir: Path = REPO / "models"
     max_body_bytes: int = 25 * 1024 * 1024
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -37,8 +39,12 @@ class Settings(BaseSettings):
     max_wait_s: float = 60.0
     max_active_jobs_per_tenant: int = Field(64, ge=1, description="queued + running jobs per tenant; past it 429")
     max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
-    job_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="a finished job, its outputs and uploads are deleted after it")
-    storage_retry_s: float = Field(30.0, ge=0, description="how long storage writes are retried before storage_unavailable")
+    job_ttl_s: float = Field(
+        7 * 24 * 3600, gt=0, description="a finished job, its outputs and uploads are deleted after it"
+    )
+    storage_retry_s: float = Field(
+        30.0, ge=0, description="how long storage writes are retried before storage_unavailable"
+    )
     redis_max_connections: int = Field(64, ge=4)
     metrics_token: str | None = Field(None, description="set: /metrics needs Authorization: Bearer <token>")
     lease_ttl_s: float = 15.0

@@ -23,8 +23,13 @@ def tenant(request: Request, b: Backends = Depends(backends)) -> str:
     auth = request.headers.get("authorization", "")
     scheme, _, key = auth.partition(" ")
     if scheme.lower() != "bearer" or not key:
-        raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>", "Authorization",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing API key: send Authorization: Bearer <key>",
+            "Authorization",
+            {"WWW-Authenticate": "Bearer"},
+        )
     for known, name in b.tenants_by_key.items():
         if hmac.compare_digest(known.encode(), key.strip().encode()):
             return name
@@ -35,6 +40,11 @@ def rate_limited(t: str = Depends(tenant), b: Backends = Depends(backends)) -> s
     """Job submissions and uploads: at most RATE_LIMIT_PER_MINUTE per tenant (fixed one-minute windows)."""
     wait = b.store.rate_limit(f"tenant:{t}", b.settings.rate_limit_per_minute, 60)
     if wait is not None:
-        raise ApiError(429, "rate_limited", f"over {b.settings.rate_limit_per_minute} requests per minute", None,
-                       {"Retry-After": str(max(1, int(wait + 0.999)))})
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"over {b.settings.rate_limit_per_minute} requests per minute",
+            None,
+            {"Retry-After": str(max(1, int(wait + 0.999)))},
+        )
     return t

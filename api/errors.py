@@ -39,8 +39,17 @@ STATUS_BY_ERROR: list[tuple[type[ServiceError], int]] = [
     (ServiceError, 400),
 ]
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-              409: "conflict", 413: "too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
 
 
 class ApiError(Exception):
@@ -51,7 +60,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
-    return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "field": field}}, status_code=status, headers=headers
+    )
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
@@ -114,16 +125,29 @@ class CatchAll:
             if started:
                 raise
             if _backend_outage(exc):
-                status, code, msg, extra = 503, "unavailable", "a backend of the service is unavailable; retry shortly", \
-                    [(b"retry-after", b"5")]
+                status, code, msg, extra = (
+                    503,
+                    "unavailable",
+                    "a backend of the service is unavailable; retry shortly",
+                    [(b"retry-after", b"5")],
+                )
                 log.warning("request %s: backend unavailable (%s)", request_id, type(exc).__name__)
             else:
                 status, code, msg, extra = 500, "internal_error", f"internal error; request id {request_id}", []
                 log.exception("request %s failed", request_id)
             body = json.dumps({"error": {"code": code, "message": msg, "field": None}}).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                    (b"x-request-id", request_id.encode()), *extra]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"x-request-id", request_id.encode()),
+                        *extra,
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 

@@ -31,9 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backends.start()
         log = logging.getLogger("diffuserve.api")
         if settings.distributed and not settings.s3_bucket and not settings.signing_key:
-            log.warning("SIGNING_KEY is unset and outputs are on local disk: every gateway that serves /files must "
-                        "share SIGNING_KEY (or DATA_DIR, where the key is kept); URLs signed by one gateway are "
-                        "refused by another that does not")
+            log.warning(
+                "SIGNING_KEY is unset and outputs are on local disk: every gateway that serves /files must "
+                "share SIGNING_KEY (or DATA_DIR, where the key is kept); URLs signed by one gateway are "
+                "refused by another that does not"
+            )
         log.info("diffuserve %s ready in %s mode", __version__, backends.mode)
         try:
             yield

@@ -32,8 +32,11 @@ class Backends:
     def start(self) -> None:
         """The reaper (orphans, unsent jobs, retention) and the listener that wakes long-polls; call on the loop."""
         s = self.settings
-        self._threads.append(lifecycle.start_reaper(self.store, self.queue, self.storage, s.reaper_interval_s,
-                                                    s.max_attempts, self._stop))
+        self._threads.append(
+            lifecycle.start_reaper(
+                self.store, self.queue, self.storage, s.reaper_interval_s, s.max_attempts, self._stop
+            )
+        )
         self.waiters.start(self._stop)
 
     def close(self) -> None:
@@ -59,15 +62,20 @@ def build_backends(settings: Settings) -> Backends:
             retry_budget_s=settings.storage_retry_s,
         )
     else:
-        storage = LocalStorage(settings.data_dir / "files", settings.resolved_signing_key(), settings.url_expires_s,
-                               retry_budget_s=settings.storage_retry_s)
+        storage = LocalStorage(
+            settings.data_dir / "files",
+            settings.resolved_signing_key(),
+            settings.url_expires_s,
+            retry_budget_s=settings.storage_retry_s,
+        )
 
     if settings.distributed:
         from core.jobs.queue import CeleryQueue
         from core.jobs.redis_store import RedisJobStore
 
-        store: JobStore = RedisJobStore(settings.redis_url or settings.broker_url, settings.job_ttl_s,
-                                        settings.redis_max_connections)
+        store: JobStore = RedisJobStore(
+            settings.redis_url or settings.broker_url, settings.job_ttl_s, settings.redis_max_connections
+        )
         queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
     else:
         from core.jobs.execute import execute_job
@@ -102,5 +110,12 @@ def build_backends(settings: Settings) -> Backends:
         if warm:
             threading.Thread(target=lambda: runner().warm_up(warm), name="warm-up", daemon=True).start()
 
-    return Backends(settings, store, storage, queue, registry, settings.tenants_by_key(),
-                    Waiters(store, settings.max_waits_per_tenant))
+    return Backends(
+        settings,
+        store,
+        storage,
+        queue,
+        registry,
+        settings.tenants_by_key(),
+        Waiters(store, settings.max_waits_per_tenant),
+    )

@@ -12,9 +12,9 @@ from pydantic import BaseModel
 
 from api.state import Backends
 from core import uploads
+from core.catalog import LIMITS, LORA_SERVABLE, LORA_TRAINABLE, MAX_VIDEO_VOLUME, family_of, valid_num_frames
 from core.errors import InputError
 from core.jobs import lifecycle
-from core.limits import LIMITS, MAX_VIDEO_VOLUME, family_of
 from core.registry import ModelEntry
 from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
 from core.tenant_models import tenant_model_entry
@@ -47,8 +47,10 @@ def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) 
     if data.get("scheduler") is None:
         data["scheduler"] = entry.default_scheduler
     elif data["scheduler"] not in entry.schedulers:
-        raise InputError(f"unknown scheduler {data['scheduler']!r} for model {entry.id!r}; expected one of {entry.schedulers}",
-                         field="scheduler")
+        raise InputError(
+            f"unknown scheduler {data['scheduler']!r} for model {entry.id!r}; expected one of {entry.schedulers}",
+            field="scheduler",
+        )
     if entry.kind.startswith("engine"):
         _check_engine_request(entry, data)
 
@@ -71,8 +73,6 @@ def _check_engine_request(entry: ModelEntry, data: dict) -> None:
 
 
 def _check_diffusers_request(b: Backends, tenant: str, entry: ModelEntry, data: dict, job_type: JobType) -> None:
-    from core.pipelines.families import LORA_SERVABLE, valid_num_frames
-
     for i, ref in enumerate(data.get("loras") or []):
         if entry.pipeline_class not in LORA_SERVABLE:
             raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
@@ -80,8 +80,10 @@ def _check_diffusers_request(b: Backends, tenant: str, entry: ModelEntry, data: 
         if record is None and b.registry.lora(ref["name"]) is None:
             raise InputError(f"unknown LoRA {ref['name']!r}", field=f"loras.{i}.name", code="unknown_lora")
         if record is not None and record.get("base_pipeline_class") != entry.pipeline_class:
-            raise InputError(f"LoRA {ref['name']!r} was trained for a {record.get('base_pipeline_class')}, "
-                             f"not for {entry.id!r}", field=f"loras.{i}.name")
+            raise InputError(
+                f"LoRA {ref['name']!r} was trained for a {record.get('base_pipeline_class')}, not for {entry.id!r}",
+                field=f"loras.{i}.name",
+            )
     if job_type == JobType.controlnet:
         b.registry.controlnet(data["controlnet"])
     if job_type == JobType.video:
@@ -107,15 +109,16 @@ def _check_zip_upload(b: Backends, tenant: str, upload_id: str) -> None:
 
 
 def _prepare_lora_training(b: Backends, tenant: str, data: dict) -> tuple[dict, ModelRef]:
-    from core.pipelines.families import LORA_TRAINABLE
-
     try:
         entry = b.registry.get(data["base_model"])
     except InputError as e:
         raise InputError(e.message, field="base_model", code=e.code) from None
     if entry.pipeline_class not in LORA_TRAINABLE:
-        raise InputError(f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
-                         field="base_model", code="unsupported_task")
+        raise InputError(
+            f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
+            field="base_model",
+            code="unsupported_task",
+        )
     _check_training_work(data["max_train_steps"], data["train_batch_size"], data["resolution"], "lora_training")
     _check_zip_upload(b, tenant, data["dataset"])
     return data, ModelRef(id=entry.id, sha256=entry.version)
@@ -124,21 +127,25 @@ def _prepare_lora_training(b: Backends, tenant: str, data: dict) -> tuple[dict, 
 def _check_training_work(steps: int, batch: int, resolution: int, family: str) -> None:
     cap = LIMITS[family].max_work
     if steps * batch * resolution**2 > cap:
-        raise InputError(f"steps x batch x resolution^2 = {steps * batch * resolution**2:,} is over the cap of {cap:,} "
-                         "for one training job; lower one of them", field="max_steps" if family == "ddpm_training"
-                         else "max_train_steps", code="too_expensive")
+        raise InputError(
+            f"steps x batch x resolution^2 = {steps * batch * resolution**2:,} is over the cap of {cap:,} "
+            "for one training job; lower one of them",
+            field="max_train_steps",
+            code="too_expensive",
+        )
 
 
 def _prepare_ddpm_training(b: Backends, tenant: str, data: dict) -> tuple[dict, None]:
     _check_training_name(b, data["name"])
-    _check_training_work(data["max_steps"], data["batch_size"], data["resolution"], "ddpm_training")
+    _check_training_work(data["max_train_steps"], data["train_batch_size"], data["resolution"], "ddpm_training")
     if data["dataset"] != "digits":
         _check_zip_upload(b, tenant, data["dataset"])
     return data, None
 
 
-def _prepare_generation(b: Backends, tenant: str, job_type: JobType, data: dict,
-                        dims: dict) -> tuple[dict, ModelRef, str]:
+def _prepare_generation(
+    b: Backends, tenant: str, job_type: JobType, data: dict, dims: dict
+) -> tuple[dict, ModelRef, str]:
     entry = tenant_model_entry(b.store, tenant, data["model"]) or b.registry.get(data["model"])
     entry.require_task(job_type)
     first_image = next(iter(dims.values()), None)
@@ -157,15 +164,19 @@ def _prepare_generation(b: Backends, tenant: str, job_type: JobType, data: dict,
 def _check_family_limits(family: str, data: dict) -> None:
     lim = LIMITS[family]
     if data["width"] * data["height"] > lim.max_pixels:
-        raise InputError(f"{data['width']}x{data['height']} is over {lim.max_pixels:,} pixels for {family} models",
-                         field="width", code="too_expensive")
+        raise InputError(
+            f"{data['width']}x{data['height']} is over {lim.max_pixels:,} pixels for {family} models",
+            field="width",
+            code="too_expensive",
+        )
     if data["num_inference_steps"] > lim.max_steps:
         raise InputError(f"at most {lim.max_steps} for {family} models", field="num_inference_steps")
     if data.get("num_images", 1) > lim.max_images:
         raise InputError(f"at most {lim.max_images} for {family} models", field="num_images")
     if family == "video" and data["num_frames"] * data["width"] * data["height"] > MAX_VIDEO_VOLUME:
-        raise InputError(f"num_frames x width x height is over {MAX_VIDEO_VOLUME:,}", field="num_frames",
-                         code="too_expensive")
+        raise InputError(
+            f"num_frames x width x height is over {MAX_VIDEO_VOLUME:,}", field="num_frames", code="too_expensive"
+        )
 
 
 def _fill_timeout(data: dict, family: str) -> None:
@@ -183,11 +194,16 @@ def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tup
     ids and ``input_sha256`` their hashes. Returns (input, model, input_sha256)."""
     data = body.model_dump(mode="json")
     s = b.settings
-    images = {f: uploads.check_image(b.storage, tenant, f, data[f], s.max_body_bytes, s.max_image_pixels)
-              for f in IMAGE_FIELDS if data.get(f)}
+    images = {
+        f: uploads.check_image(b.storage, tenant, f, data[f], s.max_body_bytes, s.max_image_pixels)
+        for f in IMAGE_FIELDS
+        if data.get(f)
+    }
     dims = {f: (im.width, im.height) for f, im in images.items()}
     if "mask_image" in dims and dims["mask_image"] != dims["image"]:
-        raise InputError(f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image")
+        raise InputError(
+            f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image"
+        )
     if job_type == JobType.lora_training:
         data, model = _prepare_lora_training(b, tenant, data)
         family = "lora_training"
@@ -215,8 +231,9 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
     data, model, hashes = await run_in_threadpool(prepare, b, tenant, job_type, body)
     job = lifecycle.new_job(job_type, data, tenant, model)
     job.input_sha256 = hashes
-    job, created = await run_in_threadpool(lifecycle.submit, b.store, b.queue, job, idempotency,
-                                           b.settings.max_active_jobs_per_tenant)
+    job, created = await run_in_threadpool(
+        lifecycle.submit, b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant
+    )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

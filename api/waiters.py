@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from core.errors import QuotaExceeded
 from core.jobs.store import JobStore
@@ -39,8 +39,11 @@ class Waiters:
 
     def check(self, tenant: str) -> None:
         if self._open[tenant] >= self.max_per_tenant:
-            raise QuotaExceeded(f"at most {self.max_per_tenant} open long-polls and event streams per tenant",
-                                retry_after=2, code="too_many_waits")
+            raise QuotaExceeded(
+                f"at most {self.max_per_tenant} open long-polls and event streams per tenant",
+                retry_after=2,
+                code="too_many_waits",
+            )
 
     @asynccontextmanager
     async def watch(self, tenant: str, job_id: str, every_event: bool = True) -> AsyncIterator[asyncio.Event]:

@@ -78,8 +78,9 @@ def diversity(x64: np.ndarray, labels: np.ndarray) -> float:
 def draw(model: DDPMEngineModel, per_label: int, sampler: str, steps: int, guidance: float | None, seed: int = 0):
     labels = [str(k) for k in range(10) for _ in range(per_label)]
     t0 = time.perf_counter()
-    images = model.generate(labels, num_images=len(labels), num_inference_steps=steps, sampler=sampler,
-                            guidance_scale=guidance, seed=seed)
+    images = model.generate(
+        labels, num_images=len(labels), num_inference_steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed
+    )
     dt = time.perf_counter() - t0
     return to_digits_features(images), np.array([int(k) for k in labels]), dt / len(labels)
 
@@ -100,11 +101,24 @@ def train_small(schedule: str, steps: int, seed: int = 0) -> DDPMEngineModel:
 
     x, y, names = load_digits_dataset(16)
     torch.manual_seed(seed)
-    unet = UNet(UNetConfig(sample_size=16, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                           attention_resolutions=(8,), num_classes=10))
+    unet = UNet(
+        UNetConfig(
+            sample_size=16,
+            base_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            num_classes=10,
+        )
+    )
     sched = {"kind": "ddpm", "num_train_timesteps": 1000, "beta_schedule": schedule, "prediction_type": "epsilon"}
-    ema = train(unet, make_objective(sched), x, y, TrainConfig(max_steps=steps, batch_size=128, learning_rate=1e-3,
-                                                               warmup_steps=min(200, steps // 5), seed=seed))
+    ema = train(
+        unet,
+        make_objective(sched),
+        x,
+        y,
+        TrainConfig(max_steps=steps, batch_size=128, learning_rate=1e-3, warmup_steps=min(200, steps // 5), seed=seed),
+    )
     return DDPMEngineModel(ema.model, sched, names, default_guidance_scale=2.0)
 
 
@@ -118,13 +132,31 @@ def training_speed(steps: int = 15, batch: int = 128) -> list[list]:
 
     x, y, _ = load_digits_dataset(16)
     g = torch.Generator().manual_seed(0)
-    ours = UNet(UNetConfig(sample_size=16, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                           attention_resolutions=(8,), num_classes=10, dropout=0.1))
+    ours = UNet(
+        UNetConfig(
+            sample_size=16,
+            base_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            num_classes=10,
+            dropout=0.1,
+        )
+    )
     obj = make_objective({"kind": "ddpm", "num_train_timesteps": 1000})
-    theirs = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64), layers_per_block=1,
-                         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), num_class_embeds=11,
-                         norm_num_groups=8, dropout=0.1, attention_head_dim=16)
+    theirs = UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=11,
+        norm_num_groups=8,
+        dropout=0.1,
+        attention_head_dim=16,
+    )
     sched = DDPMScheduler(num_train_timesteps=1000)
 
     def step_ours(opt, idx):
@@ -144,7 +176,10 @@ def training_speed(steps: int = 15, batch: int = 128) -> list[list]:
         opt.step()
 
     rows = []
-    for name, model, fn in (("diffuserve engine U-Net", ours, step_ours), ("diffusers UNet2DModel", theirs, step_theirs)):
+    for name, model, fn in (
+        ("diffuserve engine U-Net", ours, step_ours),
+        ("diffusers UNet2DModel", theirs, step_theirs),
+    ):
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for _ in range(3):
@@ -163,7 +198,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "models" / "digits"))
     p.add_argument("--per-label", type=int, default=20)
-    p.add_argument("--schedule-steps", type=int, default=400, help="training budget of each model in the schedule table")
+    p.add_argument(
+        "--schedule-steps", type=int, default=400, help="training budget of each model in the schedule table"
+    )
     p.add_argument("--skip", default="", help="comma list of tables to skip: samplers,guidance,schedules,speed")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args()
@@ -176,30 +213,57 @@ def main() -> int:
     model = DDPMEngineModel.from_pretrained(a.model)
     g = model.default_guidance_scale
     print(f"model {a.model} (sha256 {model.sha256[:12]}), {a.per_label} images per label, default guidance {g}")
-    print(f"classifier ceiling (SVC on held-out real digits): {judge.ceiling:.3f}; FID floor (real vs real): {floor:.2f}")
+    print(
+        f"classifier ceiling (SVC on held-out real digits): {judge.ceiling:.3f}; FID floor (real vs real): {floor:.2f}"
+    )
 
     results = {}
     if "samplers" not in skip:
         rows = []
-        for name, sampler, steps in (("DDPM-1000", "ddpm", 1000), ("DDIM-50", "ddim", 50), ("DDIM-20", "ddim", 20),
-                                     ("DDIM-10", "ddim", 10)):
+        for name, sampler, steps in (
+            ("DDPM-1000", "ddpm", 1000),
+            ("DDIM-50", "ddim", 50),
+            ("DDIM-20", "ddim", 20),
+            ("DDIM-10", "ddim", 10),
+        ):
             x64, labels, spi = draw(model, a.per_label, sampler, steps, g)
             acc = judge.accuracy(x64, labels)
             results[name] = (acc, spi)
-            rows.append([name, f"{spi * 1000:.1f}", f"{acc:.3f}", f"{judge.ceiling:.3f}", f"{judge.fid(judge.xte, x64):.2f}",
-                         f"{floor:.2f}"])
-        table("Samplers (guidance %.1f)" % g, ["sampler", "ms / image", "cond. accuracy", "ceiling", "FID", "FID floor"], rows)
+            rows.append(
+                [
+                    name,
+                    f"{spi * 1000:.1f}",
+                    f"{acc:.3f}",
+                    f"{judge.ceiling:.3f}",
+                    f"{judge.fid(judge.xte, x64):.2f}",
+                    f"{floor:.2f}",
+                ]
+            )
+        table(
+            f"Samplers (guidance {g:.1f})",
+            ["sampler", "ms / image", "cond. accuracy", "ceiling", "FID", "FID floor"],
+            rows,
+        )
         speedup = results["DDPM-1000"][1] / results["DDIM-50"][1]
         gap = (results["DDPM-1000"][0] - results["DDIM-50"][0]) * 100
-        print(f"DDIM-50 vs DDPM-1000: {speedup:.1f}x faster, accuracy {gap:+.1f} points behind "
-              f"(bar: >= 15x, within 2 points; DDIM-50 accuracy >= 0.95: {results['DDIM-50'][0]:.3f})")
+        print(
+            f"DDIM-50 vs DDPM-1000: {speedup:.1f}x faster, accuracy {gap:+.1f} points behind "
+            f"(bar: >= 15x, within 2 points; DDIM-50 accuracy >= 0.95: {results['DDIM-50'][0]:.3f})"
+        )
 
     if "guidance" not in skip:
         rows = []
         for scale in (1.0, 1.5, 2.0, 3.0, 5.0, 10.0):
             x64, labels, _ = draw(model, a.per_label, "ddim", 50, scale)
-            rows.append([f"{scale:g}", f"{judge.accuracy(x64, labels):.3f}", f"{diversity(x64, labels):.3f}",
-                         f"{real_div:.3f}", f"{judge.fid(judge.xte, x64):.2f}"])
+            rows.append(
+                [
+                    f"{scale:g}",
+                    f"{judge.accuracy(x64, labels):.3f}",
+                    f"{diversity(x64, labels):.3f}",
+                    f"{real_div:.3f}",
+                    f"{judge.fid(judge.xte, x64):.2f}",
+                ]
+            )
         table("Guidance scale (DDIM-50)", ["guidance", "cond. accuracy", "diversity", "real diversity", "FID"], rows)
 
     if "schedules" not in skip:
@@ -209,14 +273,27 @@ def main() -> int:
             m = train_small(schedule, a.schedule_steps)
             train_s = time.perf_counter() - t0
             x64, labels, _ = draw(m, a.per_label, "ddim", 50, 2.0)
-            rows.append([schedule, a.schedule_steps, f"{train_s:.0f}", f"{judge.accuracy(x64, labels):.3f}",
-                         f"{judge.fid(judge.xte, x64):.2f}"])
-        table(f"Noise schedule, same budget ({a.schedule_steps} steps x 128, DDIM-50, guidance 2)",
-              ["schedule", "train steps", "train s", "cond. accuracy", "FID"], rows)
+            rows.append(
+                [
+                    schedule,
+                    a.schedule_steps,
+                    f"{train_s:.0f}",
+                    f"{judge.accuracy(x64, labels):.3f}",
+                    f"{judge.fid(judge.xte, x64):.2f}",
+                ]
+            )
+        table(
+            f"Noise schedule, same budget ({a.schedule_steps} steps x 128, DDIM-50, guidance 2)",
+            ["schedule", "train steps", "train s", "cond. accuracy", "FID"],
+            rows,
+        )
 
     if "speed" not in skip:
-        table("Training speed (batch 128, 16x16, CPU threads: %d)" % torch.get_num_threads(),
-              ["U-Net", "parameters", "steps / s", "images / s"], training_speed())
+        table(
+            f"Training speed (batch 128, 16x16, CPU threads: {torch.get_num_threads()})",
+            ["U-Net", "parameters", "steps / s", "images / s"],
+            training_speed(),
+        )
     return 0
 
 

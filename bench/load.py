@@ -67,16 +67,37 @@ def run_load(base_url: str, seconds: float, clients: int, headers: dict | None =
         t.join()
     elapsed = time.monotonic() - t_start
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
-    return {"jobs": len(latencies), "errors": errors, "seconds": elapsed, "jobs_per_s": len(latencies) / elapsed,
-            "p50_ms": statistics.median(latencies) if latencies else float("nan"), "p99_ms": q[98]}
+    return {
+        "jobs": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "jobs_per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": q[98],
+    }
 
 
 def embedded_server(tmp: Path, log: Path) -> tuple[Proc, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
     env.update(DATA_DIR=str(tmp), RATE_LIMIT_PER_MINUTE="1000000", PYTHONUNBUFFERED="1")
-    proc = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning"], log, env=env)
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        log,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, what="embedded gateway")
     # warm: the first job loads the model
@@ -85,10 +106,12 @@ def embedded_server(tmp: Path, log: Path) -> tuple[Proc, str]:
 
 
 def table(r: dict, clients: int) -> str:
-    return ("| clients | seconds | jobs | jobs/s | p50 ms | p99 ms | errors |\n"
-            "|---------|---------|------|--------|--------|--------|--------|\n"
-            f"| {clients:>7} | {r['seconds']:>7.1f} | {r['jobs']:>4} | {r['jobs_per_s']:>6.2f} | {r['p50_ms']:>6.0f} "
-            f"| {r['p99_ms']:>6.0f} | {len(r['errors']):>6} |")
+    return (
+        "| clients | seconds | jobs | jobs/s | p50 ms | p99 ms | errors |\n"
+        "|---------|---------|------|--------|--------|--------|--------|\n"
+        f"| {clients:>7} | {r['seconds']:>7.1f} | {r['jobs']:>4} | {r['jobs_per_s']:>6.2f} | {r['p50_ms']:>6.0f} "
+        f"| {r['p99_ms']:>6.0f} | {len(r['errors']):>6} |"
+    )
 
 
 def main() -> int:

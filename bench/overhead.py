@@ -44,15 +44,35 @@ def measure(http: httpx.Client, n: int, headers: dict) -> dict:
         inference.append(done["metrics"]["inference_ms"])
         overhead.append(e2e - done["metrics"]["inference_ms"])
     q = statistics.quantiles(overhead, n=10)
-    return {"p50": statistics.median(overhead), "p90": q[8], "e2e": statistics.median(total), "inf": statistics.median(inference)}
+    return {
+        "p50": statistics.median(overhead),
+        "p90": q[8],
+        "e2e": statistics.median(total),
+        "inf": statistics.median(inference),
+    }
 
 
 def embedded(n: int, tmp: Path) -> dict:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
     env.update(DATA_DIR=str(tmp / "embedded"))
-    p = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port),
-              "--log-level", "warning"], tmp / "embedded.log", env=env)
+    p = Proc(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        tmp / "embedded.log",
+        env=env,
+    )
     try:
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
         wait_for(lambda: http.get("/readyz").status_code == 200, 30)
@@ -67,7 +87,12 @@ def distributed(n: int, tmp: Path) -> dict:
 
     rport, sport = free_port(), free_port()
     rproc = Proc(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"], tmp / "redis.log")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
     sproc = Proc([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(sport)], tmp / "moto.log", env=env)
     stack = None
@@ -100,7 +125,10 @@ def main() -> int:
     print("|-------------|-----------------|-----------------|-------------------|------------------|------------|")
     for name, r, bar in rows:
         ok = "ok" if r["p50"] <= bar else "MISSED"
-        print(f"| {name:<11} | {r['p50']:>15.1f} | {r['p90']:>15.1f} | {r['e2e']:>17.1f} | {r['inf']:>16.1f} | {bar:>6.0f} {ok:<3} |")
+        print(
+            f"| {name:<11} | {r['p50']:>15.1f} | {r['p90']:>15.1f} | {r['e2e']:>17.1f} | {r['inf']:>16.1f} "
+            f"| {bar:>6.0f} {ok:<3} |"
+        )
     return 0
 
 

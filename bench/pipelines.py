@@ -44,16 +44,36 @@ def _image_uri(w: int, h: int, mask: bool = False) -> str:
 
 
 def cases() -> list[tuple[str, JobType, dict]]:
-    base = {"prompt": "a photo of a cat", "negative_prompt": "", "width": 64, "height": 64, "num_inference_steps": 4,
-            "guidance_scale": 5.0, "scheduler": "default", "seed": 1, "num_images": 1, "loras": []}
+    base = {
+        "prompt": "a photo of a cat",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 4,
+        "guidance_scale": 5.0,
+        "scheduler": "default",
+        "seed": 1,
+        "num_images": 1,
+        "loras": [],
+    }
     img, msk = _image_uri(64, 64), _image_uri(64, 64, mask=True)
     return [
         ("tiny-sd", JobType.txt2img, base),
         ("tiny-sd", JobType.img2img, {**base, "image": img, "strength": 0.75}),
         ("tiny-sd", JobType.inpaint, {**base, "image": img, "mask_image": msk, "strength": 1.0}),
-        ("tiny-sd", JobType.controlnet, {**base, "controlnet": "tiny-controlnet", "control_image": img, "preprocess": "canny",
-                                         "controlnet_conditioning_scale": 1.0, "canny_low_threshold": 100,
-                                         "canny_high_threshold": 200}),
+        (
+            "tiny-sd",
+            JobType.controlnet,
+            {
+                **base,
+                "controlnet": "tiny-controlnet",
+                "control_image": img,
+                "preprocess": "canny",
+                "controlnet_conditioning_scale": 1.0,
+                "canny_low_threshold": 100,
+                "canny_high_threshold": 200,
+            },
+        ),
         ("tiny-sd-inpaint", JobType.inpaint, {**base, "image": img, "mask_image": msk, "strength": 1.0}),
         ("tiny-sdxl", JobType.txt2img, base),
         ("tiny-wan", JobType.video, {**base, "width": 32, "height": 32, "num_frames": 5, "fps": 8}),

@@ -66,9 +66,8 @@ def main() -> int:
     p.add_argument("--ddpm-steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     a = p.parse_args()
-    from tests.api.test_lora import dataset_zip
-
     from core.pipelines.tiny import build_tiny_models
+    from tests.api.test_lora import dataset_zip
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,26 +77,76 @@ def main() -> int:
         store, storage = MemoryJobStore(), LocalStorage(tmp / "files", "bench")
         storage.put("uploads/bench/upl_" + "a" * 32, dataset_zip(), "application/zip")
         for rank in (4, 16):
-            params = {"base_model": "tiny-sd", "name": f"r{rank}", "dataset": "upl_" + "a" * 32, "rank": rank, "alpha": None,
-                      "learning_rate": 1e-3, "max_train_steps": a.lora_steps, "train_batch_size": 2, "resolution": 64,
-                      "seed": 0, "train_text_encoder": False}
+            params = {
+                "base_model": "tiny-sd",
+                "name": f"r{rank}",
+                "dataset": "upl_" + "a" * 32,
+                "rank": rank,
+                "alpha": None,
+                "learning_rate": 1e-3,
+                "max_train_steps": a.lora_steps,
+                "train_batch_size": 2,
+                "resolution": 64,
+                "seed": 0,
+                "train_text_encoder": False,
+            }
             with PeakRSS() as peak:
                 card = run_job(runner, store, storage, JobType.lora_training, params)
-            rows.append((f"LoRA rank {rank}, tiny-sd 64x64, batch 2", a.lora_steps / card["train_seconds"],
-                         f"{peak.peak / 2**20:.0f} MiB RSS"))
+            rows.append(
+                (
+                    f"LoRA rank {rank}, tiny-sd 64x64, batch 2",
+                    a.lora_steps / card["train_seconds"],
+                    f"{peak.peak / 2**20:.0f} MiB RSS",
+                )
+            )
 
-        ddpm = {"name": "bench-digits", "dataset": "digits", "resolution": 16, "objective": "ddpm", "beta_schedule": "linear",
-                "prediction_type": "epsilon", "max_steps": a.ddpm_steps, "batch_size": a.batch_size, "learning_rate": 1e-3,
-                "seed": 0}
+        ddpm = {
+            "name": "bench-digits",
+            "dataset": "digits",
+            "resolution": 16,
+            "objective": "ddpm",
+            "beta_schedule": "linear",
+            "prediction_type": "epsilon",
+            "max_train_steps": a.ddpm_steps,
+            "train_batch_size": a.batch_size,
+            "learning_rate": 1e-3,
+            "seed": 0,
+        }
         job_card = run_job(runner, store, storage, JobType.ddpm_training, ddpm)
         job_sps = a.ddpm_steps / job_card["train_seconds"]
-        cli = subprocess.run([sys.executable, "-m", "core.ddpm", "train", "--dataset", "digits", "--out", str(tmp / "cli"),
-                              "--max-steps", str(a.ddpm_steps), "--batch-size", str(a.batch_size), "--seed", "0",
-                              "--checkpoint-every", "0"], cwd=REPO, capture_output=True, text=True, check=True)
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "core.ddpm",
+                "train",
+                "--dataset",
+                "digits",
+                "--out",
+                str(tmp / "cli"),
+                "--max-steps",
+                str(a.ddpm_steps),
+                "--batch-size",
+                str(a.batch_size),
+                "--seed",
+                "0",
+                "--checkpoint-every",
+                "0",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         cli_sps = a.ddpm_steps / json.loads(cli.stdout.strip().splitlines()[-1])["seconds"]
         rows.append((f"DDPM engine, digits 16x16, batch {a.batch_size}: command line", cli_sps, ""))
-        rows.append((f"DDPM engine, digits 16x16, batch {a.batch_size}: as a job", job_sps,
-                     f"job wrapper cost {100 * (1 - job_sps / cli_sps):+.1f}%"))
+        rows.append(
+            (
+                f"DDPM engine, digits 16x16, batch {a.batch_size}: as a job",
+                job_sps,
+                f"job wrapper cost {100 * (1 - job_sps / cli_sps):+.1f}%",
+            )
+        )
     print(f"\nTraining throughput, device {runner.device}")
     print("| what | steps / s | note |")
     print("|---|---|---|")

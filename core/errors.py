@@ -58,8 +58,12 @@ class Unavailable(ServiceError):
 
     code = "unavailable"
 
-    def __init__(self, message: str = "a backend of the service is unavailable; retry shortly", retry_after: float = 5.0,
-                 code: str | None = None):
+    def __init__(
+        self,
+        message: str = "a backend of the service is unavailable; retry shortly",
+        retry_after: float = 5.0,
+        code: str | None = None,
+    ):
         super().__init__(message, None, code)
         self.retry_after = retry_after
 

@@ -8,11 +8,13 @@ import binascii
 import io
 import re
 
+from core.catalog import IMAGE_FORMATS
 from core.errors import InputError, TooLarge
-from core.limits import IMAGE_FORMATS
 
 HEADER_BYTES = 1 << 20
-DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[\w.-]+)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[\w.-]+)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S
+)
 
 
 def decode_data_uri(uri: str, field: str, max_bytes: int) -> bytes:
@@ -36,20 +38,31 @@ def inspect_image(data: bytes, field: str, max_pixels: int) -> tuple[int, int, s
     try:
         # the header only, and only from the first HEADER_BYTES: a JPEG of millions of comment markers before its
         # frame header would otherwise keep the parser busy for seconds
-        with Image.open(io.BytesIO(data[:HEADER_BYTES]), formats=[f.upper() for f in IMAGE_FORMATS]) as im:  # lazy: reads the header, decodes nothing
+        with Image.open(
+            io.BytesIO(data[:HEADER_BYTES]), formats=[f.upper() for f in IMAGE_FORMATS]
+        ) as im:  # lazy: reads the header, decodes nothing
             w, h = im.size
             fmt = (im.format or "").lower()
     except Image.DecompressionBombError as e:
         raise TooLarge(f"image declares too many pixels ({e})", field=field, code="image_too_large") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"not a PNG, JPEG or WebP image (with its header in the first {HEADER_BYTES // 2**20} MiB)",
-                         field=field, code="invalid_image") from e
+        raise InputError(
+            f"not a PNG, JPEG or WebP image (with its header in the first {HEADER_BYTES // 2**20} MiB)",
+            field=field,
+            code="invalid_image",
+        ) from e
     if fmt not in IMAGE_FORMATS:
-        raise InputError(f"image format {fmt or 'unknown'!r} is not accepted; send PNG, JPEG or WebP", field=field,
-                         code="invalid_image")
+        raise InputError(
+            f"image format {fmt or 'unknown'!r} is not accepted; send PNG, JPEG or WebP",
+            field=field,
+            code="invalid_image",
+        )
     if w < 1 or h < 1:
         raise InputError("image has no pixels", field=field, code="invalid_image")
     if w * h > max_pixels:
-        raise TooLarge(f"image declares {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", field=field,
-                       code="image_too_large")
+        raise TooLarge(
+            f"image declares {w}x{h} = {w * h} pixels, over the limit of {max_pixels}",
+            field=field,
+            code="image_too_large",
+        )
     return w, h, fmt

@@ -20,12 +20,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.catalog import ENGINE_SCHEDULERS, FAMILIES, scheduler_names
 from core.errors import InputError
-from core.pipelines.families import FAMILIES, scheduler_names
 from core.schemas import JobType, ModelInfo
 
 ENGINE_CLASS = "DDPMEngineModel"
-ENGINE_SCHEDULERS = {"ddpm": ["ddim", "ddpm"], "flow": ["euler"]}
 
 
 @dataclass
@@ -81,7 +80,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def engine_entry_from_configs(model_id: str, path: Path, config: dict, sched: dict, version: str | None) -> ModelEntry | None:
+def engine_entry_from_configs(
+    model_id: str, path: Path, config: dict, sched: dict, version: str | None
+) -> ModelEntry | None:
     if not isinstance(config, dict) or config.get("_class_name") != ENGINE_CLASS:
         return None
     unet = config.get("unet") or {}
@@ -136,7 +137,9 @@ def _folder_version(path: Path) -> str:
     return h.hexdigest()
 
 
-def diffusers_entry(model_id: str, pipeline_class: str, source: str, path: Path | None, overrides: dict) -> ModelEntry | None:
+def diffusers_entry(
+    model_id: str, pipeline_class: str, source: str, path: Path | None, overrides: dict
+) -> ModelEntry | None:
     family = FAMILIES.get(pipeline_class)
     if family is None:
         return None

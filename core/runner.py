@@ -8,8 +8,8 @@ from __future__ import annotations
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from core.errors import JobError
 from core.jobs.execute import Artifact, RunContext, RunResult
@@ -84,8 +84,9 @@ class Runner:
         """Return (model, load_ms): 0 ms on a warm hit."""
         from core.ddpm.pipeline import DDPMEngineModel
 
-        return self.cache.get(("engine", entry.id, entry.version),
-                              lambda: DDPMEngineModel.from_pretrained(entry.path, device=self.device))
+        return self.cache.get(
+            ("engine", entry.id, entry.version), lambda: DDPMEngineModel.from_pretrained(entry.path, device=self.device)
+        )
 
     def warm_up(self, model_ids: list[str]) -> None:
         for mid in model_ids:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from core.limits import LIMITS, MAX_TIMEOUT_S
+from core.catalog import LIMITS, MAX_TIMEOUT_S, SchedulerName
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 UPLOAD_ID_PATTERN = re.compile(r"^upl_[0-9a-f]{32}$")
@@ -54,15 +54,15 @@ def _image_ref(value: str) -> str:
 
 
 ImageRef = Annotated[
-    str, AfterValidator(_image_ref),
-    Field(min_length=1, max_length=40_000_000, description="data: URI (PNG, JPEG or WebP, base64) or upload id",
-          json_schema_extra={"pattern": r"^(data:image/(png|jpeg|webp);base64,[A-Za-z0-9+/]+=*|upl_[0-9a-f]{32})$"}),
+    str,
+    AfterValidator(_image_ref),
+    Field(
+        min_length=1,
+        max_length=40_000_000,
+        description="data: URI (PNG, JPEG or WebP, base64) or upload id",
+        json_schema_extra={"pattern": r"^(data:image/(png|jpeg|webp);base64,[A-Za-z0-9+/]+=*|upl_[0-9a-f]{32})$"},
+    ),
 ]
-
-
-# every scheduler name a request may give ("default": a diffusers model's own; diffusers schedulers; engine samplers)
-SchedulerName = Literal["default", "ddim", "ddpm", "pndm", "lms", "heun", "euler", "euler_a", "dpmpp_2m",
-                        "dpmpp_2m_karras", "unipc"]
 
 
 class Strict(BaseModel):
@@ -82,11 +82,14 @@ class GenerationBase(Strict):
     height: int | None = Field(None, ge=8, le=2048, multiple_of=8, description="default: the model's native size")
     num_inference_steps: int | None = Field(None, ge=1, le=1000, description="default: the model's")
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description="default: the model's")
-    scheduler: SchedulerName | None = Field(None, description="see GET /v1/schedulers; each model accepts the ones "
-                                                               "GET /v1/models lists; default: the model's")
+    scheduler: SchedulerName | None = Field(
+        None,
+        description="see GET /v1/schedulers; each model accepts the ones GET /v1/models lists; default: the model's",
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: random; image i uses seed + i")
-    timeout_s: int | None = Field(None, ge=1, le=MAX_TIMEOUT_S,
-                                  description="past it the job fails deadline_exceeded; default and cap: per family")
+    timeout_s: int | None = Field(
+        None, ge=1, le=MAX_TIMEOUT_S, description="past it the job fails deadline_exceeded; default and cap: per family"
+    )
 
 
 class Txt2ImgRequest(GenerationBase):
@@ -122,8 +125,10 @@ class VideoRequest(GenerationBase):
 class LoraTrainingRequest(Strict):
     base_model: str = Field(pattern=NAME_PATTERN)
     name: str = Field(pattern=NAME_PATTERN)
-    dataset: str = Field(description="upload id of a zip of images with metadata.jsonl or .txt captions",
-                         json_schema_extra={"pattern": UPLOAD_ID_PATTERN.pattern})
+    dataset: str = Field(
+        description="upload id of a zip of images with metadata.jsonl or .txt captions",
+        json_schema_extra={"pattern": UPLOAD_ID_PATTERN.pattern},
+    )
     rank: int = Field(4, ge=1, le=256)
     alpha: float | None = Field(None, gt=0, le=1024)
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
@@ -144,14 +149,17 @@ class LoraTrainingRequest(Strict):
 
 class DDPMTrainingRequest(Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    dataset: str = Field("digits", description="'digits' or the upload id of an image zip",
-                         json_schema_extra={"pattern": r"^(digits|upl_[0-9a-f]{32})$"})
+    dataset: str = Field(
+        "digits",
+        description="'digits' or the upload id of an image zip",
+        json_schema_extra={"pattern": r"^(digits|upl_[0-9a-f]{32})$"},
+    )
     resolution: int = Field(16, ge=8, le=256)
     objective: Literal["ddpm", "flow"] = "ddpm"
     beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
-    max_steps: int = Field(1000, ge=1, le=LIMITS["ddpm_training"].max_steps)
-    batch_size: int = Field(64, ge=1, le=LIMITS["ddpm_training"].max_images)
+    max_train_steps: int = Field(1000, ge=1, le=LIMITS["ddpm_training"].max_steps)
+    train_batch_size: int = Field(64, ge=1, le=LIMITS["ddpm_training"].max_images)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     timeout_s: int | None = Field(None, ge=1, le=LIMITS["ddpm_training"].max_timeout_s)
@@ -223,8 +231,9 @@ class Job(BaseModel):
     model: ModelRef | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     attempts: int = 0
-    input_sha256: dict[str, str] = Field(default_factory=dict,
-                                         description="sha256 of each image input (inline images are stored as uploads)")
+    input_sha256: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each image input (inline images are stored as uploads)"
+    )
 
 
 class JobRecord(Job):

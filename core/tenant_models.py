@@ -24,7 +24,14 @@ def prefix(tenant: str, kind: str, name: str, version: str) -> str:
 
 
 def publish(
-    store: JobStore, storage: Storage, tenant: str, kind: str, name: str, folder: Path, job_id: str, extra: dict | None = None
+    store: JobStore,
+    storage: Storage,
+    tenant: str,
+    kind: str,
+    name: str,
+    folder: Path,
+    job_id: str,
+    extra: dict | None = None,
 ) -> dict:
     """Upload every file of ``folder`` and register it under ``name`` for ``tenant`` (the last step of a training)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -36,8 +43,15 @@ def publish(
     base = prefix(tenant, kind, name, version[:16])
     for p in files:
         storage.put(f"{base}/{p.relative_to(folder).as_posix()}", p.read_bytes(), "application/octet-stream")
-    record = {"name": name, "kind": kind, "version": version, "prefix": base, "job_id": job_id,
-              "files": [p.relative_to(folder).as_posix() for p in files], **(extra or {})}
+    record = {
+        "name": name,
+        "kind": kind,
+        "version": version,
+        "prefix": base,
+        "job_id": job_id,
+        "files": [p.relative_to(folder).as_posix() for p in files],
+        **(extra or {}),
+    }
     store.register(tenant, kind, name, record)
     return record
 
@@ -61,8 +75,9 @@ def materialize(storage: Storage, record: dict, cache_dir: Path) -> Path:
 
 def entry_from_record(record: dict) -> ModelEntry | None:
     """The registry entry of a registered model (its path is filled in by the worker after materialising)."""
-    return engine_entry_from_configs(record["name"], Path(record["prefix"]), record["config"], record["scheduler_config"],
-                                     record["version"])
+    return engine_entry_from_configs(
+        record["name"], Path(record["prefix"]), record["config"], record["scheduler_config"], record["version"]
+    )
 
 
 def tenant_model_entry(store: JobStore, tenant: str, name: str) -> ModelEntry | None:
@@ -72,5 +87,7 @@ def tenant_model_entry(store: JobStore, tenant: str, name: str) -> ModelEntry | 
 
 
 def read_configs(folder: Path) -> dict:
-    return {"config": json.loads((folder / "config.json").read_text()),
-            "scheduler_config": json.loads((folder / "scheduler_config.json").read_text())}
+    return {
+        "config": json.loads((folder / "config.json").read_text()),
+        "scheduler_config": json.loads((folder / "scheduler_config.json").read_text()),
+    }

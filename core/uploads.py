@@ -76,8 +76,13 @@ def check_image(storage: Storage, tenant: str, field: str, ref: str, max_bytes: 
 def save_inline(store: JobStore, storage: Storage, tenant: str, image: ImageInput, ttl_s: float) -> str:
     """The upload id of ``image``, saving inline bytes as an upload first."""
     if image.upload_id is None:
-        info = {"size": len(image.data), "sha256": image.sha256, "content_type": image.format,
-                "width": image.width, "height": image.height}
+        info = {
+            "size": len(image.data),
+            "sha256": image.sha256,
+            "content_type": image.format,
+            "width": image.width,
+            "height": image.height,
+        }
         image.upload_id = save(store, storage, tenant, image.data, info, ttl_s)["id"]
         image.data = None
     return image.upload_id

@@ -35,7 +35,9 @@ def wait_for(cond, timeout: float = 30.0, interval: float = 0.05, what: str = "c
         except Exception as e:  # noqa: BLE001 - retried until the deadline
             last_exc = e
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
 
 
 def bin_path(name: str) -> str:
@@ -50,7 +52,9 @@ class Proc:
         self.log = log
         self.args = args
         self._fh = open(log, "wb")
-        self.p = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        self.p = subprocess.Popen(
+            args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -92,8 +96,20 @@ def redis_server(logs_dir):
     import redis
 
     port = free_port()
-    proc = Proc([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no"], logs_dir / "redis.log")
+    proc = Proc(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        logs_dir / "redis.log",
+    )
     url = f"redis://127.0.0.1:{port}/0"
     wait_for(lambda: redis.Redis.from_url(url).ping(), 20, what="redis-server")
     yield url
@@ -106,7 +122,12 @@ def s3_server(logs_dir):
     import boto3
 
     port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     proc = Proc([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(port)], logs_dir / "moto.log", env=env)
     endpoint = f"http://127.0.0.1:{port}"
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):

@@ -17,16 +17,21 @@ def _compose_cmd() -> list[str] | None:
     return None
 
 
-SECRETS = {"MINIO_ROOT_USER": "u-test", "MINIO_ROOT_PASSWORD": "p-" + "x" * 30, "API_KEYS": "t:k-" + "y" * 30,
-           "FLOWER_BASIC_AUTH": "admin:z-secret"}
+SECRETS = {
+    "MINIO_ROOT_USER": "u-test",
+    "MINIO_ROOT_PASSWORD": "p-" + "x" * 30,
+    "API_KEYS": "t:k-" + "y" * 30,
+    "FLOWER_BASIC_AUTH": "admin:z-secret",
+}
 
 
 def _config(cmd, env):
     import os
 
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    return subprocess.run([*cmd, "-f", "docker-compose.yml", "config"], cwd=REPO, capture_output=True, text=True,
-                          env={**clean, **env})
+    return subprocess.run(
+        [*cmd, "-f", "docker-compose.yml", "config"], cwd=REPO, capture_output=True, text=True, env={**clean, **env}
+    )
 
 
 def test_compose_config_is_valid():

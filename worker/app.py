@@ -40,8 +40,13 @@ class Process:
         self.store = RedisJobStore(s.redis_url or s.broker_url, s.job_ttl_s)
         self.queue = CeleryQueue(s.broker_url, s.visibility_timeout_s)
         self.storage: Storage = (
-            S3Storage(s.s3_bucket, endpoint_url=s.s3_endpoint_url, region=s.s3_region, prefix=s.s3_prefix,
-                      retry_budget_s=s.storage_retry_s)
+            S3Storage(
+                s.s3_bucket,
+                endpoint_url=s.s3_endpoint_url,
+                region=s.s3_region,
+                prefix=s.s3_prefix,
+                retry_budget_s=s.storage_retry_s,
+            )
             if s.s3_bucket
             else LocalStorage(s.data_dir / "files", signing_key="unused-by-workers", retry_budget_s=s.storage_retry_s)
         )
@@ -57,10 +62,14 @@ class Process:
                 from core.runner import Runner
 
                 s = self.settings
-                self._runner = Runner(self.registry, device=s.device, torch_threads=s.torch_threads,
-                                      pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
-                                      cache_dir=s.data_dir / "cache",
-                                      on_load=lambda model, ms: lifecycle.record_model_load(self.store, model, ms))
+                self._runner = Runner(
+                    self.registry,
+                    device=s.device,
+                    torch_threads=s.torch_threads,
+                    pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
+                    cache_dir=s.data_dir / "cache",
+                    on_load=lambda model, ms: lifecycle.record_model_load(self.store, model, ms),
+                )
             return self._runner
 
     def warm_up(self) -> None:

@@ -23,7 +23,9 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = REPO / "data"
     models_dir: Path | None = None
     models_config: Path | None = Field(None, description="JSON file naming hub ids (see core/registry.py)")
-    pipeline_budget_mb: int | None = Field(None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM")
+    pipeline_budget_mb: int | None = Field(
+        None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM"
+    )
     bundled_models_dir: Path = REPO / "models"
     warm_models: str = "digits"
     device: str | None = None

@@ -15,7 +15,9 @@ router = APIRouter()
 
 
 @router.get("/files/{key:path}", include_in_schema=False)
-async def get_file(key: str, expires: int = Query(...), sig: str = Query(..., max_length=128), b: Backends = Depends(backends)):
+async def get_file(
+    key: str, expires: int = Query(...), sig: str = Query(..., max_length=128), b: Backends = Depends(backends)
+):
     storage = b.storage
     if not isinstance(storage, LocalStorage):
         raise ApiError(404, "not_found", "files are served from object storage", "key")
@@ -25,5 +27,8 @@ async def get_file(key: str, expires: int = Query(...), sig: str = Query(..., ma
         data = await run_in_threadpool(storage.get, key)
     except (KeyError, ValueError):
         raise ApiError(404, "not_found", "no such file", "key") from None
-    return Response(data, media_type=storage.content_type(key),
-                    headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
+    return Response(
+        data,
+        media_type=storage.content_type(key),
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )

@@ -29,9 +29,13 @@ def _own(b: Backends, t: str, job_id: str) -> JobRecord:
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
-async def get_job(request: Request, job_id: str,
-                  wait: float = Query(0, ge=0, le=60, description="long-poll up to this many seconds for a terminal status"),
-                  t: str = Depends(tenant), b: Backends = Depends(backends)):
+async def get_job(
+    request: Request,
+    job_id: str,
+    wait: float = Query(0, ge=0, le=60, description="long-poll up to this many seconds for a terminal status"),
+    t: str = Depends(tenant),
+    b: Backends = Depends(backends),
+):
     """Read a job; with ?wait=N, answer as soon as it is terminal or after N seconds."""
     wait = min(wait, b.settings.max_wait_s)
     job = await run_in_threadpool(_own, b, t, job_id)
@@ -48,12 +52,20 @@ async def get_job(request: Request, job_id: str,
 
 
 @router.get("/jobs", response_model=JobList)
-async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0, le=1_000_000),
-                    t: str = Depends(tenant), b: Backends = Depends(backends)):
+async def list_jobs(
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    offset: int = Query(0, ge=0, le=1_000_000),
+    t: str = Depends(tenant),
+    b: Backends = Depends(backends),
+):
     """The caller's own jobs, newest first."""
     jobs = await run_in_threadpool(b.store.list, t, limit + 1, offset)
     base = str(request.base_url)
-    return {"data": [job_view(j, b, base) for j in jobs[:limit]], "next_offset": offset + limit if len(jobs) > limit else None}
+    return {
+        "data": [job_view(j, b, base) for j in jobs[:limit]],
+        "next_offset": offset + limit if len(jobs) > limit else None,
+    }
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)
@@ -64,10 +76,17 @@ async def cancel_job(request: Request, job_id: str, t: str = Depends(tenant), b:
     return job_view(job, b, str(request.base_url))
 
 
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}})
-async def job_events(job_id: str, t: str = Depends(tenant), b: Backends = Depends(backends),
-                     last_event_id: int | None = Header(None, description="resume after this event id")):
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
+async def job_events(
+    job_id: str,
+    t: str = Depends(tenant),
+    b: Backends = Depends(backends),
+    last_event_id: int | None = Header(None, description="resume after this event id"),
+):
     """Server-Sent Events: status and per-step progress, replayed from the start for a late subscriber."""
     await run_in_threadpool(_own, b, t, job_id)
     start = 0 if last_event_id is None else last_event_id + 1
@@ -92,5 +111,6 @@ async def job_events(job_id: str, t: str = Depends(tenant), b: Backends = Depend
                 yield ": keep-alive\n\n"
 
     b.waiters.check(t)  # past the tenant's cap on open waits: 429 before the stream starts
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -7,39 +7,28 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import backends, tenant
 from api.state import Backends
+from core.catalog import SCHEDULER_DESCRIPTIONS
 from core.schemas import ModelInfo
 from core.tenant_models import entry_from_record
 
 router = APIRouter()
 
-SCHEDULERS = {
-    "default": "the model's own scheduler (diffusers models)",
-    "ddim": "DDIM (Song et al.), deterministic with eta=0",
-    "ddpm": "DDPM ancestral sampling",
-    "pndm": "PNDM (PLMS)",
-    "lms": "LMS discrete",
-    "heun": "Heun discrete (2nd order)",
-    "euler": "Euler discrete; for flow models (SD3, Flux, Wan, engine flow) the flow-matching Euler solver",
-    "euler_a": "Euler ancestral",
-    "dpmpp_2m": "DPM-Solver++ 2M",
-    "dpmpp_2m_karras": "DPM-Solver++ 2M with Karras sigmas",
-    "unipc": "UniPC multistep (flow sigmas for flow models)",
-}
-
 
 @router.get("/models", response_model=list[ModelInfo])
 async def list_models(t: str = Depends(tenant), b: Backends = Depends(backends)):
-    """Every model found in the bundled folder and MODELS_DIR, and those the caller trained, with tasks, sizes, labels."""
+    """Every model found in the bundled folder and MODELS_DIR, and those the caller trained, with tasks, sizes, labels."""  # noqa: E501
 
     def own() -> list:
         return [e for r in b.store.registrations(t, "model") if (e := entry_from_record(r))]
 
     entries = await run_in_threadpool(b.registry.list) + await run_in_threadpool(own)
-    controlnets = [ModelInfo(id=name, kind="controlnet", tasks=["controlnet"]) for name in b.registry.controlnet_names()]
+    controlnets = [
+        ModelInfo(id=name, kind="controlnet", tasks=["controlnet"]) for name in b.registry.controlnet_names()
+    ]
     return [e.info() for e in entries] + controlnets
 
 
 @router.get("/schedulers")
 async def list_schedulers(_: str = Depends(tenant)) -> dict[str, str]:
     """Scheduler names a request may give (each model lists the ones it accepts in GET /v1/models)."""
-    return SCHEDULERS
+    return SCHEDULER_DESCRIPTIONS

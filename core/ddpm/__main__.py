@@ -1,7 +1,7 @@
 """Command line for the engine.
 
-    python -m core.ddpm train --dataset digits --out models/digits --max-steps 4000 --seed 0
-    python -m core.ddpm sample --checkpoint models/digits --label 7 --num-images 16 --out grid.png
+python -m core.ddpm train --dataset digits --out models/digits --max-steps 4000 --seed 0
+python -m core.ddpm sample --checkpoint models/digits --label 7 --num-images 16 --out grid.png
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core.ddpm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m core.ddpm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and save it with save_pretrained")
@@ -122,7 +124,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = Path(a.state) if a.state else out / "train_state.pt"
-    print(f"{count_parameters(model):,} parameters, {images.shape[0]} images {tuple(images.shape[1:])}", file=sys.stderr)
+    print(
+        f"{count_parameters(model):,} parameters, {images.shape[0]} images {tuple(images.shape[1:])}", file=sys.stderr
+    )
     bar = tqdm(total=cfg.max_steps, desc="train", unit="step")
     losses: list[float] = []
 
@@ -140,7 +144,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     tail = losses[-100:] or [float("nan")]
     meta = {
         "dataset": a.dataset,
-        "command": "python -m core.ddpm " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv[1:]),
+        "command": "python -m core.ddpm "
+        + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv[1:]),
         "train": {**cfg.__dict__},
         "train_seconds": round(seconds, 1),
         "final_loss_mean_last_100": sum(tail) / len(tail),

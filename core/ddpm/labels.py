@@ -15,4 +15,6 @@ def resolve_label(labels: list[str], text: str | int) -> int:
         return names.index(t)
     if t in DIGIT_WORDS and str(DIGIT_WORDS.index(t)) in names:
         return names.index(str(DIGIT_WORDS.index(t)))
-    raise InputError(f"the prompt must name a label of this model: one of {labels}", field="prompt", code="unknown_label")
+    raise InputError(
+        f"the prompt must name a label of this model: one of {labels}", field="prompt", code="unknown_label"
+    )

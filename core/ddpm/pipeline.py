@@ -4,18 +4,20 @@ Folder layout (like a diffusers model folder)::
 
     config.json             {"_class_name": "DDPMEngineModel", "unet": {...}, "labels": [...], ...}
     model.safetensors       the EMA weights
-    scheduler_config.json   {"kind": "ddpm", "num_train_timesteps", "beta_schedule", "prediction_type"} or {"kind": "flow"}
+    scheduler_config.json   {"kind": "ddpm", "num_train_timesteps", "beta_schedule", "prediction_type"}
+                            or {"kind": "flow"}
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from core.catalog import ENGINE_SCHEDULERS
 from core.ddpm.labels import resolve_label
 from core.ddpm.samplers import make_scheduler, sample
 from core.ddpm.unet import UNet, UNetConfig
@@ -73,11 +75,11 @@ class DDPMEngineModel:
 
     @property
     def default_sampler(self) -> str:
-        return "euler" if self.scheduler_config.get("kind") == "flow" else "ddim"
+        return self.samplers[0]
 
     @property
     def samplers(self) -> list[str]:
-        return ["euler"] if self.scheduler_config.get("kind") == "flow" else ["ddim", "ddpm"]
+        return list(ENGINE_SCHEDULERS["flow" if self.scheduler_config.get("kind") == "flow" else "ddpm"])
 
     def label_index(self, label: str | int) -> int:
         """Resolve a label given as its name, its index, or (for digits) as an English word."""
@@ -186,7 +188,12 @@ class DDPMEngineModel:
             y = None  # unconditional draw from a class model: the null class
         shape = (num_images, cfg.in_channels, size, size)
         if per_image_seeds:
-            noise = torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(seed + i)) for i in range(num_images)])
+            noise = torch.cat(
+                [
+                    torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(seed + i))
+                    for i in range(num_images)
+                ]
+            )
         else:
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         scheduler = make_scheduler(sampler, self.scheduler_config)
@@ -214,7 +221,9 @@ def to_pil_images(images: torch.Tensor) -> list:
     arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     out = []
     for a in arr:
-        out.append(Image.fromarray(a[0], mode="L") if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0), mode="RGB"))
+        out.append(
+            Image.fromarray(a[0], mode="L") if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0), mode="RGB")
+        )
     return out
 
 

@@ -8,7 +8,7 @@ The process takes the network as an argument; it never wraps it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +34,28 @@ def velocity(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: 
     return a * noise - s * x0
 
 
+def x0_and_eps(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert any prediction target to (x0, eps) given abar_t (a scalar or broadcastable to x_t):
+    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (DDPM eq. 4), v = sqrt(abar) eps - sqrt(1 - abar) x0. The one
+    conversion used by training tests and every sampler."""
+    a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (x_t - s * model_output) / a, model_output
+    if prediction_type == "sample":
+        return model_output, (x_t - a * model_output) / s
+    if prediction_type == "v_prediction":
+        return a * x_t - s * model_output, a * model_output + s * x_t
+    raise ValueError(f"prediction_type: unknown {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
 def predict_x0_and_eps(
     schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert any prediction target to (x0, eps) at timestep t."""
-    a = extract(schedule.sqrt_alphas_cumprod.to(x_t.device), t, x_t.ndim).to(x_t.dtype)
-    s = extract(schedule.sqrt_one_minus_alphas_cumprod.to(x_t.device), t, x_t.ndim).to(x_t.dtype)
-    if prediction_type == "epsilon":
-        eps = model_output
-        x0 = (x_t - s * eps) / a
-    elif prediction_type == "sample":
-        x0 = model_output
-        eps = (x_t - a * x0) / s
-    elif prediction_type == "v_prediction":
-        x0 = a * x_t - s * model_output
-        eps = a * model_output + s * x_t
-    else:
-        raise ValueError(f"prediction_type: unknown {prediction_type!r}; expected one of {PREDICTION_TYPES}")
-    return x0, eps
+    """:func:`x0_and_eps` at per-sample timesteps ``t`` (B,)."""
+    abar = extract(schedule.alphas_cumprod.to(x_t.device), t, x_t.ndim).to(x_t.dtype)
+    return x0_and_eps(model_output, x_t, abar, prediction_type)
 
 
 Model = Callable[..., torch.Tensor]

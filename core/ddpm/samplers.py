@@ -7,13 +7,13 @@ with ``prev_sample`` and ``pred_original_sample``, and ``add_noise``, so a test 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from core.ddpm.process import FLOW_TIME_SCALE, PREDICTION_TYPES, add_noise
+from core.ddpm.process import FLOW_TIME_SCALE, PREDICTION_TYPES, add_noise, x0_and_eps
 from core.ddpm.schedules import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "euler")  # euler: the flow-matching ODE sampler
@@ -70,17 +70,7 @@ class _DiscreteScheduler:
         return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
 
     def _x0_eps(self, model_output: torch.Tensor, t: int, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self._alpha(t).to(sample.device, sample.dtype)
-        b = 1 - a
-        if self.prediction_type == "epsilon":
-            x0 = (sample - b**0.5 * model_output) / a**0.5
-            eps = model_output
-        elif self.prediction_type == "sample":
-            x0 = model_output
-            eps = (sample - a**0.5 * x0) / b**0.5
-        else:  # v_prediction
-            x0 = a**0.5 * sample - b**0.5 * model_output
-            eps = a**0.5 * model_output + b**0.5 * sample
+        x0, eps = x0_and_eps(model_output, sample, self._alpha(t).to(sample.device, sample.dtype), self.prediction_type)
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         return x0, eps
@@ -230,7 +220,9 @@ class FlowEulerScheduler:
         return {"kind": "flow", "clip_sample": self.clip_sample, "clip_sample_range": self.clip_sample_range}
 
 
-def make_scheduler(sampler: str, scheduler_config: dict, **overrides) -> DDPMScheduler | DDIMScheduler | FlowEulerScheduler:
+def make_scheduler(
+    sampler: str, scheduler_config: dict, **overrides
+) -> DDPMScheduler | DDIMScheduler | FlowEulerScheduler:
     """Named factory: ``ddpm`` | ``ddim`` for a DDPM-trained model, ``euler`` for a flow-matching one."""
     kind = scheduler_config.get("kind", "ddpm")
     if sampler not in SAMPLERS:
@@ -295,8 +287,9 @@ def sample(
             cond, uncond = out.chunk(2)
             out = uncond + guidance_scale * (cond - uncond)
         if isinstance(scheduler, DDIMScheduler):
-            x = scheduler.step(out, t, x, eta=eta, generator=generator,
-                               use_clipped_model_output=use_clipped_model_output).prev_sample
+            x = scheduler.step(
+                out, t, x, eta=eta, generator=generator, use_clipped_model_output=use_clipped_model_output
+            ).prev_sample
         else:
             x = scheduler.step(out, t, x, generator=generator).prev_sample
         if callback is not None and callback(i + 1, total) is False:

@@ -43,9 +43,7 @@ def get_beta_schedule(
         end = 0.012 if beta_end is None else beta_end
         return np.linspace(start**0.5, end**0.5, T, dtype=np.float64) ** 2
     if name == "cosine":
-        betas = [
-            min(1 - _cosine_alpha_bar((i + 1) / T) / _cosine_alpha_bar(i / T), max_beta) for i in range(T)
-        ]
+        betas = [min(1 - _cosine_alpha_bar((i + 1) / T) / _cosine_alpha_bar(i / T), max_beta) for i in range(T)]
         return np.asarray(betas, dtype=np.float64)
     raise ValueError(f"beta_schedule: unknown schedule {name!r}; expected one of {BETA_SCHEDULES}")
 

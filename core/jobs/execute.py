@@ -7,10 +7,19 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
-from core.errors import DeadlineExceeded, JobCancelled, LeaseLost, OutOfMemory, ServiceError, StorageUnavailable, Unavailable
+from core.errors import (
+    DeadlineExceeded,
+    JobCancelled,
+    LeaseLost,
+    OutOfMemory,
+    ServiceError,
+    StorageUnavailable,
+    Unavailable,
+)
 from core.jobs import lifecycle
 from core.jobs.store import JobStore
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, Metrics, ModelRef, OutputItem
@@ -40,8 +49,9 @@ class RunContext:
     """What a runner sees of the service: progress (raises JobCancelled when asked to stop, LeaseLost when the job
     moved on to another worker, DeadlineExceeded past ``timeout_s``) and checkpoints."""
 
-    def __init__(self, store: JobStore, job: JobRecord, storage: Storage, token: str | None = None,
-                 deadline: float | None = None):
+    def __init__(
+        self, store: JobStore, job: JobRecord, storage: Storage, token: str | None = None, deadline: float | None = None
+    ):
         self.store = store
         self.job = job
         self.storage = storage
@@ -95,8 +105,9 @@ class Heartbeat:
     """Renews the job's lease while it runs; when the process dies the lease expires and the reaper re-queues.
     When a renewal finds the job no longer ours, ``on_lost`` is called and the beating stops."""
 
-    def __init__(self, store: JobStore, job_id: str, token: str, ttl: float, interval: float,
-                 on_lost: Callable[[], None]):
+    def __init__(
+        self, store: JobStore, job_id: str, token: str, ttl: float, interval: float, on_lost: Callable[[], None]
+    ):
         self.store, self.job_id, self.token, self.ttl, self.interval = store, job_id, token, ttl, interval
         self.on_lost = on_lost
         self._stop = threading.Event()
@@ -112,7 +123,7 @@ class Heartbeat:
             except Exception as e:  # noqa: BLE001 - a missed beat is retried; the lease outlives a few
                 log.warning("heartbeat for %s failed: %s", self.job_id, type(e).__name__)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -130,7 +141,9 @@ def _failure(e: BaseException, job_id: str) -> JobErrorInfo:
         return JobErrorInfo(code=oom.code, message=oom.message)
     if isinstance(e, ValueError):  # core raises ValueError naming the bad value
         return JobErrorInfo(code="invalid_input", message=str(e).split("\n")[0][:500])
-    return JobErrorInfo(code="internal_error", message=f"the job failed unexpectedly (job {job_id}); see the worker log")
+    return JobErrorInfo(
+        code="internal_error", message=f"the job failed unexpectedly (job {job_id}); see the worker log"
+    )
 
 
 def execute_job(
@@ -169,8 +182,12 @@ def execute_job(
                 outputs.append(OutputItem(content_type=a.content_type, key=key, **a.meta))
             upload_ms = (time.perf_counter() - t0) * 1000
             ctx.check()
-        metrics = Metrics(load_ms=round(result.load_ms, 3), inference_ms=round(result.inference_ms, 3), upload_ms=round(upload_ms, 3))
-        done = lifecycle.finish(store, job_id, token, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions)
+        metrics = Metrics(
+            load_ms=round(result.load_ms, 3), inference_ms=round(result.inference_ms, 3), upload_ms=round(upload_ms, 3)
+        )
+        done = lifecycle.finish(
+            store, job_id, token, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions
+        )
     except LeaseLost:
         log.warning("job %s moved on to another worker; this attempt writes nothing", job_id)
         return store.get(job_id)
@@ -191,7 +208,9 @@ def execute_job(
                 log.warning("could not remove %s of failed job %s", key, job_id)
     if error is None or error.code != "storage_unavailable":
         try:  # the bucket alone tells what happened
-            storage.put(record_key(job_id), json.dumps(done.model_dump(mode="json"), indent=2).encode(), "application/json")
+            storage.put(
+                record_key(job_id), json.dumps(done.model_dump(mode="json"), indent=2).encode(), "application/json"
+            )
         except Exception:  # noqa: BLE001
             log.warning("could not write the record of %s", job_id)
     return done

@@ -9,13 +9,13 @@ import logging
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from core.errors import LeaseLost, Unavailable
 from core.jobs.store import JobStore
-from core.storage import Storage, upload_key
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
+from core.storage import Storage, upload_key
 
 log = logging.getLogger("diffuserve.jobs")
 
@@ -29,7 +29,7 @@ class Queue(Protocol):
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_job(job_type: JobType, input: dict[str, Any], tenant: str, model: ModelRef | None = None) -> JobRecord:
@@ -54,8 +54,13 @@ def status_event(job: JobRecord) -> dict:
     }
 
 
-def submit(store: JobStore, queue: Queue, job: JobRecord, idempotency: tuple[str, str] | None = None,
-           max_active: int | None = None) -> tuple[JobRecord, bool]:
+def submit(
+    store: JobStore,
+    queue: Queue,
+    job: JobRecord,
+    idempotency: tuple[str, str] | None = None,
+    max_active: int | None = None,
+) -> tuple[JobRecord, bool]:
     """Create and enqueue, all or nothing; returns (job, created). A repeated Idempotency-Key returns the first job.
 
     When the queue refuses the message the job is failed (``unavailable``), its idempotency key released so that a
@@ -71,8 +76,13 @@ def submit(store: JobStore, queue: Queue, job: JobRecord, idempotency: tuple[str
     except Exception as e:
         log.warning("could not enqueue %s: %s", job.id, type(e).__name__)
         try:
-            finish(store, job.id, None, JobStatus.failed,
-                   error=JobErrorInfo(code="unavailable", message="the queue was unavailable; the job was not started"))
+            finish(
+                store,
+                job.id,
+                None,
+                JobStatus.failed,
+                error=JobErrorInfo(code="unavailable", message="the queue was unavailable; the job was not started"),
+            )
             if idempotency:
                 store.release_idempotency(job.tenant, idempotency[0], job.id)
         except Unavailable:
@@ -240,17 +250,23 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_gr
             if job.status != JobStatus.running:
                 return None
             timeout = job.input.get("timeout_s")
-            overdue = timeout and job.started_at and (wall - job.started_at).total_seconds() > timeout + DEADLINE_GRACE_S
+            overdue = (
+                timeout and job.started_at and (wall - job.started_at).total_seconds() > timeout + DEADLINE_GRACE_S
+            )
             if overdue:
                 job.status, outcome = JobStatus.failed, "failed"
-                job.error = JobErrorInfo(code="deadline_exceeded", message=f"the job ran past its timeout_s of {timeout}")
+                job.error = JobErrorInfo(
+                    code="deadline_exceeded", message=f"the job ran past its timeout_s of {timeout}"
+                )
             elif store.lease_alive(job_id):
                 return None
             elif job.cancel_requested:
                 job.status, outcome = JobStatus.canceled, "canceled"
             elif job.attempts >= max_attempts:
                 job.status, outcome = JobStatus.failed, "failed"
-                job.error = JobErrorInfo(code="worker_lost", message=f"the worker died {job.attempts} times running this job")
+                job.error = JobErrorInfo(
+                    code="worker_lost", message=f"the worker died {job.attempts} times running this job"
+                )
             else:
                 job.status, outcome = JobStatus.queued, "queued"
                 job.worker = None
@@ -300,8 +316,9 @@ def sweep_expired(store: JobStore, storage: Storage, at: float | None = None, li
     return done
 
 
-def start_reaper(store: JobStore, queue: Queue, storage: Storage, interval_s: float, max_attempts: int,
-                 stop: threading.Event) -> threading.Thread:
+def start_reaper(
+    store: JobStore, queue: Queue, storage: Storage, interval_s: float, max_attempts: int, stop: threading.Event
+) -> threading.Thread:
     """Run :func:`requeue_orphans` and :func:`sweep_expired` every ``interval_s`` in a daemon thread until ``stop``
     is set. Every gateway and worker runs one; a short lock in the store lets one of them do each pass."""
 

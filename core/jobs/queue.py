@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import queue as stdlib_queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("diffuserve.queue")
 
@@ -25,8 +25,11 @@ def celery_config(broker_url: str, visibility_timeout_s: int = 3600) -> dict:
         "task_default_queue": "inference",
         "task_routes": {TASK_NAME: {"queue": "inference"}},
         # fail fast when the broker is away (the gateway answers 503; the worker reconnects on its own)
-        "broker_transport_options": {"visibility_timeout": visibility_timeout_s, "socket_connect_timeout": 2,
-                                     "socket_timeout": 10},
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout_s,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+        },
         "broker_connection_timeout": 2,
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         "broker_connection_retry_on_startup": True,

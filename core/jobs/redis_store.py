@@ -73,9 +73,15 @@ class RedisJobStore(JobStore):
         # answers in microseconds, so 2 s without an answer means it is gone; a dropped connection is retried once
         # (a reconnect), a timeout is not
         pool = redis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, max_connections=max_connections, timeout=2, socket_connect_timeout=2,
-            socket_timeout=2, health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1, supported_errors=(redis.ConnectionError,)))
+            url,
+            decode_responses=True,
+            max_connections=max_connections,
+            timeout=2,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1, supported_errors=(redis.ConnectionError,)),
+        )
         self.r = redis.Redis(connection_pool=pool)
         self._down_until = 0.0
         self._renew = self.r.register_script(RENEW)

@@ -11,7 +11,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 from core.errors import Conflict, QuotaExceeded
 from core.schemas import JobRecord, JobStatus
@@ -26,8 +26,9 @@ class JobStore(ABC):
     job_ttl_s: float = 7 * 24 * 3600
 
     @abstractmethod
-    def create(self, job: JobRecord, idempotency: tuple[str, str] | None = None,
-               max_active: int | None = None) -> tuple[JobRecord, bool]:
+    def create(
+        self, job: JobRecord, idempotency: tuple[str, str] | None = None, max_active: int | None = None
+    ) -> tuple[JobRecord, bool]:
         """Store a new job, atomically. With ``idempotency=(key, body_hash)`` a repeat returns the first job and
         False (another body: :class:`Conflict`). With ``max_active``, a tenant that already has that many queued or
         running jobs gets :class:`QuotaExceeded`."""
@@ -77,7 +78,9 @@ class JobStore(ABC):
         """Block until the job has more than ``count`` events, or ``timeout`` seconds pass."""
 
     @abstractmethod
-    def listen(self, callback: Callable[[str | None, str | None], None], stop: threading.Event) -> threading.Thread | None:
+    def listen(
+        self, callback: Callable[[str | None, str | None], None], stop: threading.Event
+    ) -> threading.Thread | None:
         """Call ``callback(job_id, event)`` whenever a job gets an event (``(None, None)``: maybe missed some,
         re-check all), until ``stop`` is set. One listener serves every waiter of a gateway."""
 
@@ -134,8 +137,11 @@ class JobStore(ABC):
 
 def check_idempotency(job: JobRecord, stored_hash: str, new_hash: str) -> JobRecord:
     if stored_hash != new_hash:
-        raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key",
-                       code="idempotency_conflict")
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            field="Idempotency-Key",
+            code="idempotency_conflict",
+        )
     return job
 
 
@@ -175,7 +181,9 @@ class MemoryJobStore(JobStore):
                 k = (job.tenant, idempotency[0])
                 first = self._idem.get(k)
                 if first and first[0] in self._jobs:
-                    return check_idempotency(self._jobs[first[0]].model_copy(deep=True), first[1], idempotency[1]), False
+                    return check_idempotency(
+                        self._jobs[first[0]].model_copy(deep=True), first[1], idempotency[1]
+                    ), False
             if max_active is not None and len(self._active[job.tenant]) >= max_active:
                 raise over_quota(job.tenant, max_active)
             if idempotency:
@@ -327,7 +335,9 @@ class MemoryJobStore(JobStore):
 
     def observe(self, name, labels, value, buckets):
         with self._lock:
-            h = self._hist.setdefault((name, _labels_key(labels)), {"buckets": {b: 0 for b in buckets}, "sum": 0.0, "count": 0})
+            h = self._hist.setdefault(
+                (name, _labels_key(labels)), {"buckets": {b: 0 for b in buckets}, "sum": 0.0, "count": 0}
+            )
             for b in h["buckets"]:
                 if value <= b:
                     h["buckets"][b] += 1

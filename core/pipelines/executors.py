@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.catalog import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.errors import JobError
 from core.images import decode_data_uri
 from core.jobs.execute import Artifact, RunContext, RunResult
 from core.pipelines.cache import PipelineCache
-from core.pipelines.families import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord, JobType, ModelRef
 from core.storage import upload_key
-
 
 
 def pick_dtype(device: str, pipeline_class: str) -> torch.dtype:
@@ -122,7 +121,9 @@ class DiffusersExecutor:
         def load():
             from diffusers import ControlNetModel
 
-            return ControlNetModel.from_pretrained(source, dtype=pick_dtype(self.device, entry.pipeline_class)).to(self.device)
+            return ControlNetModel.from_pretrained(source, dtype=pick_dtype(self.device, entry.pipeline_class)).to(
+                self.device
+            )
 
         return self.cache.get(("controlnet", name, source), load)
 
@@ -130,7 +131,11 @@ class DiffusersExecutor:
         from PIL import Image
 
         ref = job.input[field]
-        raw = decode_data_uri(ref, field, 1 << 30) if ref.startswith("data:") else storage.get(upload_key(job.tenant, ref))
+        raw = (
+            decode_data_uri(ref, field, 1 << 30)
+            if ref.startswith("data:")
+            else storage.get(upload_key(job.tenant, ref))
+        )
         image = Image.open(io.BytesIO(raw))
         image.load()
         image = image.convert(mode)
@@ -161,8 +166,11 @@ class DiffusersExecutor:
                 pipe = type(base).from_pipe(base, scheduler=scheduler)
             else:
                 pipe = diffusers.AutoPipelineForInpainting.from_pipe(base, scheduler=scheduler)
-            call.update(image=self.load_image(job, "image", ctx.storage, size),
-                        mask_image=self.load_image(job, "mask_image", ctx.storage, size, mode="L"), strength=p["strength"])
+            call.update(
+                image=self.load_image(job, "image", ctx.storage, size),
+                mask_image=self.load_image(job, "mask_image", ctx.storage, size, mode="L"),
+                strength=p["strength"],
+            )
         elif job.type == JobType.controlnet:
             cn, cn_ms = self.controlnet(p["controlnet"], entry)
             load_ms += cn_ms
@@ -175,8 +183,14 @@ class DiffusersExecutor:
                 edges = cv2.Canny(np.asarray(control), p["canny_low_threshold"], p["canny_high_threshold"])
                 control = Image.fromarray(np.stack([edges] * 3, axis=-1))
             call.update(image=control, controlnet_conditioning_scale=p["controlnet_conditioning_scale"])
-            extra_artifacts.append(Artifact(_png(control), "image/png", "png",
-                                            {"width": control.width, "height": control.height, "role": "control_image"}))
+            extra_artifacts.append(
+                Artifact(
+                    _png(control),
+                    "image/png",
+                    "png",
+                    {"width": control.width, "height": control.height, "role": "control_image"},
+                )
+            )
         else:
             raise JobError("unsupported_task", f"{job.type.value} is not served by diffusers executors")
         pipe.set_progress_bar_config(disable=True)
@@ -190,9 +204,16 @@ class DiffusersExecutor:
             ctx.progress(step + 1, int(total))  # raises JobCancelled when asked to stop
             return kwargs
 
-        call.update(prompt=p["prompt"], negative_prompt=p.get("negative_prompt") or None, height=size[1], width=size[0],
-                    num_inference_steps=p["num_inference_steps"], guidance_scale=p["guidance_scale"],
-                    generator=generators if n > 1 else generators[0], callback_on_step_end=on_step_end)
+        call.update(
+            prompt=p["prompt"],
+            negative_prompt=p.get("negative_prompt") or None,
+            height=size[1],
+            width=size[0],
+            num_inference_steps=p["num_inference_steps"],
+            guidance_scale=p["guidance_scale"],
+            generator=generators if n > 1 else generators[0],
+            callback_on_step_end=on_step_end,
+        )
         # 3. denoise
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -201,10 +222,16 @@ class DiffusersExecutor:
                 artifacts = self._video_artifacts(out.frames[0], p)
             else:
                 out = pipe(**call, num_images_per_prompt=n, output_type="pil")
-                artifacts = [Artifact(_png(im), "image/png", "png", {"width": im.width, "height": im.height, "seed": p["seed"] + i})
-                             for i, im in enumerate(out.images)]
+                artifacts = [
+                    Artifact(
+                        _png(im), "image/png", "png", {"width": im.width, "height": im.height, "seed": p["seed"] + i}
+                    )
+                    for i, im in enumerate(out.images)
+                ]
         inference_ms = (time.perf_counter() - t0) * 1000
-        return RunResult(artifacts + extra_artifacts, load_ms, inference_ms, ModelRef(id=entry.id, sha256=entry.version))
+        return RunResult(
+            artifacts + extra_artifacts, load_ms, inference_ms, ModelRef(id=entry.id, sha256=entry.version)
+        )
 
     @staticmethod
     def _video_artifacts(frames: np.ndarray, p: dict) -> list[Artifact]:
@@ -219,5 +246,7 @@ class DiffusersExecutor:
         h, w = frames.shape[1:3]
         poster = Image.fromarray((np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8))
         meta = {"width": int(w), "height": int(h), "seed": p["seed"]}
-        return [Artifact(mp4, "video/mp4", "mp4", {**meta, "num_frames": int(frames.shape[0]), "fps": p["fps"]}),
-                Artifact(_png(poster), "image/png", "png", {**meta, "role": "poster"})]
+        return [
+            Artifact(mp4, "video/mp4", "mp4", {**meta, "num_frames": int(frames.shape[0]), "fps": p["fps"]}),
+            Artifact(_png(poster), "image/png", "png", {**meta, "role": "poster"}),
+        ]

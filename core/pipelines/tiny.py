@@ -18,8 +18,31 @@ from pathlib import Path
 
 import torch
 
-WORDS = ["a", "an", "the", "of", "photo", "cat", "dog", "red", "blue", "green", "house", "tree", "sky", "monkey",
-         "dance", "digit", "seven", "style", "portrait", "landscape", "painting", "bright", "dark"]
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "photo",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "green",
+    "house",
+    "tree",
+    "sky",
+    "monkey",
+    "dance",
+    "digit",
+    "seven",
+    "style",
+    "portrait",
+    "landscape",
+    "painting",
+    "bright",
+    "dark",
+]
 KINDS = ("tiny-sd", "tiny-sd-inpaint", "tiny-sdxl", "tiny-controlnet", "tiny-wan", "tiny-flux", "tiny-sd3")
 
 
@@ -80,9 +103,18 @@ def t5_tokenizer():
 def _clip_text_encoder(tok, with_projection: bool = False, hidden: int = 32):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
-                         num_hidden_layers=2, max_position_embeddings=77, projection_dim=hidden,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg)
 
 
@@ -90,18 +122,34 @@ def _vae():
     from diffusers import AutoencoderKL
 
     # four blocks: an 8x VAE like the real ones, so latents are image/8
-    return AutoencoderKL(block_out_channels=[8, 8, 8, 8], in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                         layers_per_block=1, norm_num_groups=4, sample_size=64)
+    return AutoencoderKL(
+        block_out_channels=[8, 8, 8, 8],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+    )
 
 
 def _sd_unet(in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
 
 
 def build_sd(out: Path, inpaint: bool = False) -> None:
@@ -115,10 +163,20 @@ def build_sd(out: Path, inpaint: bool = False) -> None:
     unet = _sd_unet(9 if inpaint else 4)
     torch.manual_seed(0)
     vae = _vae()
-    sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1)
+    sched = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
     cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
-    pipe = cls(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
-               feature_extractor=None, requires_safety_checker=False)
+    pipe = cls(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(out)
 
 
@@ -126,9 +184,16 @@ def build_controlnet(out: Path) -> None:
     from diffusers import ControlNetModel
 
     torch.manual_seed(0)
-    cn = ControlNetModel(block_out_channels=(16, 32), layers_per_block=1, in_channels=4,
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=32,
-                         attention_head_dim=8, norm_num_groups=8, conditioning_embedding_out_channels=(4, 8, 16, 16))
+    cn = ControlNetModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        conditioning_embedding_out_channels=(4, 8, 16, 16),
+    )
     cn.save_pretrained(out)
 
 
@@ -136,22 +201,35 @@ def build_sdxl(out: Path) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                                transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
-                                cross_attention_dim=64, norm_num_groups=8)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+    )
     torch.manual_seed(0)
     vae = _vae()
     tok = clip_tokenizer(out / "_tok")
     torch.manual_seed(0)
     te = _clip_text_encoder(tok)
     te2 = _clip_text_encoder(tok, with_projection=True)
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   timestep_spacing="leading", steps_offset=1)
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
-                                     unet=unet, scheduler=sched)
+    sched = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched
+    )
     pipe.save_pretrained(out)
 
 
@@ -160,19 +238,43 @@ def build_wan(out: Path) -> None:
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
     tok = t5_tokenizer()
     torch.manual_seed(0)
-    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
-                                   relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
-                                   eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id))
+    te = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_heads=4,
+            num_layers=2,
+            relative_attention_num_buckets=8,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    )
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-                                        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
-                                        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-                                    flow_shift=3.0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    sched = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+    )
     pipe = WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer, scheduler=sched)
     pipe.save_pretrained(out)
 
@@ -180,19 +282,41 @@ def build_wan(out: Path) -> None:
 def _t5_encoder(tok):
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
-                                   relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
-                                   eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id))
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_heads=4,
+            num_layers=2,
+            relative_attention_num_buckets=8,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    )
 
 
 def _flat_vae(latent_channels: int):
     from diffusers import AutoencoderKL
 
     # SD3/Flux-style VAE (no quant convs, shift factor); 2 blocks: a 2x VAE, enough for tests
-    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
-                         latent_channels=latent_channels, norm_num_groups=4, use_quant_conv=False,
-                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+    )
 
 
 def build_flux(out: Path) -> None:
@@ -201,17 +325,32 @@ def build_flux(out: Path) -> None:
     tok = clip_tokenizer(out / "_tok")
     t5tok = t5_tokenizer()
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    )
     torch.manual_seed(0)
     te = _clip_text_encoder(tok)
     torch.manual_seed(0)
     te2 = _t5_encoder(t5tok)
     torch.manual_seed(0)
     vae = _flat_vae(4)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te, tokenizer=tok,
-                        text_encoder_2=te2, tokenizer_2=t5tok, transformer=transformer)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        text_encoder_2=te2,
+        tokenizer_2=t5tok,
+        transformer=transformer,
+    )
     pipe.save_pretrained(out)
 
 
@@ -221,9 +360,18 @@ def build_sd3(out: Path) -> None:
     tok = clip_tokenizer(out / "_tok")
     t5tok = t5_tokenizer()
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
-                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
-                                        pooled_projection_dim=64, out_channels=16)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=16,
+    )
     torch.manual_seed(0)
     te = _clip_text_encoder(tok, with_projection=True)
     torch.manual_seed(0)
@@ -232,9 +380,17 @@ def build_sd3(out: Path) -> None:
     te3 = _t5_encoder(t5tok)
     torch.manual_seed(0)
     vae = _flat_vae(16)  # 16 latent channels, as SD3's inpainting expects
-    pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te, tokenizer=tok,
-                                    text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=te3, tokenizer_3=t5tok,
-                                    transformer=transformer)
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        text_encoder_2=te2,
+        tokenizer_2=tok,
+        text_encoder_3=te3,
+        tokenizer_3=t5tok,
+        transformer=transformer,
+    )
     pipe.save_pretrained(out)
 
 

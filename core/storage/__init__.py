@@ -12,8 +12,9 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from core.errors import StorageUnavailable
@@ -169,8 +170,13 @@ class S3Storage(Storage):
         from botocore.config import Config
 
         # boto retries each call twice within a few seconds; with_retries bounds the whole in time
-        cfg = Config(signature_version="s3v4", retries={"max_attempts": 2, "mode": "standard"}, s3={"addressing_style": "path"},
-                     connect_timeout=2, read_timeout=15)
+        cfg = Config(
+            signature_version="s3v4",
+            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": "path"},
+            connect_timeout=2,
+            read_timeout=15,
+        )
         self.retry_budget_s = retry_budget_s
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -194,7 +200,11 @@ class S3Storage(Storage):
             return True
         if isinstance(e, ClientError):
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            return status >= 500 or e.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling", "RequestTimeout")
+            return status >= 500 or e.response.get("Error", {}).get("Code") in (
+                "SlowDown",
+                "Throttling",
+                "RequestTimeout",
+            )
         return False
 
     def _call(self, what: str, op: Callable[[], T]) -> T:
@@ -202,7 +212,9 @@ class S3Storage(Storage):
 
     def put(self, key, data, content_type):
         k = self._k(key)
-        self._call("put", lambda: self.client.put_object(Bucket=self.bucket, Key=k, Body=data, ContentType=content_type))
+        self._call(
+            "put", lambda: self.client.put_object(Bucket=self.bucket, Key=k, Body=data, ContentType=content_type)
+        )
 
     def get(self, key):
         from botocore.exceptions import ClientError

@@ -7,8 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from core.errors import InvalidDataset, JobError
-from core.limits import (
+from core.catalog import (
     DATASET_FORMATS,
     DATASET_MAX_ASPECT,
     DATASET_MAX_DECODED_BYTES,
@@ -16,6 +15,7 @@ from core.limits import (
     DATASET_MAX_IMAGE_PIXELS,
     DATASET_MAX_UNCOMPRESSED,
 )
+from core.errors import InvalidDataset, JobError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 # files that look like images but are not in the allow-list are refused by name, not silently skipped
@@ -35,9 +35,11 @@ def check_images(root: Path, paths: list[Path], resolution: int, channels: int =
         raise InvalidDataset(f"{suspects[0].relative_to(root)}: only PNG, JPEG and WebP images are accepted")
     per_image = channels * resolution * resolution * 4
     if len(paths) * per_image > DATASET_MAX_DECODED_BYTES:
-        raise InvalidDataset(f"{len(paths)} images at resolution {resolution} decode to "
-                             f"{len(paths) * per_image / 2**30:.1f} GiB, over the cap of "
-                             f"{DATASET_MAX_DECODED_BYTES / 2**30:.0f} GiB; use fewer images or a lower resolution")
+        raise InvalidDataset(
+            f"{len(paths)} images at resolution {resolution} decode to "
+            f"{len(paths) * per_image / 2**30:.1f} GiB, over the cap of "
+            f"{DATASET_MAX_DECODED_BYTES / 2**30:.0f} GiB; use fewer images or a lower resolution"
+        )
     for path in paths:
         name = path.relative_to(root)
         try:
@@ -65,7 +67,11 @@ def extract_zip(data: bytes, dest: Path) -> Path:
     root = dest.resolve()
     for info in infos:
         name = info.filename
-        if name.startswith(("/", "\\")) or ".." in Path(name).parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
+        if (
+            name.startswith(("/", "\\"))
+            or ".." in Path(name).parts
+            or (info.external_attr >> 16) & 0o170000 == 0o120000
+        ):
             raise JobError("invalid_dataset", f"unsafe path in the dataset: {name!r}")
         if name.startswith("__MACOSX/") or Path(name).name.startswith("."):
             continue
@@ -79,7 +85,8 @@ def extract_zip(data: bytes, dest: Path) -> Path:
 
 
 def captioned_images(root: Path) -> list[tuple[Path, str]]:
-    """(image, caption) pairs from ``metadata.jsonl`` lines of ``{"file_name", "text"}``, or ``x.txt`` beside ``x.png``."""
+    """(image, caption) pairs from ``metadata.jsonl`` lines of ``{"file_name", "text"}``, or ``x.txt`` beside
+    ``x.png``."""
     meta = next(iter(sorted(root.rglob("metadata.jsonl"))), None)
     pairs: list[tuple[Path, str]] = []
     if meta is not None:

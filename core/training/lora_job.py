@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from core import tenant_models
+from core.catalog import LORA_TRAINABLE
 from core.errors import JobError
 from core.jobs.execute import Artifact, RunContext, RunResult
-from core.pipelines.families import LORA_TRAINABLE
 from core.registry import ModelEntry
 from core.schemas import JobRecord, ModelRef
 from core.storage import upload_key
@@ -83,15 +83,20 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
             m.requires_grad_(False)
         torch.manual_seed(p["seed"])
         alpha = p.get("alpha") or p["rank"]
-        unet.add_adapter(LoraConfig(r=p["rank"], lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+        unet.add_adapter(
+            LoraConfig(r=p["rank"], lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS)
+        )
         if p.get("train_text_encoder"):
-            te.add_adapter(LoraConfig(r=p["rank"], lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS))
+            te.add_adapter(
+                LoraConfig(r=p["rank"], lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
+            )
         params = [q for m in (unet, te) for q in m.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(params, lr=p["learning_rate"], weight_decay=1e-2)
         gen = torch.Generator().manual_seed(p["seed"])
         with torch.no_grad():
-            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(device)
+            ids = tok(
+                captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(device)
 
         # 3. resume from a checkpoint a previous attempt left in storage
         start = 0
@@ -117,7 +122,9 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
             with torch.no_grad():
                 latents = vae.encode(x).latent_dist.sample(generator=gen) * vae.config.scaling_factor
             noise = torch.randn(latents.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(
+                device
+            )
             noisy = noise_scheduler.add_noise(latents, noise, t)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 hidden = te(ids[idx])[0]
@@ -135,9 +142,16 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
             done = step + 1
             if done % every == 0 and done < p["max_train_steps"]:
                 buf = io.BytesIO()
-                torch.save({"unet": get_peft_model_state_dict(unet),
-                            "text_encoder": get_peft_model_state_dict(te) if p.get("train_text_encoder") else None,
-                            "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": done}, buf)
+                torch.save(
+                    {
+                        "unet": get_peft_model_state_dict(unet),
+                        "text_encoder": get_peft_model_state_dict(te) if p.get("train_text_encoder") else None,
+                        "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(),
+                        "step": done,
+                    },
+                    buf,
+                )
                 ctx.checkpoint(state_key(job.id), buf.getvalue())
             ctx.progress(done, p["max_train_steps"], loss=round(losses[-1], 5))  # raises JobCancelled when asked
         train_ms = (time.perf_counter() - t0) * 1000
@@ -145,23 +159,46 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
         # 5. save in the format load_lora_weights reads, and register it for the tenant
         folder = work / "lora"
         unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te)) if p.get("train_text_encoder") else None
-        diffusers.StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=unet_layers,
-                                                            text_encoder_lora_layers=te_layers, safe_serialization=True)
+        te_layers = (
+            convert_state_dict_to_diffusers(get_peft_model_state_dict(te)) if p.get("train_text_encoder") else None
+        )
+        diffusers.StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers, safe_serialization=True
+        )
         final = sum(losses[-10:]) / max(1, len(losses[-10:]))
-        card = {"name": p["name"], "base_model": entry.id, "base_model_sha256": entry.version,
-                "base_pipeline_class": entry.pipeline_class, "rank": p["rank"], "alpha": alpha, "steps": p["max_train_steps"],
-                "final_loss": final, "first_loss": losses[0] if losses and start == 0 else None,
-                "dataset_size": len(pairs), "resolution": p["resolution"], "train_text_encoder": bool(p.get("train_text_encoder")),
-                "train_seconds": round(train_ms / 1000, 2)}
+        card = {
+            "name": p["name"],
+            "base_model": entry.id,
+            "base_model_sha256": entry.version,
+            "base_pipeline_class": entry.pipeline_class,
+            "rank": p["rank"],
+            "alpha": alpha,
+            "steps": p["max_train_steps"],
+            "final_loss": final,
+            "first_loss": losses[0] if losses and start == 0 else None,
+            "dataset_size": len(pairs),
+            "resolution": p["resolution"],
+            "train_text_encoder": bool(p.get("train_text_encoder")),
+            "train_seconds": round(train_ms / 1000, 2),
+        }
         (folder / "card.json").write_text(json.dumps(card, indent=2))
-        record = tenant_models.publish(ctx.store, ctx.storage, job.tenant, "lora", p["name"], folder, job.id,
-                                       {"base_model": entry.id, "base_pipeline_class": entry.pipeline_class})
+        record = tenant_models.publish(
+            ctx.store,
+            ctx.storage,
+            job.tenant,
+            "lora",
+            p["name"],
+            folder,
+            job.id,
+            {"base_model": entry.id, "base_pipeline_class": entry.pipeline_class},
+        )
         weights = (folder / LORA_FILE).read_bytes()
     card["version"] = record["version"]
     return RunResult(
-        [Artifact(weights, "application/octet-stream", "safetensors", {"role": "lora", "name": p["name"]}),
-         Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "lora_card"})],
+        [
+            Artifact(weights, "application/octet-stream", "safetensors", {"role": "lora", "name": p["name"]}),
+            Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "lora_card"}),
+        ],
         inference_ms=train_ms,
         model=ModelRef(id=entry.id, sha256=entry.version),
     )

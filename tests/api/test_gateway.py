@@ -20,8 +20,15 @@ B = {"Authorization": "Bearer key-globex"}
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS, rate_limit_per_minute=10_000,
-                        max_body_bytes=256 * 1024, max_upload_bytes=128 * 1024, max_image_pixels=1024 * 1024, torch_threads=1)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        api_keys=KEYS,
+        rate_limit_per_minute=10_000,
+        max_body_bytes=256 * 1024,
+        max_upload_bytes=128 * 1024,
+        max_image_pixels=1024 * 1024,
+        torch_threads=1,
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -35,7 +42,9 @@ def run_job(client, body, headers=A, path="/v1/txt2img"):
 
 
 def test_txt2img_end_to_end(client):
-    r = client.post("/v1/txt2img", json={"prompt": "seven", "num_inference_steps": 2, "num_images": 2, "seed": 5}, headers=A)
+    r = client.post(
+        "/v1/txt2img", json={"prompt": "seven", "num_inference_steps": 2, "num_images": 2, "seed": 5}, headers=A
+    )
     assert r.status_code == 202
     assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
     job = client.get(r.headers["location"] + "?wait=60", headers=A).json()
@@ -82,8 +91,11 @@ def test_idempotency_key(client):
 def test_cancel_queued_and_running(client):
     running = client.post("/v1/txt2img", json=LONG_JOB, headers=A).json()
     queued = client.post("/v1/txt2img", json=LONG_JOB, headers=A).json()
-    wait_for(lambda: client.get(f"/v1/jobs/{running['id']}", headers=A).json()["progress"]["step"] > 0, 60,
-             what="first job running")
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{running['id']}", headers=A).json()["progress"]["step"] > 0,
+        60,
+        what="first job running",
+    )
     r = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=A)
     assert r.status_code == 200 and r.json()["status"] == "canceled"
     r = client.post(f"/v1/jobs/{running['id']}/cancel", headers=A)
@@ -115,7 +127,10 @@ def test_auth_required_on_v1_only(client):
 
 
 def test_list_newest_first_paginated(client):
-    ids = [client.post("/v1/txt2img", json={"prompt": "6", "num_inference_steps": 1}, headers=B).json()["id"] for _ in range(3)]
+    ids = [
+        client.post("/v1/txt2img", json={"prompt": "6", "num_inference_steps": 1}, headers=B).json()["id"]
+        for _ in range(3)
+    ]
     page = client.get("/v1/jobs?limit=2", headers=B).json()
     assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["next_offset"] == 2
     page2 = client.get("/v1/jobs?limit=2&offset=2", headers=B).json()
@@ -183,20 +198,26 @@ def test_upload_image_and_use_it(client):
     upl = r.json()["id"]
     # digits cannot do img2img: a clear 4xx naming the model, after the image itself was accepted
     r = client.post("/v1/img2img", json={"image": upl, "prompt": "1"}, headers=A)
-    assert r.status_code == 422 and r.json()["error"] == {"code": "unsupported_task", "field": "model",
-                                                          "message": r.json()["error"]["message"]}
+    assert r.status_code == 422 and r.json()["error"] == {
+        "code": "unsupported_task",
+        "field": "model",
+        "message": r.json()["error"]["message"],
+    }
     # another tenant cannot use it
     r = client.post("/v1/img2img", json={"image": upl, "prompt": "1"}, headers=B)
     assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_upload"
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/img2img", {"image": "IMG", "prompt": "1"}),
-    ("/v1/inpaint", {"image": "IMG", "mask_image": "IMG", "prompt": "1"}),
-    ("/v1/controlnet", {"controlnet": "canny", "control_image": "IMG", "prompt": "1"}),
-    ("/v1/video", {"prompt": "a cat"}),
-    ("/v1/trainings/lora", {"base_model": "digits", "name": "style", "dataset": "upl_" + "0" * 32}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/img2img", {"image": "IMG", "prompt": "1"}),
+        ("/v1/inpaint", {"image": "IMG", "mask_image": "IMG", "prompt": "1"}),
+        ("/v1/controlnet", {"controlnet": "canny", "control_image": "IMG", "prompt": "1"}),
+        ("/v1/video", {"prompt": "a cat"}),
+        ("/v1/trainings/lora", {"base_model": "digits", "name": "style", "dataset": "upl_" + "0" * 32}),
+    ],
+)
 def test_tasks_without_executor_answer_unsupported_task(client, path, body):
     img = data_uri(png_bytes())
     body = {k: (img if v == "IMG" else v) for k, v in body.items()}
@@ -206,7 +227,10 @@ def test_tasks_without_executor_answer_unsupported_task(client, path, body):
 
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
-GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00"
+    b"\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
 
 BAD_INPUTS = [
     # (method, path, kwargs, status, field)
@@ -233,10 +257,22 @@ BAD_INPUTS = [
     ("post", "/v1/img2img", {"json": {"prompt": "1", "image": data_uri(bomb_png())}}, 413, "image"),
     ("post", "/v1/img2img", {"json": {"prompt": "1", "image": "upl_" + "f" * 32}}, 422, "image"),
     ("post", "/v1/img2img", {"json": {"prompt": "1", "image": data_uri(png_bytes()), "strength": 2}}, 422, "strength"),
-    ("post", "/v1/txt2img", {"content": b"{" + b" " * (300 * 1024) + b"}", "headers": {"content-type": "application/json"}}, 413, "body"),
+    (
+        "post",
+        "/v1/txt2img",
+        {"content": b"{" + b" " * (300 * 1024) + b"}", "headers": {"content-type": "application/json"}},
+        413,
+        "body",
+    ),
     ("post", "/v1/uploads", {"files": {"file": ("x.bin", b"\x00" * 100, "application/octet-stream")}}, 422, "file"),
     ("post", "/v1/uploads", {"files": {"file": ("b.png", bomb_png(), "image/png")}}, 413, "file"),
-    ("post", "/v1/uploads", {"files": {"file": ("big.png", b"\x89PNG" + b"\x00" * (200 * 1024), "image/png")}}, 413, None),
+    (
+        "post",
+        "/v1/uploads",
+        {"files": {"file": ("big.png", b"\x89PNG" + b"\x00" * (200 * 1024), "image/png")}},
+        413,
+        None,
+    ),
     ("post", "/v1/uploads", {"data": {"nofile": "1"}}, 422, "file"),
     ("get", "/v1/jobs/job_doesnotexist", {}, 404, "id"),
     ("get", "/v1/jobs/" + "x" * 500, {}, 404, "id"),
@@ -257,18 +293,40 @@ BAD_INPUTS = [
     ("post", "/v1/txt2img", {"json": {"prompt": "1", "timeout_s": 100_000}}, 422, "timeout_s"),
     ("post", "/v1/txt2img", {"json": {"prompt": "1", "timeout_s": 3600}}, 422, "timeout_s"),  # over the engine's cap
     ("post", "/v1/txt2img", {"json": {"prompt": "1", "width": 512, "height": 512}}, 422, "width"),
-    ("post", "/v1/trainings/lora", {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32,
-                                             "max_train_steps": 100_000}}, 422, "max_train_steps"),
-    ("post", "/v1/trainings/lora", {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32,
-                                             "resolution": 2048}}, 422, "resolution"),
-    ("post", "/v1/trainings/lora", {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32,
-                                             "train_batch_size": 64}}, 422, "train_batch_size"),
-    ("post", "/v1/trainings/ddpm", {"json": {"name": "x", "max_steps": 200_000, "batch_size": 512,
-                                             "resolution": 256}}, 422, "max_steps"),
+    (
+        "post",
+        "/v1/trainings/lora",
+        {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32, "max_train_steps": 100_000}},
+        422,
+        "max_train_steps",
+    ),
+    (
+        "post",
+        "/v1/trainings/lora",
+        {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32, "resolution": 2048}},
+        422,
+        "resolution",
+    ),
+    (
+        "post",
+        "/v1/trainings/lora",
+        {"json": {"base_model": "digits", "name": "x", "dataset": "upl_" + "0" * 32, "train_batch_size": 64}},
+        422,
+        "train_batch_size",
+    ),
+    (
+        "post",
+        "/v1/trainings/ddpm",
+        {"json": {"name": "x", "max_train_steps": 200_000, "train_batch_size": 512, "resolution": 256}},
+        422,
+        "max_train_steps",
+    ),
 ]
 
 
-@pytest.mark.parametrize("method,path,kwargs,status,field", BAD_INPUTS, ids=[f"{m} {p[:40]} {s}" for m, p, _, s, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "method,path,kwargs,status,field", BAD_INPUTS, ids=[f"{m} {p[:40]} {s}" for m, p, _, s, _ in BAD_INPUTS]
+)
 def test_bad_input_battery(client, method, path, kwargs, status, field):
     headers = {**A, **kwargs.pop("headers", {})} if path.startswith("/v1") else kwargs.pop("headers", {})
     r = getattr(client, method)(path, headers=headers, **kwargs)
@@ -283,7 +341,10 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys="t:k", rate_limit_per_minute=2, warm_models="")
     with TestClient(create_app(settings)) as c:
         h = {"Authorization": "Bearer k"}
-        codes = [c.post("/v1/txt2img", json={"prompt": "1", "num_inference_steps": 1}, headers=h).status_code for _ in range(3)]
+        codes = [
+            c.post("/v1/txt2img", json={"prompt": "1", "num_inference_steps": 1}, headers=h).status_code
+            for _ in range(3)
+        ]
         assert codes[:2] == [202, 202] and codes[2] == 429
         r = c.post("/v1/txt2img", json={"prompt": "1"}, headers=h)
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60

@@ -6,19 +6,23 @@ import zipfile
 
 import numpy as np
 import pytest
-
-from tests.api.helpers import wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.config import Settings
 from api.main import create_app
+from tests.api.helpers import wait_job
 
 
 @pytest.fixture(scope="module")
 def client(tiny_models_dir, tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("ldata"), models_dir=tiny_models_dir, warm_models="",
-                        torch_threads=1, rate_limit_per_minute=100_000)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("ldata"),
+        models_dir=tiny_models_dir,
+        warm_models="",
+        torch_threads=1,
+        rate_limit_per_minute=100_000,
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -30,7 +34,9 @@ def dataset_zip(n=8, layout="jsonl") -> bytes:
         lines = []
         for i in range(n):
             img = io.BytesIO()
-            a = np.full((64, 64, 3), (200, 40 + 10 * i, 40), np.uint8) + rng.integers(0, 20, (64, 64, 3), dtype=np.uint8)
+            a = np.full((64, 64, 3), (200, 40 + 10 * i, 40), np.uint8) + rng.integers(
+                0, 20, (64, 64, 3), dtype=np.uint8
+            )
             Image.fromarray(a).save(img, format="PNG")
             zf.writestr(f"img{i}.png", img.getvalue())
             if layout == "jsonl":
@@ -47,17 +53,40 @@ def wait(client, job_id):
 
 
 def train(client, name, steps=40, layout="jsonl", **extra):
-    up = client.post("/v1/uploads", files={"file": ("d.zip", dataset_zip(layout=layout), "application/zip")}).json()["id"]
-    r = client.post("/v1/trainings/lora", json={"base_model": "tiny-sd", "name": name, "dataset": up, "rank": 4,
-                                               "learning_rate": 1e-2, "max_train_steps": steps, "train_batch_size": 2,
-                                               "resolution": 64, "seed": 0, **extra})
+    up = client.post("/v1/uploads", files={"file": ("d.zip", dataset_zip(layout=layout), "application/zip")}).json()[
+        "id"
+    ]
+    r = client.post(
+        "/v1/trainings/lora",
+        json={
+            "base_model": "tiny-sd",
+            "name": name,
+            "dataset": up,
+            "rank": 4,
+            "learning_rate": 1e-2,
+            "max_train_steps": steps,
+            "train_batch_size": 2,
+            "resolution": 64,
+            "seed": 0,
+            **extra,
+        },
+    )
     assert r.status_code == 202, r.text
     return r.json()["id"]
 
 
 def image(client, loras=(), seed=5) -> bytes:
-    r = client.post("/v1/txt2img", json={"model": "tiny-sd", "prompt": "a red style photo", "seed": seed,
-                                         "scheduler": "ddim", "num_inference_steps": 2, "loras": list(loras)})
+    r = client.post(
+        "/v1/txt2img",
+        json={
+            "model": "tiny-sd",
+            "prompt": "a red style photo",
+            "seed": seed,
+            "scheduler": "ddim",
+            "num_inference_steps": 2,
+            "loras": list(loras),
+        },
+    )
     assert r.status_code == 202, r.text
     job = wait(client, r.json()["id"])
     assert job["status"] == "succeeded", job
@@ -77,7 +106,7 @@ def test_lora_training_lowers_loss_and_registers(client, trained):
     card = json.loads(client.get(job["output"][1]["url"]).content)
     assert card["dataset_size"] == 8 and card["steps"] == 40 and card["base_model"] == "tiny-sd"
     events = client.get(f"/v1/jobs/{job['id']}/events").text
-    losses = [json.loads(l[6:])["loss"] for l in events.splitlines() if l.startswith("data: ") and '"loss"' in l]
+    losses = [json.loads(ln[6:])["loss"] for ln in events.splitlines() if ln.startswith("data: ") and '"loss"' in ln]
     assert len(losses) == 40 and np.mean(losses[-10:]) < np.mean(losses[:10])
 
 
@@ -118,14 +147,17 @@ def test_cancel_registers_nothing(client):
     assert r.status_code == 422 and r.json()["error"]["field"] == "loras.0.name"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"base_model": "digits"}, "base_model"),
-    ({"base_model": "tiny-wan"}, "base_model"),
-    ({"base_model": "nope"}, "base_model"),
-    ({"resolution": 60}, "resolution"),
-    ({"dataset": "upl_" + "1" * 32}, "dataset"),
-    ({"name": "../../etc"}, "name"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"base_model": "digits"}, "base_model"),
+        ({"base_model": "tiny-wan"}, "base_model"),
+        ({"base_model": "nope"}, "base_model"),
+        ({"resolution": 60}, "resolution"),
+        ({"dataset": "upl_" + "1" * 32}, "dataset"),
+        ({"name": "../../etc"}, "name"),
+    ],
+)
 def test_bad_lora_training_requests(client, body, field):
     base = {"base_model": "tiny-sd", "name": "ok", "dataset": "upl_" + "0" * 32, "resolution": 64}
     r = client.post("/v1/trainings/lora", json={**base, **body})

@@ -10,14 +10,19 @@ from PIL import Image
 
 from api.config import Settings
 from api.main import create_app
-from core.pipelines.families import SCHEDULERS
+from core.catalog import SCHEDULERS
 from tests.api.helpers import data_uri, wait_job
 
 
 @pytest.fixture(scope="module")
 def client(tiny_models_dir, tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("pdata"), models_dir=tiny_models_dir, warm_models="",
-                        torch_threads=1, rate_limit_per_minute=100_000)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("pdata"),
+        models_dir=tiny_models_dir,
+        warm_models="",
+        torch_threads=1,
+        rate_limit_per_minute=100_000,
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -60,8 +65,11 @@ def test_models_list_pipelines_and_controlnets(client):
 
 @pytest.mark.parametrize("scheduler", ["default", *SCHEDULERS])
 def test_every_scheduler_produces_an_image(client, scheduler):
-    job = run(client, "/v1/txt2img", {"model": "tiny-sd", "prompt": "a photo of a cat", "scheduler": scheduler,
-                                      "num_inference_steps": 2, "seed": 1})
+    job = run(
+        client,
+        "/v1/txt2img",
+        {"model": "tiny-sd", "prompt": "a photo of a cat", "scheduler": scheduler, "num_inference_steps": 2, "seed": 1},
+    )
     im = Image.open(io.BytesIO(fetch(client, job["output"][0])))
     assert im.size == (64, 64) and job["input"]["scheduler"] == scheduler
 
@@ -95,15 +103,35 @@ def test_inpaint_with_uploaded_images(client):
 
 
 def test_controlnet_canny_returns_the_control_image(client):
-    job = run(client, "/v1/controlnet", {"model": "tiny-sd", "controlnet": "tiny-controlnet", "prompt": "a house",
-                                         "control_image": data_uri(rgb()), "preprocess": "canny", "seed": 5,
-                                         "controlnet_conditioning_scale": 0.8})
+    job = run(
+        client,
+        "/v1/controlnet",
+        {
+            "model": "tiny-sd",
+            "controlnet": "tiny-controlnet",
+            "prompt": "a house",
+            "control_image": data_uri(rgb()),
+            "preprocess": "canny",
+            "seed": 5,
+            "controlnet_conditioning_scale": 0.8,
+        },
+    )
     roles = [o.get("role") for o in job["output"]]
     assert roles == [None, "control_image"]
     edges = np.asarray(Image.open(io.BytesIO(fetch(client, job["output"][1]))))
     assert set(np.unique(edges)) <= {0, 255}  # canny edges
-    plain = run(client, "/v1/controlnet", {"model": "tiny-sd", "controlnet": "tiny-controlnet", "prompt": "a house",
-                                           "control_image": data_uri(rgb()), "preprocess": "none", "seed": 5})
+    plain = run(
+        client,
+        "/v1/controlnet",
+        {
+            "model": "tiny-sd",
+            "controlnet": "tiny-controlnet",
+            "prompt": "a house",
+            "control_image": data_uri(rgb()),
+            "preprocess": "none",
+            "seed": 5,
+        },
+    )
     assert fetch(client, plain["output"][1]) != fetch(client, job["output"][1])
 
 
@@ -113,7 +141,9 @@ def test_sdxl_txt2img(client):
 
 
 def test_video_mp4_and_poster(client, tmp_path):
-    job = run(client, "/v1/video", {"model": "tiny-wan", "prompt": "a monkey dance", "num_frames": 5, "fps": 4, "seed": 7})
+    job = run(
+        client, "/v1/video", {"model": "tiny-wan", "prompt": "a monkey dance", "num_frames": 5, "fps": 4, "seed": 7}
+    )
     mp4, poster = job["output"]
     assert mp4["content_type"] == "video/mp4" and mp4["num_frames"] == 5 and poster["role"] == "poster"
     data = fetch(client, mp4)
@@ -127,26 +157,36 @@ def test_video_mp4_and_poster(client, tmp_path):
 
 
 def test_progress_events_per_step(client):
-    job = run(client, "/v1/txt2img", {"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 3, "seed": 8,
-                                      "scheduler": "ddim"})
+    job = run(
+        client,
+        "/v1/txt2img",
+        {"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 3, "seed": 8, "scheduler": "ddim"},
+    )
     text = client.get(f"/v1/jobs/{job['id']}/events").text
     assert text.count("event: progress") == 3 and job["progress"] == {"step": 3, "total": 3}
 
 
-@pytest.mark.parametrize("path,body,field", [
-    ("/v1/inpaint", {"model": "tiny-sd", "prompt": "x", "image": "RGB64", "mask_image": "MASK32"}, "mask_image"),
-    ("/v1/img2img", {"model": "tiny-sd", "prompt": "x", "image": data_uri(b"GIF89a-not-really")}, "image"),
-    ("/v1/controlnet", {"model": "tiny-sd", "controlnet": "nope", "prompt": "x", "control_image": "RGB64"}, "controlnet"),
-    ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x"}, "model"),
-    ("/v1/txt2img", {"model": "tiny-sd-inpaint", "prompt": "x"}, "model"),
-    ("/v1/video", {"model": "tiny-sd", "prompt": "x"}, "model"),
-    ("/v1/video", {"model": "tiny-wan", "prompt": "x", "num_frames": 6}, "num_frames"),
-    ("/v1/video", {"model": "tiny-wan", "prompt": "x", "num_frames": 999}, "num_frames"),
-    ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "width": 60}, "width"),
-    ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "model"),
-    ("/v1/video", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "scheduler"),
-    ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "num_inference_steps": 1000}, "num_inference_steps"),
-])
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/v1/inpaint", {"model": "tiny-sd", "prompt": "x", "image": "RGB64", "mask_image": "MASK32"}, "mask_image"),
+        ("/v1/img2img", {"model": "tiny-sd", "prompt": "x", "image": data_uri(b"GIF89a-not-really")}, "image"),
+        (
+            "/v1/controlnet",
+            {"model": "tiny-sd", "controlnet": "nope", "prompt": "x", "control_image": "RGB64"},
+            "controlnet",
+        ),
+        ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x"}, "model"),
+        ("/v1/txt2img", {"model": "tiny-sd-inpaint", "prompt": "x"}, "model"),
+        ("/v1/video", {"model": "tiny-sd", "prompt": "x"}, "model"),
+        ("/v1/video", {"model": "tiny-wan", "prompt": "x", "num_frames": 6}, "num_frames"),
+        ("/v1/video", {"model": "tiny-wan", "prompt": "x", "num_frames": 999}, "num_frames"),
+        ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "width": 60}, "width"),
+        ("/v1/txt2img", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "model"),
+        ("/v1/video", {"model": "tiny-wan", "prompt": "x", "scheduler": "dpmpp_2m"}, "scheduler"),
+        ("/v1/txt2img", {"model": "tiny-sd", "prompt": "x", "num_inference_steps": 1000}, "num_inference_steps"),
+    ],
+)
 def test_bad_pipeline_inputs(client, path, body, field):
     subs = {"RGB64": data_uri(rgb()), "MASK32": data_uri(mask(32, 32))}
     body = {k: subs.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
@@ -156,8 +196,17 @@ def test_bad_pipeline_inputs(client, path, body, field):
 
 
 def test_cancel_running_diffusers_job_stops_at_next_step(client):
-    r = client.post("/v1/txt2img", json={"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 500,
-                                         "scheduler": "ddim", "num_images": 4, "seed": 9}).json()
+    r = client.post(
+        "/v1/txt2img",
+        json={
+            "model": "tiny-sd",
+            "prompt": "a cat",
+            "num_inference_steps": 500,
+            "scheduler": "ddim",
+            "num_images": 4,
+            "seed": 9,
+        },
+    ).json()
     from tests.conftest import wait_for
 
     wait_for(lambda: client.get(f"/v1/jobs/{r['id']}").json()["progress"]["step"] >= 2, 60, what="running")
@@ -177,8 +226,17 @@ def test_flow_transformer_models_txt2img(client, model, scheduler):
 def test_flow_transformer_models_img2img_and_inpaint(client, model):
     job = run(client, "/v1/img2img", {"model": model, "prompt": "a dog", "image": data_uri(rgb(32, 32)), "seed": 2})
     assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (32, 32)
-    job = run(client, "/v1/inpaint", {"model": model, "prompt": "a dog", "image": data_uri(rgb(32, 32)),
-                                      "mask_image": data_uri(mask(32, 32)), "seed": 3})
+    job = run(
+        client,
+        "/v1/inpaint",
+        {
+            "model": model,
+            "prompt": "a dog",
+            "image": data_uri(rgb(32, 32)),
+            "mask_image": data_uri(mask(32, 32)),
+            "seed": 3,
+        },
+    )
     assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (32, 32)
 
 
@@ -193,17 +251,35 @@ def test_inline_image_becomes_an_upload_and_job_reads_stay_small(client):
     Image.fromarray(raw).save(buf, format="PNG", compress_level=0)
     png = buf.getvalue()
     assert len(png) > 4.5 * 2**20
-    big = Settings(data_dir=client.app.state.backends.settings.data_dir, models_dir=client.app.state.backends.settings.models_dir,
-                   warm_models="", torch_threads=1, max_body_bytes=8 * 2**20, max_image_pixels=2048 * 2048)
+    big = Settings(
+        data_dir=client.app.state.backends.settings.data_dir,
+        models_dir=client.app.state.backends.settings.models_dir,
+        warm_models="",
+        torch_threads=1,
+        max_body_bytes=8 * 2**20,
+        max_image_pixels=2048 * 2048,
+    )
     with TestClient(create_app(big)) as c:
-        r = c.post("/v1/img2img", json={"model": "tiny-sd", "prompt": "x", "image": data_uri(png), "width": 64,
-                                       "height": 64, "num_inference_steps": 2, "seed": 0})
+        r = c.post(
+            "/v1/img2img",
+            json={
+                "model": "tiny-sd",
+                "prompt": "x",
+                "image": data_uri(png),
+                "width": 64,
+                "height": 64,
+                "num_inference_steps": 2,
+                "seed": 0,
+            },
+        )
         assert r.status_code == 202, r.text[:300]
         job = wait_job(c, r.json()["id"])
         assert job["status"] == "succeeded", job
         read = c.get(f"/v1/jobs/{job['id']}")
         assert len(read.content) < 4096, len(read.content)
-        assert job["input"]["image"].startswith("upl_") and job["input_sha256"]["image"] == hashlib.sha256(png).hexdigest()
+        assert (
+            job["input"]["image"].startswith("upl_") and job["input_sha256"]["image"] == hashlib.sha256(png).hexdigest()
+        )
         listed = c.get("/v1/jobs?limit=100")
         assert len(listed.content) < 100 * 4096
         print(f"\njob read after a {len(png) / 2**20:.1f} MB inline image: {len(read.content)} bytes")

@@ -17,7 +17,13 @@ B = {"Authorization": "Bearer key-globex"}
 
 
 def _settings(tmp_path, **kw) -> Settings:
-    base = {"data_dir": tmp_path, "api_keys": KEYS, "warm_models": "", "torch_threads": 1, "rate_limit_per_minute": 10_000}
+    base = {
+        "data_dir": tmp_path,
+        "api_keys": KEYS,
+        "warm_models": "",
+        "torch_threads": 1,
+        "rate_limit_per_minute": 10_000,
+    }
     return Settings(**{**base, **kw})
 
 
@@ -25,7 +31,11 @@ def test_active_job_quota_answers_429_and_spares_other_tenants(tmp_path):
     with TestClient(create_app(_settings(tmp_path, max_active_jobs_per_tenant=2))) as c:
         ids = [c.post("/v1/txt2img", json=LONG_JOB, headers=A).json()["id"] for _ in range(2)]
         r = c.post("/v1/txt2img", json=LONG_JOB, headers=A)
-        assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded" and int(r.headers["retry-after"]) >= 1
+        assert (
+            r.status_code == 429
+            and r.json()["error"]["code"] == "quota_exceeded"
+            and int(r.headers["retry-after"]) >= 1
+        )
         assert c.post("/v1/txt2img", json={"prompt": "1", "num_inference_steps": 1}, headers=B).status_code == 202
         for job_id in ids:
             c.post(f"/v1/jobs/{job_id}/cancel", headers=A)
@@ -47,10 +57,12 @@ def test_deadline_exceeded(tmp_path):
 
 
 def test_retention_deletes_jobs_outputs_and_uploads(tmp_path):
-    """JOB_TTL_S after a job finishes its record, events and outputs are gone (GET 404, the URL 404), and uploads too."""
+    """JOB_TTL_S after a job finishes, its record, events and outputs are gone (GET 404, URL 404), uploads too."""
     with TestClient(create_app(_settings(tmp_path, job_ttl_s=1, reaper_interval_s=0.2))) as c:
         up = c.post("/v1/uploads", files={"file": ("a.png", png_bytes())}, headers=A).json()
-        job = wait_job(c, c.post("/v1/txt2img", json={"prompt": "3", "num_inference_steps": 1}, headers=A).json()["id"], A)
+        job = wait_job(
+            c, c.post("/v1/txt2img", json={"prompt": "3", "num_inference_steps": 1}, headers=A).json()["id"], A
+        )
         url = job["output"][0]["url"]
         assert job["status"] == "succeeded" and c.get(url).status_code == 200
         wait_for(lambda: c.get(f"/v1/jobs/{job['id']}", headers=A).status_code == 404, 15, what="job expired")
@@ -66,7 +78,9 @@ def test_retention_deletes_jobs_outputs_and_uploads(tmp_path):
 
 def test_files_are_served_with_nosniff_and_signing_key_survives_a_restart(tmp_path):
     with TestClient(create_app(_settings(tmp_path))) as c:
-        job = wait_job(c, c.post("/v1/txt2img", json={"prompt": "3", "num_inference_steps": 1}, headers=A).json()["id"], A)
+        job = wait_job(
+            c, c.post("/v1/txt2img", json={"prompt": "3", "num_inference_steps": 1}, headers=A).json()["id"], A
+        )
         url = job["output"][0]["url"]
         r = c.get(url)
         assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
@@ -84,11 +98,15 @@ def test_signing_key_warning_in_distributed_mode_without_s3(tmp_path, redis_serv
 
 def test_metrics_hide_tenant_models_and_honour_a_token(tmp_path):
     with TestClient(create_app(_settings(tmp_path, metrics_token="scrape-me"))) as c:
-        job = c.post("/v1/trainings/ddpm", json={"name": "acme-secret-model", "max_steps": 2, "batch_size": 4},
-                     headers=A).json()
+        job = c.post(
+            "/v1/trainings/ddpm",
+            json={"name": "acme-secret-model", "max_train_steps": 2, "train_batch_size": 4},
+            headers=A,
+        ).json()
         assert wait_job(c, job["id"], A)["status"] == "succeeded"
-        done = c.post("/v1/txt2img", json={"model": "acme-secret-model", "prompt": "1", "num_inference_steps": 1},
-                      headers=A).json()
+        done = c.post(
+            "/v1/txt2img", json={"model": "acme-secret-model", "prompt": "1", "num_inference_steps": 1}, headers=A
+        ).json()
         assert wait_job(c, done["id"], A)["status"] == "succeeded"
         assert c.get("/metrics").status_code == 401
         text = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).text
@@ -98,6 +116,7 @@ def test_metrics_hide_tenant_models_and_honour_a_token(tmp_path):
 
 def test_an_unexpected_error_is_a_json_500_with_a_request_id_and_no_internals(tmp_path):
     with TestClient(create_app(_settings(tmp_path)), raise_server_exceptions=False) as c:
+
         def boom():
             raise RuntimeError("secret at /srv/diffuserve/models and redis://10.0.0.3:6379")
 

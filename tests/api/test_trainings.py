@@ -5,13 +5,12 @@ import json
 import zipfile
 
 import pytest
-
-from tests.api.helpers import wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.config import Settings
 from api.main import create_app
+from tests.api.helpers import wait_job
 
 A = {"Authorization": "Bearer ka"}
 B = {"Authorization": "Bearer kb"}
@@ -19,8 +18,13 @@ B = {"Authorization": "Bearer kb"}
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("tdata"), api_keys="a:ka,b:kb", warm_models="", torch_threads=1,
-                        rate_limit_per_minute=100_000)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("tdata"),
+        api_keys="a:ka,b:kb",
+        warm_models="",
+        torch_threads=1,
+        rate_limit_per_minute=100_000,
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -30,9 +34,19 @@ def wait(client, job_id, headers=A):
 
 
 def test_ddpm_training_on_digits_then_serve_it(client):
-    r = client.post("/v1/trainings/ddpm", headers=A, json={"name": "my-digits", "dataset": "digits", "resolution": 8,
-                                                            "max_steps": 60, "batch_size": 32, "learning_rate": 2e-3,
-                                                            "seed": 0})
+    r = client.post(
+        "/v1/trainings/ddpm",
+        headers=A,
+        json={
+            "name": "my-digits",
+            "dataset": "digits",
+            "resolution": 8,
+            "max_train_steps": 60,
+            "train_batch_size": 32,
+            "learning_rate": 2e-3,
+            "seed": 0,
+        },
+    )
     assert r.status_code == 202, r.text
     job = wait(client, r.json()["id"])
     assert job["status"] == "succeeded", job
@@ -41,7 +55,9 @@ def test_ddpm_training_on_digits_then_serve_it(client):
     card = json.loads(client.get(job["output"][1]["url"]).content)
     assert card["name"] == "my-digits" and card["images"] == 1797 and card["labels"] == [str(i) for i in range(10)]
     events = client.get(f"/v1/jobs/{job['id']}/events", headers=A).text
-    losses = [json.loads(line[6:])["loss"] for line in events.splitlines() if line.startswith("data: ") and '"loss"' in line]
+    losses = [
+        json.loads(line[6:])["loss"] for line in events.splitlines() if line.startswith("data: ") and '"loss"' in line
+    ]
     assert len(losses) == 60 and sum(losses[-10:]) < sum(losses[:10])
     # registered for tenant a: listed and usable in txt2img like digits
     mine = next(m for m in client.get("/v1/models", headers=A).json() if m["id"] == "my-digits")
@@ -64,8 +80,18 @@ def test_ddpm_training_on_an_uploaded_zip_with_class_folders(client):
                 Image.new("RGB", (12, 12), color).save(img, format="PNG")
                 zf.writestr(f"{cls}/{i}.png", img.getvalue())
     up = client.post("/v1/uploads", headers=A, files={"file": ("d.zip", buf.getvalue(), "application/zip")}).json()
-    r = client.post("/v1/trainings/ddpm", headers=A, json={"name": "shades", "dataset": up["id"], "resolution": 8,
-                                                            "max_steps": 10, "batch_size": 8, "objective": "flow"})
+    r = client.post(
+        "/v1/trainings/ddpm",
+        headers=A,
+        json={
+            "name": "shades",
+            "dataset": up["id"],
+            "resolution": 8,
+            "max_train_steps": 10,
+            "train_batch_size": 8,
+            "objective": "flow",
+        },
+    )
     job = wait(client, r.json()["id"])
     assert job["status"] == "succeeded", job
     models = {m["id"]: m for m in client.get("/v1/models", headers=A).json()}
@@ -74,14 +100,17 @@ def test_ddpm_training_on_an_uploaded_zip_with_class_folders(client):
     assert wait(client, r.json()["id"])["status"] == "succeeded"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"name": "digits"}, "name"),                         # a served model's name
-    ({"name": "x", "dataset": "upl_" + "0" * 32}, "dataset"),
-    ({"name": "x", "dataset": "../etc"}, "dataset"),
-    ({"name": "../x"}, "name"),
-    ({"name": "x", "max_steps": 0}, "max_steps"),
-    ({"name": "x", "objective": "gan"}, "objective"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"name": "digits"}, "name"),  # a served model's name
+        ({"name": "x", "dataset": "upl_" + "0" * 32}, "dataset"),
+        ({"name": "x", "dataset": "../etc"}, "dataset"),
+        ({"name": "../x"}, "name"),
+        ({"name": "x", "max_train_steps": 0}, "max_train_steps"),
+        ({"name": "x", "objective": "gan"}, "objective"),
+    ],
+)
 def test_bad_ddpm_training_requests(client, body, field):
     r = client.post("/v1/trainings/ddpm", headers=A, json=body)
     assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
@@ -92,7 +121,7 @@ def test_zip_that_is_not_images_fails_the_job_with_a_reason(client):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("notes.txt", "nothing here")
     up = client.post("/v1/uploads", headers=A, files={"file": ("d.zip", buf.getvalue(), "application/zip")}).json()
-    r = client.post("/v1/trainings/ddpm", headers=A, json={"name": "empty", "dataset": up["id"], "max_steps": 5})
+    r = client.post("/v1/trainings/ddpm", headers=A, json={"name": "empty", "dataset": up["id"], "max_train_steps": 5})
     job = wait(client, r.json()["id"])
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_dataset"
     assert "empty" not in [m["id"] for m in client.get("/v1/models", headers=A).json()]

@@ -1,4 +1,5 @@
-"""Real processes for integration tests: uvicorn serving the gateway and Celery workers, on redis-server + moto_server."""
+"""Real processes for integration tests: uvicorn serving the gateway, and Celery workers, on redis-server and
+moto_server."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ B = {"Authorization": "Bearer key-globex"}
 
 
 class Stack:
-    def __init__(self, redis_url: str, s3: dict | None, tmp: Path, logs: Path, api_keys: str = KEYS,
-                 extra_env: dict | None = None):
+    def __init__(
+        self,
+        redis_url: str,
+        s3: dict | None,
+        tmp: Path,
+        logs: Path,
+        api_keys: str = KEYS,
+        extra_env: dict | None = None,
+    ):
         self.tmp, self.logs = tmp, logs
         self.env = {
             **os.environ,
@@ -36,16 +44,48 @@ class Stack:
         self.env.update(extra_env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.api = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
-                         "--port", str(self.port), "--log-level", "warning"], logs / f"api-{self.port}.log", env=self.env)
+        self.api = Proc(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            logs / f"api-{self.port}.log",
+            env=self.env,
+        )
         self.workers: list[Proc] = []
         self.http = httpx.Client(base_url=self.url, timeout=120)
         wait_for(lambda: self.http.get("/readyz").status_code == 200, 30, what=f"gateway ready: {self.api.tail()}")
 
     def start_worker(self, name: str) -> Proc:
-        w = Proc([bin_path("celery"), "-A", "worker.app", "worker", "--pool", "solo",
-                  "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}@%h", "--loglevel", "INFO"],
-                 self.logs / f"worker-{name}-{self.port}.log", env=self.env, cwd=REPO)
+        w = Proc(
+            [
+                bin_path("celery"),
+                "-A",
+                "worker.app",
+                "worker",
+                "--pool",
+                "solo",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            self.logs / f"worker-{name}-{self.port}.log",
+            env=self.env,
+            cwd=REPO,
+        )
         self.workers.append(w)
         wait_for(lambda: b"ready." in w.log.read_bytes(), 90, interval=0.2, what=f"worker {name} ready: {w.tail()}")
         return w
@@ -56,8 +96,15 @@ class Stack:
         return r.json()
 
     def wait(self, job_id: str, headers: dict = A, timeout: float = 120) -> dict:
-        return wait_for(lambda: (j := self.http.get(f"/v1/jobs/{job_id}?wait=10", headers=headers).json())["status"]
-                        in ("succeeded", "failed", "canceled") and j, timeout, what=f"job {job_id}")
+        return wait_for(
+            lambda: (
+                (j := self.http.get(f"/v1/jobs/{job_id}?wait=10", headers=headers).json())["status"]
+                in ("succeeded", "failed", "canceled")
+                and j
+            ),
+            timeout,
+            what=f"job {job_id}",
+        )
 
     def stop(self) -> None:
         self.http.close()

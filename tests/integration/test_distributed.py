@@ -42,7 +42,9 @@ def test_job_through_celery_and_s3(stack, s3_server):
     assert Image.open(io.BytesIO(r.content)).size == (16, 16)
     prefix = f"{stack.tmp.name}/jobs/{job['id']}/"
     assert _keys(s3_server, prefix) == [prefix + "0.png", prefix + "1.png", prefix + "job.json"]
-    record = json.loads(s3_server["client"].get_object(Bucket=s3_server["bucket"], Key=prefix + "job.json")["Body"].read())
+    record = json.loads(
+        s3_server["client"].get_object(Bucket=s3_server["bucket"], Key=prefix + "job.json")["Body"].read()
+    )
     assert record["status"] == "succeeded" and record["tenant"] == "acme" and record["input"]["seed"] == 11
 
 
@@ -61,8 +63,11 @@ def test_idempotency_and_isolation(stack):
 def test_cancel_queued_and_running(stack):
     running = stack.submit(LONG_JOB)
     queued = stack.submit(LONG_JOB)
-    wait_for(lambda: stack.http.get(f"/v1/jobs/{running['id']}", headers=A).json()["progress"]["step"] > 0, 60,
-             what="job running")
+    wait_for(
+        lambda: stack.http.get(f"/v1/jobs/{running['id']}", headers=A).json()["progress"]["step"] > 0,
+        60,
+        what="job running",
+    )
     assert stack.http.post(f"/v1/jobs/{queued['id']}/cancel", headers=A).json()["status"] == "canceled"
     stack.http.post(f"/v1/jobs/{running['id']}/cancel", headers=A)
     done = stack.wait(running["id"])
@@ -111,7 +116,7 @@ with TestClient(app) as c:
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    line = next(l for l in out.stdout.splitlines() if l.startswith("STARTUP"))
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("STARTUP"))
     assert line.endswith("HEAVY []"), line
     assert float(line.split()[1]) < 2.0, line  # the issue's bar: the gateway starts in under 2 s
 
@@ -120,8 +125,11 @@ def test_sigkill_worker_mid_job_loses_nothing(stack, s3_server):
     """SIGKILL the only worker mid-job: the reaper re-queues the job, a second worker runs it to success,
     and the bucket holds exactly one set of outputs."""
     job = stack.submit(LONG_JOB)
-    wait_for(lambda: stack.http.get(f"/v1/jobs/{job['id']}", headers=A).json()["progress"]["step"] > 5, 60,
-             what="job running on w1")
+    wait_for(
+        lambda: stack.http.get(f"/v1/jobs/{job['id']}", headers=A).json()["progress"]["step"] > 5,
+        60,
+        what="job running on w1",
+    )
     w1 = stack.workers[0]
     w1.kill(signal.SIGKILL)
     assert not w1.alive()
@@ -136,7 +144,13 @@ def test_sigkill_worker_mid_job_loses_nothing(stack, s3_server):
 
 
 def test_smoke_script_against_distributed_stack(stack):
-    out = subprocess.run(["bash", "scripts/smoke.sh", stack.url], cwd=REPO, capture_output=True, text=True, timeout=180,
-                         env={**os.environ, "API_KEY": "key-acme"})
+    out = subprocess.run(
+        ["bash", "scripts/smoke.sh", stack.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "API_KEY": "key-acme"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "smoke: ok" in out.stdout

@@ -32,7 +32,9 @@ def test_txt2img_and_video_through_celery(pipe_stack):
     assert done["status"] == "succeeded", done
     assert done["metrics"]["load_ms"] == 0  # warmed up at worker start
     assert httpx.get(done["output"][0]["url"]).content[:8] == b"\x89PNG\r\n\x1a\n"
-    job = s.submit({"model": "tiny-wan", "prompt": "a monkey", "num_frames": 5, "seed": 4}, headers={}, path="/v1/video")
+    job = s.submit(
+        {"model": "tiny-wan", "prompt": "a monkey", "num_frames": 5, "seed": 4}, headers={}, path="/v1/video"
+    )
     done = s.wait(job["id"], headers={})
     assert done["status"] == "succeeded", done
     mp4 = httpx.get(done["output"][0]["url"])
@@ -43,7 +45,7 @@ def _steps(s, job_id):
     import json
 
     text = httpx.get(f"{s.url}/v1/jobs/{job_id}/events", timeout=30).text
-    return [json.loads(l[6:])["step"] for l in text.splitlines() if l.startswith("data: ") and '"loss"' in l]
+    return [json.loads(ln[6:])["step"] for ln in text.splitlines() if ln.startswith("data: ") and '"loss"' in ln]
 
 
 def _kill_and_resume(s, job_id, after_step, name):
@@ -51,8 +53,11 @@ def _kill_and_resume(s, job_id, after_step, name):
 
     from tests.conftest import wait_for
 
-    wait_for(lambda: s.http.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] > after_step, 180,
-             what="training past its first checkpoint")
+    wait_for(
+        lambda: s.http.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] > after_step,
+        180,
+        what="training past its first checkpoint",
+    )
     s.workers[-1].kill(signal.SIGKILL)
     s.start_worker(name)
     done = s.wait(job_id, headers={}, timeout=300)
@@ -67,8 +72,18 @@ def _kill_and_resume(s, job_id, after_step, name):
 
 def test_worker_killed_mid_ddpm_training_resumes_and_succeeds(pipe_stack):
     s = pipe_stack
-    job = s.submit({"name": "killed-digits", "dataset": "digits", "resolution": 8, "max_steps": 150, "batch_size": 32,
-                    "seed": 0}, headers={}, path="/v1/trainings/ddpm")
+    job = s.submit(
+        {
+            "name": "killed-digits",
+            "dataset": "digits",
+            "resolution": 8,
+            "max_train_steps": 150,
+            "train_batch_size": 32,
+            "seed": 0,
+        },
+        headers={},
+        path="/v1/trainings/ddpm",
+    )
     _kill_and_resume(s, job["id"], 20, "resume-ddpm")  # checkpoints every 15 steps
     r = s.submit({"model": "killed-digits", "prompt": "4", "num_inference_steps": 3}, headers={})
     assert s.wait(r["id"], headers={})["status"] == "succeeded"
@@ -79,8 +94,19 @@ def test_worker_killed_mid_lora_training_resumes_and_succeeds(pipe_stack):
 
     s = pipe_stack
     up = s.http.post("/v1/uploads", files={"file": ("d.zip", dataset_zip(), "application/zip")}).json()["id"]
-    job = s.submit({"base_model": "tiny-sd", "name": "killed-lora", "dataset": up, "max_train_steps": 100,
-                    "train_batch_size": 2, "resolution": 64, "seed": 0}, headers={}, path="/v1/trainings/lora")
+    job = s.submit(
+        {
+            "base_model": "tiny-sd",
+            "name": "killed-lora",
+            "dataset": up,
+            "max_train_steps": 100,
+            "train_batch_size": 2,
+            "resolution": 64,
+            "seed": 0,
+        },
+        headers={},
+        path="/v1/trainings/lora",
+    )
     _kill_and_resume(s, job["id"], 25, "resume-lora")  # checkpoints every 20 steps
     r = s.submit({"model": "tiny-sd", "prompt": "x", "loras": [{"name": "killed-lora", "scale": 1.0}]}, headers={})
     assert s.wait(r["id"], headers={})["status"] == "succeeded"

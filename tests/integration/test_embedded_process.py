@@ -18,8 +18,21 @@ def embedded(tmp_path_factory, logs_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
     env.update(DATA_DIR=str(tmp_path_factory.mktemp("embedded")), TORCH_THREADS="1")
-    p = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port)],
-             logs_dir / "embedded.log", env=env)
+    p = Proc(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        logs_dir / "embedded.log",
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, what="embedded service")
     yield url
@@ -34,8 +47,21 @@ def test_smoke_script(embedded):
 
 def test_generated_python_client_runs_a_job(embedded, tmp_path):
     pkg = tmp_path / "diffuserve_client"
-    gen = subprocess.run([bin_path("openapi-python-client"), "generate", "--path", str(REPO / "openapi" / "openapi.json"),
-                          "--output-path", str(pkg), "--meta", "none"], capture_output=True, text=True, timeout=120)
+    gen = subprocess.run(
+        [
+            bin_path("openapi-python-client"),
+            "generate",
+            "--path",
+            str(REPO / "openapi" / "openapi.json"),
+            "--output-path",
+            str(pkg),
+            "--meta",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert gen.returncode == 0 and (pkg / "client.py").is_file(), gen.stdout + gen.stderr
     code = f"""
 import sys

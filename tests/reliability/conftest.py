@@ -25,9 +25,24 @@ class RedisAOF:
     def start(self) -> None:
         import redis
 
-        self.proc = Proc([shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                          "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                         self.logs / f"redis-aof-{self.port}.log")
+        self.proc = Proc(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            self.logs / f"redis-aof-{self.port}.log",
+        )
         wait_for(lambda: redis.Redis.from_url(self.url).ping(), 20, what="redis-server")
 
     def kill(self) -> None:
@@ -43,12 +58,17 @@ class MotoS3:
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             os.environ[k] = env[k]
-        self.proc = Proc([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], logs / f"moto-{self.port}.log",
-                         env=env)
+        self.proc = Proc(
+            [bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], logs / f"moto-{self.port}.log", env=env
+        )
         self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
         wait_for(lambda: self.client.list_buckets() is not None, 30, what="moto_server")
         self.client.create_bucket(Bucket="rel")

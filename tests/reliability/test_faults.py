@@ -22,8 +22,11 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 def _statuses(stack: Stack, job_id: str) -> list[str]:
     text = stack.http.get(f"/v1/jobs/{job_id}/events", headers=A, timeout=30).text
-    return [line.split('"status": "')[1].split('"')[0] for line in text.splitlines()
-            if line.startswith("data:") and '"status": "' in line]
+    return [
+        line.split('"status": "')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("data:") and '"status": "' in line
+    ]
 
 
 def test_redis_killed_and_restarted_from_aof(aof_redis, moto, tmp_path, logs_dir):
@@ -44,9 +47,14 @@ def test_redis_killed_and_restarted_from_aof(aof_redis, moto, tmp_path, logs_dir
         finally:
             os.killpg(aof_redis.proc.pid, signal.SIGCONT)
         aof_redis.kill()
-        calls = [("POST", "/v1/txt2img", {"prompt": "1"}), ("GET", "/v1/jobs", None), ("GET", f"/v1/jobs/{jobs[0]}", None),
-                 ("GET", "/v1/models", None), ("GET", f"/v1/jobs/{jobs[0]}?wait=5", None),
-                 ("POST", f"/v1/jobs/{jobs[0]}/cancel", None)]
+        calls = [
+            ("POST", "/v1/txt2img", {"prompt": "1"}),
+            ("GET", "/v1/jobs", None),
+            ("GET", f"/v1/jobs/{jobs[0]}", None),
+            ("GET", "/v1/models", None),
+            ("GET", f"/v1/jobs/{jobs[0]}?wait=5", None),
+            ("POST", f"/v1/jobs/{jobs[0]}/cancel", None),
+        ]
         for method, path, body in calls:
             t0 = time.monotonic()
             r = stack.http.request(method, path, json=body, headers=A)
@@ -74,14 +82,24 @@ def test_worker_frozen_past_its_lease(redis_server, moto, tmp_path, logs_dir):
     stack = Stack(redis_server, moto.info, tmp_path, logs_dir)
     try:
         a = stack.start_worker("a")
-        job_id = stack.submit({"prompt": "3", "scheduler": "ddpm", "num_inference_steps": 1000, "num_images": 2,
-                               "seed": 1})["id"]
-        wait_for(lambda: stack.http.get(f"/v1/jobs/{job_id}", headers=A).json()["progress"]["step"] >= 20, 60,
-                 what="worker a mid-job")
+        job_id = stack.submit(
+            {"prompt": "3", "scheduler": "ddpm", "num_inference_steps": 1000, "num_images": 2, "seed": 1}
+        )["id"]
+        wait_for(
+            lambda: stack.http.get(f"/v1/jobs/{job_id}", headers=A).json()["progress"]["step"] >= 20,
+            60,
+            what="worker a mid-job",
+        )
         os.killpg(a.pid, signal.SIGSTOP)
         b = stack.start_worker("b")
-        wait_for(lambda: (j := stack.http.get(f"/v1/jobs/{job_id}", headers=A).json())["attempts"] == 2
-                 and j["status"] == "running", 60, what="worker b runs the job")
+        wait_for(
+            lambda: (
+                (j := stack.http.get(f"/v1/jobs/{job_id}", headers=A).json())["attempts"] == 2
+                and j["status"] == "running"
+            ),
+            60,
+            what="worker b runs the job",
+        )
         os.killpg(a.pid, signal.SIGCONT)
         wait_for(lambda: b"writes nothing" in a.log.read_bytes(), 60, what=f"worker a stops: {a.tail()}")
         job = stack.wait(job_id)
@@ -102,7 +120,9 @@ def test_s3_paused_then_gone(redis_server, moto, tmp_path, logs_dir):
     stack = Stack(redis_server, moto.info, tmp_path, logs_dir, extra_env={"STORAGE_RETRY_S": "12"})
     try:
         stack.start_worker("s3")
-        trained = stack.submit({"name": "tiny-digits", "max_steps": 3, "batch_size": 8}, path="/v1/trainings/ddpm")
+        trained = stack.submit(
+            {"name": "tiny-digits", "max_train_steps": 3, "train_batch_size": 8}, path="/v1/trainings/ddpm"
+        )
         assert stack.wait(trained["id"])["status"] == "succeeded"  # the training queue is consumed by default
 
         moto.pause()
@@ -123,7 +143,9 @@ def test_s3_paused_then_gone(redis_server, moto, tmp_path, logs_dir):
         from tests.api.helpers import png_bytes
 
         up = stack.http.post("/v1/uploads", files={"file": ("x.png", png_bytes())}, headers=A)
-        assert up.status_code == 503 and up.json()["error"]["code"] == "storage_unavailable" and up.headers["retry-after"]
+        assert (
+            up.status_code == 503 and up.json()["error"]["code"] == "storage_unavailable" and up.headers["retry-after"]
+        )
         ready = stack.http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["failing"] == ["storage"]
     finally:
@@ -180,8 +202,10 @@ def test_150_long_polls_do_not_stall_another_tenant(redis_server, tmp_path, logs
         assert all(r.json()["status"] == "canceled" for r in answers if r.status_code == 200)
         assert all(r.json()["error"]["code"] == "too_many_waits" for r in answers if r.status_code == 429)
         assert woke_in < 10
-        print(f"\nother tenant's /v1/models under 150 long-polls: max {max(other) * 1000:.0f} ms, "
-              f"median {sorted(other)[len(other) // 2] * 1000:.0f} ms; cancel woke 100 polls in {woke_in:.2f} s")
+        print(
+            f"\nother tenant's /v1/models under 150 long-polls: max {max(other) * 1000:.0f} ms, "
+            f"median {sorted(other)[len(other) // 2] * 1000:.0f} ms; cancel woke 100 polls in {woke_in:.2f} s"
+        )
         assert max(other) < 1.0
     finally:
         stack.stop()

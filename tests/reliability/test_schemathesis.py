@@ -31,18 +31,35 @@ AUTH = {"Authorization": "Bearer key-fuzz"}
 EXAMPLES_PER_OPERATION = 150
 TALLY = {"cases": 0, "server_errors": [], "by_status": {}, "by_operation": {}}
 # a served model per task (the tiny pipelines of MODELS_DIR and the bundled engine model)
-MODELS = {"/v1/txt2img": ["digits", "tiny-sd", "tiny-sdxl", "tiny-flux"], "/v1/img2img": ["tiny-sd", "tiny-sd3"],
-          "/v1/inpaint": ["tiny-sd", "tiny-sd-inpaint"], "/v1/controlnet": ["tiny-sd"], "/v1/video": ["tiny-wan"]}
+MODELS = {
+    "/v1/txt2img": ["digits", "tiny-sd", "tiny-sdxl", "tiny-flux"],
+    "/v1/img2img": ["tiny-sd", "tiny-sd3"],
+    "/v1/inpaint": ["tiny-sd", "tiny-sd-inpaint"],
+    "/v1/controlnet": ["tiny-sd"],
+    "/v1/video": ["tiny-wan"],
+}
 
 
 @pytest.fixture(scope="module")
 def fuzz(redis_server, tiny_models_dir, tmp_path_factory, logs_dir):
     tmp = tmp_path_factory.mktemp("fuzz")
     db = redis_server.rsplit("/", 1)[0] + "/5"  # a database of its own: its queued jobs reach no other test's worker
-    stack = Stack(db, None, tmp, logs_dir, api_keys="fuzz:key-fuzz",
-                  extra_env={"MODELS_DIR": str(tiny_models_dir), "RATE_LIMIT_PER_MINUTE": "1000000",
-                             "MAX_ACTIVE_JOBS_PER_TENANT": "1000000", "MAX_WAITS_PER_TENANT": "1000000",
-                             "MAX_WAIT_S": "0.05", "MAX_BODY_BYTES": "262144", "MAX_UPLOAD_BYTES": "262144"})
+    stack = Stack(
+        db,
+        None,
+        tmp,
+        logs_dir,
+        api_keys="fuzz:key-fuzz",
+        extra_env={
+            "MODELS_DIR": str(tiny_models_dir),
+            "RATE_LIMIT_PER_MINUTE": "1000000",
+            "MAX_ACTIVE_JOBS_PER_TENANT": "1000000",
+            "MAX_WAITS_PER_TENANT": "1000000",
+            "MAX_WAIT_S": "0.05",
+            "MAX_BODY_BYTES": "262144",
+            "MAX_UPLOAD_BYTES": "262144",
+        },
+    )
     image = stack.http.post("/v1/uploads", files={"file": ("a.png", png_bytes(64, 64))}, headers=AUTH).json()["id"]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -78,8 +95,13 @@ def _target(case, fuzz: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_server_errors(case, fuzz):
     _target(case, fuzz)
     response = case.call(base_url=fuzz["url"], headers=AUTH)
@@ -98,8 +120,10 @@ def test_no_server_errors(case, fuzz):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_fuzz_ran_enough_cases_and_reached_the_logic(fuzz):
-    print(f"\nschemathesis: {TALLY['cases']} cases, {len(TALLY['server_errors'])} server errors, "
-          f"by status {dict(sorted(TALLY['by_status'].items()))}")
+    print(
+        f"\nschemathesis: {TALLY['cases']} cases, {len(TALLY['server_errors'])} server errors, "
+        f"by status {dict(sorted(TALLY['by_status'].items()))}"
+    )
     for label, (n, ok) in sorted(TALLY["by_operation"].items()):
         print(f"  {label:35s} {n:4d} cases, {ok:4d} accepted")
     assert TALLY["cases"] >= 2000 and not TALLY["server_errors"]

@@ -17,9 +17,15 @@ def test_bf16_training_on_cuda_lowers_loss():
     torch.manual_seed(0)
     unet = UNet(UNetConfig(sample_size=16, base_channels=32, num_classes=10))
     losses = []
-    train(unet, make_objective({"kind": "ddpm", "num_train_timesteps": 1000}), x, y,
-          TrainConfig(max_steps=200, batch_size=128, learning_rate=1e-3, warmup_steps=20), callback=lambda p: losses.append(p.loss),
-          device="cuda")
+    train(
+        unet,
+        make_objective({"kind": "ddpm", "num_train_timesteps": 1000}),
+        x,
+        y,
+        TrainConfig(max_steps=200, batch_size=128, learning_rate=1e-3, warmup_steps=20),
+        callback=lambda p: losses.append(p.loss),
+        device="cuda",
+    )
     assert sum(losses[-20:]) / 20 < 0.7 * sum(losses[:20]) / 20
 
 

@@ -8,8 +8,15 @@ from core.ddpm.samplers import make_scheduler
 from core.ddpm.training import TrainConfig, TrainingCancelled, train
 from core.ddpm.unet import UNet, UNetConfig
 
-TINY = dict(sample_size=8, base_channels=8, channel_mult=(1, 2), attention_resolutions=(4,), num_res_blocks=1,
-            norm_groups=4, dropout=0.0)
+TINY = dict(
+    sample_size=8,
+    base_channels=8,
+    channel_mult=(1, 2),
+    attention_resolutions=(4,),
+    num_res_blocks=1,
+    norm_groups=4,
+    dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,14 @@ def test_cancel_from_callback(digits8):
     x, y, _ = digits8
     model = UNet(UNetConfig(num_classes=10, **TINY))
     with pytest.raises(TrainingCancelled):
-        train(model, make_objective({"kind": "ddpm", "num_train_timesteps": 100}), x, y,
-              TrainConfig(max_steps=50, batch_size=8), callback=lambda p: p.step < 3)
+        train(
+            model,
+            make_objective({"kind": "ddpm", "num_train_timesteps": 100}),
+            x,
+            y,
+            TrainConfig(max_steps=50, batch_size=8),
+            callback=lambda p: p.step < 3,
+        )
 
 
 def test_resume_matches_uninterrupted(digits8, tmp_path):
@@ -79,8 +92,15 @@ def test_resume_matches_uninterrupted(digits8, tmp_path):
     torch.manual_seed(0)
     part = UNet(UNetConfig(num_classes=10, **TINY))
     with pytest.raises(TrainingCancelled):  # "dies" after step 5; the checkpoint at 4 survives
-        train(part, obj, x, y, TrainConfig(max_steps=8, checkpoint_every=4, **cfg), callback=lambda p: p.step < 5,
-              state_path=state)
+        train(
+            part,
+            obj,
+            x,
+            y,
+            TrainConfig(max_steps=8, checkpoint_every=4, **cfg),
+            callback=lambda p: p.step < 5,
+            state_path=state,
+        )
     torch.manual_seed(123)
     resumed = UNet(UNetConfig(num_classes=10, **TINY))
     train(resumed, obj, x, y, TrainConfig(max_steps=8, checkpoint_every=4, **cfg), state_path=state)
@@ -90,8 +110,9 @@ def test_resume_matches_uninterrupted(digits8, tmp_path):
 
 def test_save_load_round_trip(digits8, tmp_path):
     _, ema, _ = _train(digits8, steps=3)
-    m = DDPMEngineModel(ema.model, {"kind": "ddpm", "num_train_timesteps": 100}, [str(i) for i in range(10)],
-                        default_guidance_scale=2.5)
+    m = DDPMEngineModel(
+        ema.model, {"kind": "ddpm", "num_train_timesteps": 100}, [str(i) for i in range(10)], default_guidance_scale=2.5
+    )
     m.save_pretrained(tmp_path / "m")
     n = DDPMEngineModel.from_pretrained(tmp_path / "m")
     assert n.labels == m.labels and n.default_guidance_scale == 2.5 and len(n.sha256) == 64
@@ -100,8 +121,14 @@ def test_save_load_round_trip(digits8, tmp_path):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("broken,field", [("config.json", "config.json"), ("model.safetensors", "model.safetensors"),
-                                           ("scheduler_config.json", "scheduler_config.json")])
+@pytest.mark.parametrize(
+    "broken,field",
+    [
+        ("config.json", "config.json"),
+        ("model.safetensors", "model.safetensors"),
+        ("scheduler_config.json", "scheduler_config.json"),
+    ],
+)
 def test_bad_checkpoint_names_file(digits8, tmp_path, broken, field):
     _, ema, _ = _train(digits8, steps=1)
     DDPMEngineModel(ema.model, {"kind": "ddpm"}, [str(i) for i in range(10)]).save_pretrained(tmp_path / "m")
@@ -124,8 +151,10 @@ def test_unknown_label_and_sampler(digits8):
         make_scheduler("heun", {"kind": "ddpm"})
 
 
-@pytest.mark.parametrize("field,value", [("max_steps", 0), ("batch_size", 0), ("learning_rate", -1.0),
-                                          ("ema_decay", 1.0), ("class_dropout", 2.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_steps", 0), ("batch_size", 0), ("learning_rate", -1.0), ("ema_decay", 1.0), ("class_dropout", 2.0)],
+)
 def test_bad_train_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -151,7 +180,9 @@ def test_flow_model_samples_with_euler(digits8):
     m = DDPMEngineModel(ema.model, {"kind": "flow"}, names)
     assert m.default_sampler == "euler"
     steps = []
-    out = m.generate(["1", "2"], num_images=2, num_inference_steps=4, seed=0, callback=lambda s, t: steps.append((s, t)))
+    out = m.generate(
+        ["1", "2"], num_images=2, num_inference_steps=4, seed=0, callback=lambda s, t: steps.append((s, t))
+    )
     assert out.shape == (2, 1, 8, 8) and steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     with pytest.raises(ValueError, match="scheduler"):
         m.generate(["1"], sampler="ddim")
@@ -176,6 +207,12 @@ def test_a_pickle_planted_as_checkpoint_is_never_run(digits8, tmp_path):
     x, y, _ = digits8
     model = UNet(UNetConfig(num_classes=10, **TINY))
     with pytest.raises(pickle.UnpicklingError):
-        train(model, make_objective({"kind": "ddpm", "num_train_timesteps": 100}), x, y, TrainConfig(max_steps=2),
-              state_path=state)
+        train(
+            model,
+            make_objective({"kind": "ddpm", "num_train_timesteps": 100}),
+            x,
+            y,
+            TrainConfig(max_steps=2),
+            state_path=state,
+        )
     assert not (tmp_path / "pwned").exists()

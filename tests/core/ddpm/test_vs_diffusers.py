@@ -79,7 +79,9 @@ def test_ddim_use_clipped_model_output_matches(prediction_type):
     sample, out = _inputs(6)
     out = out * 5  # large enough that x0 is clipped
     for t in ours.timesteps[[0, 10, -1]]:
-        a = ours.step(out, t, sample, eta=0.5, use_clipped_model_output=True, generator=torch.Generator().manual_seed(1))
+        a = ours.step(
+            out, t, sample, eta=0.5, use_clipped_model_output=True, generator=torch.Generator().manual_seed(1)
+        )
         b = ref.step(out, t, sample, eta=0.5, use_clipped_model_output=True, generator=torch.Generator().manual_seed(1))
         assert (a.prev_sample - b.prev_sample).abs().max() <= TOL
 

@@ -139,7 +139,9 @@ def test_execute_job_writes_outputs_and_record_and_is_idempotent(store, tmp_path
         def run(self, job, ctx):
             for i in range(3):
                 ctx.progress(i + 1, 3)
-            return RunResult([Artifact(b"png-bytes", "image/png", "png", {"width": 1, "height": 1, "seed": 1})], 1.0, 2.0)
+            return RunResult(
+                [Artifact(b"png-bytes", "image/png", "png", {"width": 1, "height": 1, "seed": 1})], 1.0, 2.0
+            )
 
     job, _ = lifecycle.submit(store, q, _job())
     done = execute_job(job.id, store, storage, lambda: FakeRunner(), "w")

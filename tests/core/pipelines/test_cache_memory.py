@@ -21,9 +21,24 @@ class NoQueue:
 
 
 def _job(model, prompt="a cat", **extra):
-    return lifecycle.new_job(JobType.txt2img, {"model": model, "prompt": prompt, "negative_prompt": "", "width": 64, "height": 64,
-                                              "num_inference_steps": 1, "guidance_scale": 5.0, "scheduler": "default",
-                                              "seed": 1, "num_images": 1, "loras": [], **extra}, "t")
+    return lifecycle.new_job(
+        JobType.txt2img,
+        {
+            "model": model,
+            "prompt": prompt,
+            "negative_prompt": "",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 1,
+            "guidance_scale": 5.0,
+            "scheduler": "default",
+            "seed": 1,
+            "num_images": 1,
+            "loras": [],
+            **extra,
+        },
+        "t",
+    )
 
 
 def test_task_pipelines_share_the_cached_weights(tiny_models_dir):
@@ -54,8 +69,11 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
             from tests.api.helpers import data_uri
             from tests.api.test_pipelines import mask, rgb
 
-            job = lifecycle.new_job(JobType.inpaint, {**_job(model).input, "image": data_uri(rgb()),
-                                                      "mask_image": data_uri(mask()), "strength": 1.0}, "t")
+            job = lifecycle.new_job(
+                JobType.inpaint,
+                {**_job(model).input, "image": data_uri(rgb()), "mask_image": data_uri(mask()), "strength": 1.0},
+                "t",
+            )
         store.create(job)
         done = execute_job(job.id, store, storage, lambda: runner, "w")
         assert done.status == JobStatus.succeeded, done.error
@@ -83,8 +101,11 @@ def dropped_loras(tiny_models_dir, tmp_path_factory):
     for i, name in enumerate(("ink", "neon")):
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_models_dir / "tiny-sd")
         torch.manual_seed(i)
-        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        pipe.unet.add_adapter(
+            LoraConfig(
+                r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]
+            )
+        )
         for n, p in pipe.unet.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.5)

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.cuda
 
 
 def test_half_precision_pipelines_and_eviction_frees_vram(tiny_models_dir):
-    runner = Runner(ModelRegistry([tiny_models_dir]), device="cuda", pipeline_budget_bytes=1)  # every load evicts the last
+    runner = Runner(
+        ModelRegistry([tiny_models_dir]), device="cuda", pipeline_budget_bytes=1
+    )  # every load evicts the last
     sd, _ = runner.diffusers.base_pipeline(runner.registry.get("tiny-sd"))
     assert sd.unet.dtype == torch.float16 and pick_dtype("cuda", "FluxPipeline") == torch.bfloat16
     image = sd("a cat", num_inference_steps=2, height=64, width=64).images[0]

@@ -19,15 +19,29 @@ def test_registry_reads_every_kind(tiny_models_dir):
 
 def test_models_config_names_hub_ids(tmp_path):
     cfg = tmp_path / "models.json"
-    cfg.write_text(json.dumps({
-        "models": {"sd15": {"hub_id": "runwayml/stable-diffusion-v1-5", "pipeline": "StableDiffusionPipeline"},
-                   "flux": {"hub_id": "black-forest-labs/FLUX.1-schnell", "pipeline": "FluxPipeline", "num_inference_steps": 4},
-                   "wan": {"hub_id": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "pipeline": "WanPipeline"}},
-        "controlnets": {"canny": {"hub_id": "lllyasviel/sd-controlnet-canny"}},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "models": {
+                    "sd15": {"hub_id": "runwayml/stable-diffusion-v1-5", "pipeline": "StableDiffusionPipeline"},
+                    "flux": {
+                        "hub_id": "black-forest-labs/FLUX.1-schnell",
+                        "pipeline": "FluxPipeline",
+                        "num_inference_steps": 4,
+                    },
+                    "wan": {"hub_id": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "pipeline": "WanPipeline"},
+                },
+                "controlnets": {"canny": {"hub_id": "lllyasviel/sd-controlnet-canny"}},
+            }
+        )
+    )
     reg = ModelRegistry([], cfg)
     sd = reg.get("sd15")
     assert sd.source == "runwayml/stable-diffusion-v1-5" and (sd.width, sd.height) == (512, 512)
-    assert reg.get("flux").default_num_inference_steps == 4 and reg.get("flux").schedulers == ["default", "euler", "unipc"]
+    assert reg.get("flux").default_num_inference_steps == 4 and reg.get("flux").schedulers == [
+        "default",
+        "euler",
+        "unipc",
+    ]
     assert reg.get("wan").tasks == ["video"]
     assert reg.controlnet("canny") == "lllyasviel/sd-controlnet-canny"

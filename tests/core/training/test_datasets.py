@@ -54,8 +54,10 @@ def test_many_images_at_a_high_resolution_are_refused_by_decoded_size(tmp_path):
         _check(tmp_path, files, resolution=256)
 
 
-@pytest.mark.parametrize("name,data", [("x.bmp", _img(8, 8, "BMP")), ("x.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n"),
-                                       ("fake.png", b"not an image at all")])
+@pytest.mark.parametrize(
+    "name,data",
+    [("x.bmp", _img(8, 8, "BMP")), ("x.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n"), ("fake.png", b"not an image at all")],
+)
 def test_formats_outside_the_allow_list_are_refused(tmp_path, name, data):
     with pytest.raises(InvalidDataset, match=name.replace(".", r"\.")):
         _check(tmp_path, {"ok.png": _img(8, 8), name: data})
