@@ -90,9 +90,9 @@ def build_backends(settings: Settings) -> Backends:
             # torch loads here, in the embedded worker thread, after the server already answers
             with runner_lock:
                 if "r" not in runner_holder:
-                    from core.runner import Runner
+                    from core.runner import Engines
 
-                    runner_holder["r"] = Runner(
+                    runner_holder["r"] = Engines(
                         registry,
                         torch_threads=settings.torch_threads,
                         pipeline_budget_bytes=(settings.pipeline_budget_mb or 0) * 2**20 or None,

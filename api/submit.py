@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from api.state import Backends
 from core import uploads
-from core.catalog import LIMITS, LORA_SERVABLE, LORA_TRAINABLE, MAX_VIDEO_VOLUME, family_of, valid_num_frames
+from core.catalog import LIMITS, LORA_SERVABLE, LORA_TRAINABLE, MAX_VIDEO_VOLUME, ModelKind, family_of, valid_num_frames
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.registry import ModelEntry
@@ -51,7 +51,7 @@ def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) 
             f"unknown scheduler {data['scheduler']!r} for model {entry.id!r}; expected one of {entry.schedulers}",
             field="scheduler",
         )
-    if entry.kind.startswith("engine"):
+    if entry.kind == ModelKind.engine:
         _check_engine_request(entry, data)
 
 
@@ -154,7 +154,7 @@ def _prepare_generation(
         m = entry.size_multiple
         data["width"], data["height"] = (max(m, v - v % m) for v in first_image)
     _fill_generation_defaults(entry, data, job_type)
-    if entry.kind == "diffusers":
+    if entry.kind == ModelKind.diffusers:
         _check_diffusers_request(b, tenant, entry, data, job_type)
     family = family_of(entry.kind, job_type == JobType.video)
     _check_family_limits(family, data)

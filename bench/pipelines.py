@@ -22,17 +22,19 @@ from core.jobs import lifecycle  # noqa: E402
 from core.jobs.execute import execute_job  # noqa: E402
 from core.jobs.store import MemoryJobStore  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
-from core.runner import Runner  # noqa: E402
+from core.runner import Engines  # noqa: E402
 from core.schemas import JobStatus, JobType  # noqa: E402
 from core.storage import LocalStorage  # noqa: E402
 
 
-def _image_uri(w: int, h: int, mask: bool = False) -> str:
-    import base64
+def _image_upload(store, storage, w: int, h: int, mask: bool = False) -> str:
+    """An upload of the bench tenant's (jobs carry upload ids; the gateway turns inline images into uploads)."""
     import io
 
     import numpy as np
     from PIL import Image
+
+    from core import uploads
 
     rng = np.random.default_rng(0)
     a = np.zeros((h, w), np.uint8) if mask else rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -40,10 +42,11 @@ def _image_uri(w: int, h: int, mask: bool = False) -> str:
         a[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    data = buf.getvalue()
+    return uploads.save(store, storage, "bench", data, uploads.describe(data, "image", 10**7), 3600)["id"]
 
 
-def cases() -> list[tuple[str, JobType, dict]]:
+def cases(store, storage) -> list[tuple[str, JobType, dict]]:
     base = {
         "prompt": "a photo of a cat",
         "negative_prompt": "",
@@ -56,7 +59,8 @@ def cases() -> list[tuple[str, JobType, dict]]:
         "num_images": 1,
         "loras": [],
     }
-    img, msk = _image_uri(64, 64), _image_uri(64, 64, mask=True)
+    img, msk = _image_upload(store, storage, 64, 64), _image_upload(store, storage, 64, 64, mask=True)
+    video = {k: v for k, v in base.items() if k not in ("num_images", "loras")}
     return [
         ("tiny-sd", JobType.txt2img, base),
         ("tiny-sd", JobType.img2img, {**base, "image": img, "strength": 0.75}),
@@ -76,11 +80,11 @@ def cases() -> list[tuple[str, JobType, dict]]:
         ),
         ("tiny-sd-inpaint", JobType.inpaint, {**base, "image": img, "mask_image": msk, "strength": 1.0}),
         ("tiny-sdxl", JobType.txt2img, base),
-        ("tiny-wan", JobType.video, {**base, "width": 32, "height": 32, "num_frames": 5, "fps": 8}),
+        ("tiny-wan", JobType.video, {**video, "width": 32, "height": 32, "num_frames": 5, "fps": 8}),
     ]
 
 
-def run_once(runner: Runner, store, storage, model: str, task: JobType, params: dict):
+def run_once(runner: Engines, store, storage, model: str, task: JobType, params: dict):
     job = lifecycle.new_job(task, {**params, "model": model}, "bench")
     store.create(job)
     done = execute_job(job.id, store, storage, lambda: runner, "bench")
@@ -102,13 +106,13 @@ def main() -> int:
         registry = ModelRegistry([models])
         store, storage = MemoryJobStore(), LocalStorage(Path(tmp) / "files", "bench")
         rows = []
-        for model, task, params in cases():
-            cold = Runner(registry, device=None)  # a fresh worker: nothing loaded
+        for model, task, params in cases(store, storage):
+            cold = Engines(registry, device=None)  # a fresh worker: nothing loaded
             first_ms, load_ms = run_once(cold, store, storage, model, task, params)
             warm = [run_once(cold, store, storage, model, task, params) for _ in range(a.repeats)]
             second_ms = statistics.median(w[0] for w in warm)
             rows.append((model, task.value, load_ms, first_ms, second_ms, max(w[1] for w in warm)))
-    print(f"\nWarm vs cold, tiny pipelines, device {Runner(ModelRegistry([])).device} (warm: median of {a.repeats})")
+    print(f"\nWarm vs cold, tiny pipelines, device {Engines(ModelRegistry([])).device} (warm: median of {a.repeats})")
     print("| model           | task       | load ms | first request ms | warm request ms | warm load_ms |")
     print("|-----------------|------------|---------|------------------|-----------------|--------------|")
     for m, t, load, first, second, wl in rows:

@@ -26,7 +26,7 @@ from core.jobs import lifecycle  # noqa: E402
 from core.jobs.execute import execute_job  # noqa: E402
 from core.jobs.store import MemoryJobStore  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
-from core.runner import Runner  # noqa: E402
+from core.runner import Engines  # noqa: E402
 from core.schemas import JobStatus, JobType  # noqa: E402
 from core.storage import LocalStorage  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         build_tiny_models(tmp / "models", ("tiny-sd",))
-        runner = Runner(ModelRegistry([tmp / "models"]))
+        runner = Engines(ModelRegistry([tmp / "models"]))
         store, storage = MemoryJobStore(), LocalStorage(tmp / "files", "bench")
         storage.put("uploads/bench/upl_" + "a" * 32, dataset_zip(), "application/zip")
         for rank in (4, 16):

@@ -7,7 +7,16 @@ it imports nothing of ours.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal
+
+
+class ModelKind(str, Enum):
+    """What serves a model: our engine (``core/ddpm``) or a diffusers pipeline. The executor table's first key."""
+
+    engine = "engine"
+    diffusers = "diffusers"
+
 
 # -- diffusers pipeline families -------------------------------------------------------------------------------
 # schedulers by request name -> (diffusers class, extra config)
@@ -40,6 +49,7 @@ class Family:
     flow: bool = False
     video: bool = False
     controlnet_class: str | None = None
+    inpaint_native: bool = False  # an inpainting model: its own pipeline inpaints (no AutoPipelineForInpainting)
     guidance: float = 7.5
     steps: int = 30
 
@@ -50,7 +60,7 @@ FAMILIES: dict[str, Family] = {
         (512, 512),
         controlnet_class="StableDiffusionControlNetPipeline",
     ),
-    "StableDiffusionInpaintPipeline": Family(("inpaint",), (512, 512)),
+    "StableDiffusionInpaintPipeline": Family(("inpaint",), (512, 512), inpaint_native=True),
     "StableDiffusionXLPipeline": Family(
         ("txt2img", "img2img", "inpaint", "controlnet"),
         (1024, 1024),
@@ -176,8 +186,8 @@ DATASET_MAX_DECODED_BYTES = 2 * 1024**3  # float32 tensors at the training resol
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 
 
-def family_of(kind: str, video: bool = False) -> str:
+def family_of(kind: ModelKind, video: bool = False) -> str:
     """The limits family of a served model: ``engine`` for our engine, ``video`` or ``image`` for diffusers."""
-    if kind.startswith("engine"):
+    if kind == ModelKind.engine:
         return "engine"
     return "video" if video else "image"

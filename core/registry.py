@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.catalog import ENGINE_SCHEDULERS, FAMILIES, scheduler_names
+from core.catalog import ENGINE_SCHEDULERS, FAMILIES, ModelKind, scheduler_names
 from core.errors import InputError
 from core.schemas import JobType, ModelInfo
 
@@ -31,7 +31,7 @@ ENGINE_CLASS = "DDPMEngineModel"
 class ModelEntry:
     id: str
     path: Path
-    kind: str
+    kind: ModelKind
     tasks: list[str]
     width: int
     height: int
@@ -46,11 +46,12 @@ class ModelEntry:
     source: str | None = None  # a local folder or a hub id, for from_pretrained
     default_num_frames: int | None = None
     max_inference_steps: int = 1000
+    objective: str | None = None  # engine models: "ddpm" or "flow"
 
     def info(self) -> ModelInfo:
         return ModelInfo(
             id=self.id,
-            kind=self.kind,
+            kind=f"engine-{self.objective}" if self.kind == ModelKind.engine else self.kind.value,
             tasks=self.tasks,
             width=self.width,
             height=self.height,
@@ -92,7 +93,8 @@ def engine_entry_from_configs(
     return ModelEntry(
         id=model_id,
         path=path,
-        kind=f"engine-{kind}",
+        kind=ModelKind.engine,
+        objective=kind,
         tasks=[JobType.txt2img.value],
         width=size,
         height=size,
@@ -162,7 +164,7 @@ def diffusers_entry(
     return ModelEntry(
         id=model_id,
         path=path or Path(source),
-        kind="diffusers",
+        kind=ModelKind.diffusers,
         tasks=list(family.tasks),
         width=width,
         height=height,

@@ -59,10 +59,10 @@ class Process:
     def runner(self):
         with self._lock:
             if self._runner is None:
-                from core.runner import Runner
+                from core.runner import Engines
 
                 s = self.settings
-                self._runner = Runner(
+                self._runner = Engines(
                     self.registry,
                     device=s.device,
                     torch_threads=s.torch_threads,

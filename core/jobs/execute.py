@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
+from core.contract import RunResult
 from core.errors import (
     DeadlineExceeded,
+    InvalidDataset,
     JobCancelled,
     LeaseLost,
     OutOfMemory,
@@ -22,42 +25,36 @@ from core.errors import (
 )
 from core.jobs import lifecycle
 from core.jobs.store import JobStore
-from core.schemas import JobErrorInfo, JobRecord, JobStatus, Metrics, ModelRef, OutputItem
-from core.storage import Storage
+from core.schemas import JobErrorInfo, JobRecord, JobStatus, Metrics, OutputItem
+from core.storage import Storage, upload_key
 
 log = logging.getLogger("diffuserve.worker")
 
 
-@dataclass
-class Artifact:
-    data: bytes
-    content_type: str
-    extension: str
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class RunResult:
-    artifacts: list[Artifact]
-    load_ms: float = 0.0
-    inference_ms: float = 0.0
-    model: ModelRef | None = None
-    versions: dict[str, str] = field(default_factory=dict)
-
-
-class RunContext:
-    """What a runner sees of the service: progress (raises JobCancelled when asked to stop, LeaseLost when the job
-    moved on to another worker, DeadlineExceeded past ``timeout_s``) and checkpoints."""
+class JobContext:
+    """The :class:`core.contract.RunContext` of one attempt of a job: progress (raises JobCancelled when asked to
+    stop, LeaseLost when the job moved on to another worker, DeadlineExceeded past ``timeout_s``), checkpoints,
+    inputs and registrations. Only this class touches the store and the storage on an executor's behalf."""
 
     def __init__(
-        self, store: JobStore, job: JobRecord, storage: Storage, token: str | None = None, deadline: float | None = None
+        self,
+        store: JobStore,
+        job: JobRecord,
+        storage: Storage,
+        token: str | None = None,
+        deadline: float | None = None,
+        cache_dir: Path | None = None,
     ):
         self.store = store
         self.job = job
+        self.job_id = job.id
+        self.tenant = job.tenant
         self.storage = storage
         self.token = token if token is not None else job.lease_token
         self.deadline = deadline
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self.lost = threading.Event()
+        self._cancel = False
 
     def check(self) -> None:
         """Raise if the job must stop now: its lease is gone or its deadline passed."""
@@ -69,28 +66,63 @@ class RunContext:
     def progress(self, step: int, total: int, **extra: float) -> None:
         self.check()
         try:
-            cancel = lifecycle.report_progress(self.store, self.job.id, self.token, step, total, **extra)
+            self._cancel = lifecycle.report_progress(self.store, self.job.id, self.token, step, total, **extra)
         except Unavailable:
             return  # a store blip costs one progress event; the heartbeat decides whether the job is still ours
-        if cancel:
+        if self._cancel:
             raise JobCancelled(f"canceled at step {step}")
 
-    def checkpoint(self, key: str, data: bytes) -> bool:
-        """Save a training checkpoint (retried for a bounded time); a failed save is skipped, not fatal: the run
-        goes on and the next checkpoint tries again."""
+    def cancelled(self) -> bool:
+        return self._cancel
+
+    def _owned(self) -> None:
         self.check()
-        if not lifecycle.owns(self.store, self.job.id, self.token):  # only the lease owner writes a checkpoint
+        if not lifecycle.owns(self.store, self.job.id, self.token):  # only the lease owner writes
             raise LeaseLost(f"job {self.job.id} is no longer ours")
+
+    def save_checkpoint(self, name: str, data: bytes) -> bool:
+        """A failed save is skipped, not fatal: the run goes on and the next checkpoint tries again."""
+        self._owned()
         try:
-            self.storage.put(key, data, "application/octet-stream")
+            self.storage.put(f"jobs/{self.job.id}/{name}", data, "application/octet-stream")
             return True
         except StorageUnavailable:
             log.warning("checkpoint of %s skipped: storage unavailable", self.job.id)
             return False
 
+    def load_checkpoint(self, name: str) -> bytes | None:
+        try:
+            return self.storage.get(f"jobs/{self.job.id}/{name}")
+        except KeyError:
+            return None
 
-class Runner(Protocol):
-    def run(self, job: JobRecord, ctx: RunContext) -> RunResult: ...
+    def open_input(self, upload_id: str) -> bytes:
+        try:
+            return self.storage.get(upload_key(self.tenant, upload_id))
+        except KeyError:
+            raise InvalidDataset(f"upload {upload_id!r} is gone") from None
+
+    def registered(self, kind: str, name: str) -> tuple[dict, Path] | None:
+        from core import tenant_models
+
+        record = self.store.registration(self.tenant, kind, name)
+        if record is None:
+            return None
+        return record, tenant_models.materialize(self.storage, record, self.cache_dir)
+
+    def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> dict:
+        from core import tenant_models
+
+        self._owned()
+        return tenant_models.publish(self.store, self.storage, self.tenant, kind, name, folder, self.job.id, extra)
+
+
+class JobRunner(Protocol):
+    """Turns a job into a result (``core.runner.Engines``: typed request, executor table)."""
+
+    cache_dir: Path
+
+    def run(self, job: JobRecord, ctx: JobContext) -> RunResult: ...
 
 
 def output_key(job_id: str, index: int, extension: str) -> str:
@@ -150,7 +182,7 @@ def execute_job(
     job_id: str,
     store: JobStore,
     storage: Storage,
-    runner_factory: Callable[[], Runner],
+    runner_factory: Callable[[], JobRunner],
     worker_id: str,
     lease_ttl: float = 15.0,
     heartbeat_interval: float = 3.0,
@@ -164,15 +196,17 @@ def execute_job(
         return None  # canceled while queued, already done, or taken by another worker
     token = job.lease_token
     timeout = job.input.get("timeout_s")
-    ctx = RunContext(store, job, storage, token, time.monotonic() + timeout if timeout else None)
+    deadline = time.monotonic() + timeout if timeout else None
     written: list[str] = []
     error: JobErrorInfo | None = None
     try:
-        with Heartbeat(store, job_id, token, lease_ttl, heartbeat_interval, ctx.lost.set):
-            result = runner_factory().run(job, ctx)
-            ctx.check()
-            if not lifecycle.owns(store, job_id, token):  # outputs are written by the lease owner only
-                raise LeaseLost(f"job {job_id} is no longer ours")
+        lost = threading.Event()
+        with Heartbeat(store, job_id, token, lease_ttl, heartbeat_interval, lost.set):
+            runner = runner_factory()
+            ctx = JobContext(store, job, storage, token, deadline, getattr(runner, "cache_dir", None))
+            ctx.lost = lost
+            result = runner.run(job, ctx)
+            ctx._owned()  # outputs are written by the lease owner only
             t0 = time.perf_counter()
             outputs = []
             for i, a in enumerate(result.artifacts):

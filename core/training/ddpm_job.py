@@ -15,20 +15,17 @@ from pathlib import Path
 import torch
 
 from core import tenant_models
+from core.contract import Artifact, RunContext, RunResult
 from core.ddpm.data import load_digits_dataset, load_image_folder
 from core.ddpm.pipeline import DDPMEngineModel, make_grid
 from core.ddpm.process import make_objective
 from core.ddpm.training import TrainConfig, train
 from core.ddpm.unet import UNet, UNetConfig, count_parameters
-from core.errors import JobError
-from core.jobs.execute import Artifact, RunContext, RunResult
-from core.schemas import JobRecord, ModelRef
-from core.storage import upload_key
+from core.errors import InvalidDataset
+from core.schemas import DDPMTrainingRequest, ModelRef
 from core.training.datasets import IMAGE_SUFFIXES, check_images, extract_zip
 
-
-def state_key(job_id: str) -> str:
-    return f"jobs/{job_id}/train_state.pt"
+STATE = "train_state.pt"  # the checkpoint's name among the job's files
 
 
 def unet_config_for(resolution: int, channels: int, num_classes: int | None) -> UNetConfig:
@@ -44,15 +41,10 @@ def unet_config_for(resolution: int, channels: int, num_classes: int | None) -> 
     )
 
 
-def load_data(job: JobRecord, ctx: RunContext, resolution: int, workdir: Path):
-    dataset = job.input["dataset"]
+def load_data(dataset: str, ctx: RunContext, resolution: int, workdir: Path):
     if dataset == "digits":
         return load_digits_dataset(resolution)
-    try:
-        raw = ctx.storage.get(upload_key(job.tenant, dataset))
-    except KeyError:
-        raise JobError("invalid_dataset", f"upload {dataset!r} is gone") from None
-    root = extract_zip(raw, workdir / "data")
+    root = extract_zip(ctx.open_input(dataset), workdir / "data")
     files = sorted(
         f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not f.name.startswith(".")
     )
@@ -60,54 +52,57 @@ def load_data(job: JobRecord, ctx: RunContext, resolution: int, workdir: Path):
     try:
         return load_image_folder(root, resolution, channels=3)
     except ValueError as e:
-        raise JobError("invalid_dataset", str(e)) from e
+        raise InvalidDataset(str(e)) from e
 
 
-def run_ddpm_training(job: JobRecord, ctx: RunContext, device: str, checkpoint_every: int | None = None) -> RunResult:
-    p = job.input
+def run(
+    request: DDPMTrainingRequest, model: None, ctx: RunContext, engines, checkpoint_every: int | None = None
+) -> RunResult:
+    r = request
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # 1. data
-        images, labels, names = load_data(job, ctx, p["resolution"], work)
+        # 1. data, checked before any step
+        images, labels, names = load_data(r.dataset, ctx, r.resolution, work)
         # 2. model and objective
         sched = (
             {"kind": "flow"}
-            if p["objective"] == "flow"
+            if r.objective == "flow"
             else {
                 "kind": "ddpm",
                 "num_train_timesteps": 1000,
-                "beta_schedule": p["beta_schedule"],
-                "prediction_type": p["prediction_type"],
+                "beta_schedule": r.beta_schedule,
+                "prediction_type": r.prediction_type,
             }
         )
-        torch.manual_seed(p["seed"])
-        unet = UNet(unet_config_for(p["resolution"], images.shape[1], len(names) if names else None))
-        every = checkpoint_every or max(10, p["max_train_steps"] // 10)
+        torch.manual_seed(r.seed)
+        unet = UNet(unet_config_for(r.resolution, images.shape[1], len(names) if names else None))
+        every = checkpoint_every or max(10, r.max_train_steps // 10)
         cfg = TrainConfig(
-            max_steps=p["max_train_steps"],
-            batch_size=p["train_batch_size"],
-            learning_rate=p["learning_rate"],
-            warmup_steps=min(100, p["max_train_steps"] // 10),
-            seed=p["seed"],
+            max_steps=r.max_train_steps,
+            batch_size=r.train_batch_size,
+            learning_rate=r.learning_rate,
+            warmup_steps=min(100, r.max_train_steps // 10),
+            seed=r.seed,
             checkpoint_every=every,
         )
-        # 3. resume from the last checkpoint a previous attempt left in storage
-        state = work / "train_state.pt"
-        try:
-            state.write_bytes(ctx.storage.get(state_key(job.id)))
-        except KeyError:
-            pass
+        # 3. resume from the last checkpoint a previous attempt saved
+        state = work / STATE
+        saved = ctx.load_checkpoint(STATE)
+        if saved is not None:
+            state.write_bytes(saved)
         losses: list[float] = []
 
         def on_step(prog) -> None:
             losses.append(prog.loss)
             ctx.progress(prog.step, prog.max_steps, loss=round(prog.loss, 5), images_per_s=round(prog.images_per_s, 1))
             if prog.step % every == 0 and prog.step < prog.max_steps and state.exists():
-                ctx.checkpoint(state_key(job.id), state.read_bytes())
+                ctx.save_checkpoint(STATE, state.read_bytes())
 
-        # 4. train (checkpointing into `state`, uploaded after each save)
+        # 4. train (checkpointing into `state`, saved for a later attempt after each save)
         t0 = time.perf_counter()
-        ema = train(unet, make_objective(sched), images, labels, cfg, callback=on_step, state_path=state, device=device)
+        ema = train(
+            unet, make_objective(sched), images, labels, cfg, callback=on_step, state_path=state, device=engines.device
+        )
         train_ms = (time.perf_counter() - t0) * 1000
         # 5. save, register under the tenant, and draw a grid to show
         model = DDPMEngineModel(
@@ -116,34 +111,32 @@ def run_ddpm_training(job: JobRecord, ctx: RunContext, device: str, checkpoint_e
             names,
             default_guidance_scale=2.0 if names else 1.0,
             metadata={
-                "job_id": job.id,
-                "dataset": p["dataset"],
-                "train": p,
+                "job_id": ctx.job_id,
+                "dataset": r.dataset,
+                "train": r.model_dump(mode="json"),
                 "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
             },
         )
         folder = work / "model"
         model.save_pretrained(folder)
-        record = tenant_models.publish(
-            ctx.store, ctx.storage, job.tenant, "model", p["name"], folder, job.id, tenant_models.read_configs(folder)
-        )
+        record = ctx.register("model", r.name, folder, tenant_models.read_configs(folder))
         grid_labels = [names[i % len(names)] for i in range(min(16, 2 * len(names)))] if names else None
         grid = make_grid(
             model.generate(
-                grid_labels, num_images=len(grid_labels) if grid_labels else 8, num_inference_steps=25, seed=p["seed"]
+                grid_labels, num_images=len(grid_labels) if grid_labels else 8, num_inference_steps=25, seed=r.seed
             ),
             nrow=8,
         )
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
     card = {
-        "name": p["name"],
+        "name": r.name,
         "version": record["version"],
         "parameters": count_parameters(unet),
-        "dataset": p["dataset"],
+        "dataset": r.dataset,
         "images": int(images.shape[0]),
         "labels": names,
-        "steps": p["max_train_steps"],
+        "steps": r.max_train_steps,
         "final_loss": model.metadata["final_loss"],
         "train_seconds": round(train_ms / 1000, 2),
     }
@@ -155,5 +148,5 @@ def run_ddpm_training(job: JobRecord, ctx: RunContext, device: str, checkpoint_e
             Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "model_card"}),
         ],
         inference_ms=train_ms,
-        model=ModelRef(id=p["name"], sha256=record["version"]),
+        model=ModelRef(id=r.name, sha256=record["version"]),
     )

@@ -18,13 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core import tenant_models
 from core.catalog import LORA_TRAINABLE
+from core.contract import Artifact, RunContext, RunResult
 from core.errors import JobError
-from core.jobs.execute import Artifact, RunContext, RunResult
 from core.registry import ModelEntry
-from core.schemas import JobRecord, ModelRef
-from core.storage import upload_key
+from core.schemas import LoraTrainingRequest, ModelRef
 from core.training.datasets import captioned_images, check_images, extract_zip
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -32,8 +30,7 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def state_key(job_id: str) -> str:
-    return f"jobs/{job_id}/lora_state.pt"
+STATE = "lora_state.pt"  # the checkpoint's name among the job's files
 
 
 def load_pixels(pairs: list[tuple[Path, str]], resolution: int) -> torch.Tensor:
@@ -53,26 +50,22 @@ def load_pixels(pairs: list[tuple[Path, str]], resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(out))
 
 
-def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device: str) -> RunResult:
+def run(request: LoraTrainingRequest, entry: ModelEntry, ctx: RunContext, engines) -> RunResult:
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-    p = job.input
+    r, device = request, engines.device
     if entry.pipeline_class not in LORA_TRAINABLE:
         raise JobError("unsupported_task", f"LoRA training supports {LORA_TRAINABLE}, not {entry.pipeline_class}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # 1. data: images and captions
-        try:
-            raw = ctx.storage.get(upload_key(job.tenant, p["dataset"]))
-        except KeyError:
-            raise JobError("invalid_dataset", f"upload {p['dataset']!r} is gone") from None
-        root = extract_zip(raw, work / "data")
+        root = extract_zip(ctx.open_input(r.dataset), work / "data")
         pairs = captioned_images(root)
-        check_images(root, [path for path, _ in pairs], p["resolution"], 3)  # before any pixel is decoded
-        pixels = load_pixels(pairs, p["resolution"])
+        check_images(root, [path for path, _ in pairs], r.resolution, 3)  # before any pixel is decoded
+        pixels = load_pixels(pairs, r.resolution)
         captions = [c for _, c in pairs]
 
         # 2. a private copy of the base model (the served, cached one is never touched), frozen
@@ -81,18 +74,18 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
         noise_scheduler = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
         for m in (unet, vae, te):
             m.requires_grad_(False)
-        torch.manual_seed(p["seed"])
-        alpha = p.get("alpha") or p["rank"]
+        torch.manual_seed(r.seed)
+        alpha = r.alpha or r.rank
         unet.add_adapter(
-            LoraConfig(r=p["rank"], lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS)
+            LoraConfig(r=r.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS)
         )
-        if p.get("train_text_encoder"):
+        if r.train_text_encoder:
             te.add_adapter(
-                LoraConfig(r=p["rank"], lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
+                LoraConfig(r=r.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
             )
         params = [q for m in (unet, te) for q in m.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=p["learning_rate"], weight_decay=1e-2)
-        gen = torch.Generator().manual_seed(p["seed"])
+        opt = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=1e-2)
+        gen = torch.Generator().manual_seed(r.seed)
         with torch.no_grad():
             ids = tok(
                 captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
@@ -100,24 +93,23 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
 
         # 3. resume from a checkpoint a previous attempt left in storage
         start = 0
-        try:
-            state = torch.load(io.BytesIO(ctx.storage.get(state_key(job.id))), map_location=device, weights_only=True)
+        saved = ctx.load_checkpoint(STATE)
+        if saved is not None:
+            state = torch.load(io.BytesIO(saved), map_location=device, weights_only=True)  # never a pickle
             set_peft_model_state_dict(unet, state["unet"])
             if state.get("text_encoder"):
                 set_peft_model_state_dict(te, state["text_encoder"])
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
             start = state["step"]
-        except KeyError:
-            pass
-        every = max(10, p["max_train_steps"] // 5)
+        every = max(10, r.max_train_steps // 5)
         autocast = device.startswith("cuda")
         losses: list[float] = []
         t0 = time.perf_counter()
         unet.train()
         # 4. the loop: noise-prediction loss on the UNet (and optionally text-encoder) adapters
-        for step in range(start, p["max_train_steps"]):
-            idx = torch.randint(0, len(pairs), (p["train_batch_size"],), generator=gen)
+        for step in range(start, r.max_train_steps):
+            idx = torch.randint(0, len(pairs), (r.train_batch_size,), generator=gen)
             x = pixels[idx].to(device)
             with torch.no_grad():
                 latents = vae.encode(x).latent_dist.sample(generator=gen) * vae.config.scaling_factor
@@ -140,63 +132,54 @@ def run_lora_training(job: JobRecord, entry: ModelEntry, ctx: RunContext, device
             opt.step()
             losses.append(float(loss.detach()))
             done = step + 1
-            if done % every == 0 and done < p["max_train_steps"]:
+            if done % every == 0 and done < r.max_train_steps:
                 buf = io.BytesIO()
                 torch.save(
                     {
                         "unet": get_peft_model_state_dict(unet),
-                        "text_encoder": get_peft_model_state_dict(te) if p.get("train_text_encoder") else None,
+                        "text_encoder": get_peft_model_state_dict(te) if r.train_text_encoder else None,
                         "optimizer": opt.state_dict(),
                         "generator": gen.get_state(),
                         "step": done,
                     },
                     buf,
                 )
-                ctx.checkpoint(state_key(job.id), buf.getvalue())
-            ctx.progress(done, p["max_train_steps"], loss=round(losses[-1], 5))  # raises JobCancelled when asked
+                ctx.save_checkpoint(STATE, buf.getvalue())
+            ctx.progress(done, r.max_train_steps, loss=round(losses[-1], 5))  # raises JobCancelled when asked
         train_ms = (time.perf_counter() - t0) * 1000
 
         # 5. save in the format load_lora_weights reads, and register it for the tenant
         folder = work / "lora"
         unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        te_layers = (
-            convert_state_dict_to_diffusers(get_peft_model_state_dict(te)) if p.get("train_text_encoder") else None
-        )
+        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te)) if r.train_text_encoder else None
         diffusers.StableDiffusionPipeline.save_lora_weights(
             folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers, safe_serialization=True
         )
         final = sum(losses[-10:]) / max(1, len(losses[-10:]))
         card = {
-            "name": p["name"],
+            "name": r.name,
             "base_model": entry.id,
             "base_model_sha256": entry.version,
             "base_pipeline_class": entry.pipeline_class,
-            "rank": p["rank"],
+            "rank": r.rank,
             "alpha": alpha,
-            "steps": p["max_train_steps"],
+            "steps": r.max_train_steps,
             "final_loss": final,
             "first_loss": losses[0] if losses and start == 0 else None,
             "dataset_size": len(pairs),
-            "resolution": p["resolution"],
-            "train_text_encoder": bool(p.get("train_text_encoder")),
+            "resolution": r.resolution,
+            "train_text_encoder": bool(r.train_text_encoder),
             "train_seconds": round(train_ms / 1000, 2),
         }
         (folder / "card.json").write_text(json.dumps(card, indent=2))
-        record = tenant_models.publish(
-            ctx.store,
-            ctx.storage,
-            job.tenant,
-            "lora",
-            p["name"],
-            folder,
-            job.id,
-            {"base_model": entry.id, "base_pipeline_class": entry.pipeline_class},
+        record = ctx.register(
+            "lora", r.name, folder, {"base_model": entry.id, "base_pipeline_class": entry.pipeline_class}
         )
         weights = (folder / LORA_FILE).read_bytes()
     card["version"] = record["version"]
     return RunResult(
         [
-            Artifact(weights, "application/octet-stream", "safetensors", {"role": "lora", "name": p["name"]}),
+            Artifact(weights, "application/octet-stream", "safetensors", {"role": "lora", "name": r.name}),
             Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "lora_card"}),
         ],
         inference_ms=train_ms,

@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
+from core.contract import Artifact, RunResult
 from core.errors import Conflict, LeaseLost, QuotaExceeded, Unavailable
 from core.jobs import lifecycle
-from core.jobs.execute import Artifact, RunResult, execute_job
+from core.jobs.execute import execute_job
 from core.jobs.store import MemoryJobStore
 from core.schemas import JobStatus, JobType
 from core.storage import LocalStorage
@@ -346,9 +347,9 @@ def test_checkpoint_failure_is_not_fatal(store, tmp_path):
 
     class Trains:
         def run(self, job, ctx):
-            assert ctx.checkpoint("jobs/x/state.pt", b"state") is False  # skipped, the run goes on
+            assert ctx.save_checkpoint("state.pt", b"state") is False  # skipped, the run goes on
             storage.down = False
-            assert ctx.checkpoint("jobs/x/state.pt", b"state") is True
+            assert ctx.save_checkpoint("state.pt", b"state") is True
             return OneImage().run(job, ctx)
 
     job, _ = lifecycle.submit(store, q, _job())
@@ -382,7 +383,7 @@ def test_a_worker_that_lost_its_job_writes_no_outputs_or_checkpoints(store, tmp_
         def run(self, job, ctx):
             # what the reaper does after a freeze: the job is queued again and another worker owns it
             store.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
-            ctx.checkpoint(f"jobs/{job.id}/state.pt", b"state")
+            ctx.save_checkpoint("state.pt", b"state")
             raise AssertionError("the checkpoint of a non-owner must raise LeaseLost")
 
     result = execute_job(job.id, store, storage, lambda: LosesItMidway(), "old")

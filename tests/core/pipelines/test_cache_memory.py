@@ -10,7 +10,7 @@ from core.jobs.execute import execute_job
 from core.jobs.store import MemoryJobStore
 from core.pipelines.cache import module_bytes
 from core.registry import ModelRegistry
-from core.runner import Runner
+from core.runner import Engines
 from core.schemas import JobStatus, JobType
 from core.storage import LocalStorage
 
@@ -42,10 +42,10 @@ def _job(model, prompt="a cat", **extra):
 
 
 def test_task_pipelines_share_the_cached_weights(tiny_models_dir):
-    runner = Runner(ModelRegistry([tiny_models_dir]), device="cpu", torch_threads=1)
+    runner = Engines(ModelRegistry([tiny_models_dir]), device="cpu", torch_threads=1)
     entry = runner.registry.get("tiny-sd")
-    base, cold = runner.diffusers.base_pipeline(entry)
-    again, warm = runner.diffusers.base_pipeline(entry)
+    base, cold = runner.pipelines.base(entry)
+    again, warm = runner.pipelines.base(entry)
     assert again is base and cold > 0 and warm == 0
     import diffusers
 
@@ -55,9 +55,9 @@ def test_task_pipelines_share_the_cached_weights(tiny_models_dir):
 
 def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path):
     registry = ModelRegistry([tiny_models_dir])
-    one = module_bytes(Runner(registry, device="cpu").diffusers.base_pipeline(registry.get("tiny-sd"))[0])
+    one = module_bytes(Engines(registry, device="cpu").pipelines.base(registry.get("tiny-sd"))[0])
     # a budget that holds about two of the three models, so the cycle evicts and reloads all the time
-    runner = Runner(registry, device="cpu", torch_threads=1, pipeline_budget_bytes=int(one * 2.2))
+    runner = Engines(registry, device="cpu", torch_threads=1, pipeline_budget_bytes=int(one * 2.2))
     store, storage = MemoryJobStore(), LocalStorage(tmp_path, "k")
     models = ["tiny-sd", "tiny-sdxl", "tiny-sd-inpaint"]
     proc = psutil.Process()
@@ -66,12 +66,16 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
         model = models[i % 3]
         job = _job(model) if model != "tiny-sd-inpaint" else None
         if job is None:  # the inpainting model serves inpaint only
-            from tests.api.helpers import data_uri
+            from core import uploads
             from tests.api.test_pipelines import mask, rgb
 
+            image, mask_image = (
+                uploads.save(store, storage, "t", b, uploads.describe(b, "image", 10**7), 3600)["id"]
+                for b in (rgb(), mask())
+            )
             job = lifecycle.new_job(
                 JobType.inpaint,
-                {**_job(model).input, "image": data_uri(rgb()), "mask_image": data_uri(mask()), "strength": 1.0},
+                {**_job(model).input, "image": image, "mask_image": mask_image, "strength": 1.0},
                 "t",
             )
         store.create(job)
@@ -80,8 +84,8 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
         if i % 3 == 2:
             gc.collect()
             rss.append(proc.memory_info().rss)
-    assert runner.diffusers.cache.evictions >= 40
-    assert len(runner.diffusers.cache.keys()) <= 2
+    assert runner.cache.evictions >= 40
+    assert len(runner.cache.keys()) <= 2
     first, last = rss[0], rss[-1]
     print(f"RSS after the first cycle {first / 2**20:.1f} MiB, after 50 jobs {last / 2**20:.1f} MiB")
     assert last <= first * 1.10
@@ -117,7 +121,7 @@ def dropped_loras(tiny_models_dir, tmp_path_factory):
 
 def test_rss_stays_flat_over_50_jobs_alternating_two_loras(tiny_models_dir, dropped_loras, tmp_path):
     registry = ModelRegistry([tiny_models_dir, dropped_loras])
-    runner = Runner(registry, device="cpu", torch_threads=1)
+    runner = Engines(registry, device="cpu", torch_threads=1)
     store, storage = MemoryJobStore(), LocalStorage(tmp_path, "k")
     proc = psutil.Process()
     rss, outputs = [], {}
@@ -133,7 +137,7 @@ def test_rss_stays_flat_over_50_jobs_alternating_two_loras(tiny_models_dir, drop
             gc.collect()
             rss.append(proc.memory_info().rss)
     assert outputs["ink"] != outputs["neon"]
-    assert len(runner.diffusers.cache.keys()) == 1  # the base model loaded once, never again
+    assert len(runner.cache.keys()) == 1  # the base model loaded once, never again
     print(f"RSS after the first pair {rss[0] / 2**20:.1f} MiB, after 50 jobs {rss[-1] / 2**20:.1f} MiB")
     assert rss[-1] <= rss[0] * 1.10
     base = _job("tiny-sd")
