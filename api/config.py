@@ -4,56 +4,27 @@ from __future__ import annotations
 
 import os
 import secrets
-from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO = Path(__file__).resolve().parent.parent
+from core.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+class Settings(ServiceSettings):
+    """The gateway's settings: the shared ones (``core/settings.py``) and what only HTTP needs."""
 
     broker_url: str | None = Field(None, description="Redis URL: distributed mode (Celery + Redis job store)")
-    redis_url: str | None = Field(None, description="job-store Redis; default: BROKER_URL")
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_public_endpoint_url: str | None = None
-    s3_region: str | None = Field(None, validation_alias="AWS_DEFAULT_REGION")
-    s3_prefix: str = ""
-    url_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
-    data_dir: Path = REPO / "data"
     signing_key: str | None = Field(None, description="HMAC key of local URLs; unset: DATA_DIR/signing_key, made once")
     api_keys: str = Field("", description="tenant:key,tenant:key")
     rate_limit_per_minute: int = Field(600, ge=1)
-    models_dir: Path | None = None
-    models_config: Path | None = Field(None, description="JSON file naming hub ids (see core/registry.py)")
-    pipeline_budget_mb: int | None = Field(
-        None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM"
-    )
-    bundled_models_dir: Path = REPO / "models"
     max_body_bytes: int = 25 * 1024 * 1024
     max_upload_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_wait_s: float = 60.0
     max_active_jobs_per_tenant: int = Field(64, ge=1, description="queued + running jobs per tenant; past it 429")
     max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
-    job_ttl_s: float = Field(
-        7 * 24 * 3600, gt=0, description="a finished job, its outputs and uploads are deleted after it"
-    )
-    storage_retry_s: float = Field(
-        30.0, ge=0, description="how long storage writes are retried before storage_unavailable"
-    )
     redis_max_connections: int = Field(64, ge=4)
     metrics_token: str | None = Field(None, description="set: /metrics needs Authorization: Bearer <token>")
-    lease_ttl_s: float = 15.0
-    heartbeat_s: float = 3.0
-    max_attempts: int = 3
-    reaper_interval_s: float = 5.0
-    visibility_timeout_s: int = 3600
-    warm_models: str = "digits"
-    torch_threads: int = 0
 
     @field_validator("broker_url", "redis_url")
     @classmethod

@@ -10,7 +10,8 @@ from api.waiters import Waiters
 from core.jobs import lifecycle
 from core.jobs.store import JobStore
 from core.registry import ModelRegistry
-from core.storage import LocalStorage, Storage
+from core.settings import build_engines, build_registry, build_storage
+from core.storage import Storage
 
 
 @dataclass
@@ -48,26 +49,8 @@ class Backends:
 
 
 def build_backends(settings: Settings) -> Backends:
-    registry = ModelRegistry([settings.bundled_models_dir, settings.models_dir], settings.models_config)
-    if settings.s3_bucket:
-        from core.storage import S3Storage
-
-        storage: Storage = S3Storage(
-            settings.s3_bucket,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            expires_s=settings.url_expires_s,
-            public_endpoint_url=settings.s3_public_endpoint_url,
-            prefix=settings.s3_prefix,
-            retry_budget_s=settings.storage_retry_s,
-        )
-    else:
-        storage = LocalStorage(
-            settings.data_dir / "files",
-            settings.resolved_signing_key(),
-            settings.url_expires_s,
-            retry_budget_s=settings.storage_retry_s,
-        )
+    registry = build_registry(settings)
+    storage = build_storage(settings, settings.resolved_signing_key())
 
     if settings.distributed:
         from core.jobs.queue import CeleryQueue
@@ -83,32 +66,18 @@ def build_backends(settings: Settings) -> Backends:
         from core.jobs.store import MemoryJobStore
 
         store = MemoryJobStore(settings.job_ttl_s)
-        runner_holder: dict = {}
-        runner_lock = threading.Lock()
-
-        def runner():
-            # torch loads here, in the embedded worker thread, after the server already answers
-            with runner_lock:
-                if "r" not in runner_holder:
-                    from core.runner import Engines
-
-                    runner_holder["r"] = Engines(
-                        registry,
-                        torch_threads=settings.torch_threads,
-                        pipeline_budget_bytes=(settings.pipeline_budget_mb or 0) * 2**20 or None,
-                        cache_dir=settings.data_dir / "cache",
-                        on_load=lambda model, ms: lifecycle.record_model_load(store, model, ms),
-                    )
-                return runner_holder["r"]
+        # torch loads in the embedded worker thread, after the server already answers
+        runner = build_engines(settings, registry, lambda model, ms: lifecycle.record_model_load(store, model, ms))
 
         def handle(job_id: str) -> None:
             execute_job(job_id, store, storage, runner, "embedded", settings.lease_ttl_s, settings.heartbeat_s)
 
         queue = InProcessQueue(handle)
         queue.start()
-        warm = [m for m in settings.warm_models.split(",") if m]
-        if warm:
-            threading.Thread(target=lambda: runner().warm_up(warm), name="warm-up", daemon=True).start()
+        if settings.warm_model_ids:
+            threading.Thread(
+                target=lambda: runner().warm_up(settings.warm_model_ids), name="warm-up", daemon=True
+            ).start()
 
     return Backends(
         settings,

@@ -1,9 +1,9 @@
-"""Turning a validated request into a queued job: model and task checks, defaults, image inputs, idempotency."""
+"""Job submission over HTTP: idempotency headers, the typed request validated by core (``core/validation.py``),
+all-or-nothing queuing, the 202 answer. HTTP only."""
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -11,15 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.state import Backends
-from core import uploads
-from core.catalog import LIMITS, LORA_SERVABLE, LORA_TRAINABLE, MAX_VIDEO_VOLUME, ModelKind, family_of, valid_num_frames
 from core.errors import InputError
 from core.jobs import lifecycle
-from core.registry import ModelEntry
-from core.schemas import MAX_SEED, JobRecord, JobType, ModelRef
-from core.tenant_models import tenant_model_entry
-
-IMAGE_FIELDS = ("image", "mask_image", "control_image")
+from core.schemas import JobRecord, JobType
+from core.validation import Inputs, prepare
 
 
 def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
@@ -32,192 +27,9 @@ def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
     return data
 
 
-def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) -> None:
-    for dim in ("width", "height"):
-        if data.get(dim) is None:
-            data[dim] = getattr(entry, dim)
-        elif data[dim] % entry.size_multiple:
-            raise InputError(f"must be a multiple of {entry.size_multiple} for model {entry.id!r}", field=dim)
-    if data.get("num_inference_steps") is None:
-        data["num_inference_steps"] = entry.default_num_inference_steps
-    elif data["num_inference_steps"] > entry.max_inference_steps:
-        raise InputError(f"at most {entry.max_inference_steps} for model {entry.id!r}", field="num_inference_steps")
-    if data.get("guidance_scale") is None:
-        data["guidance_scale"] = entry.default_guidance_scale
-    if data.get("scheduler") is None:
-        data["scheduler"] = entry.default_scheduler
-    elif data["scheduler"] not in entry.schedulers:
-        raise InputError(
-            f"unknown scheduler {data['scheduler']!r} for model {entry.id!r}; expected one of {entry.schedulers}",
-            field="scheduler",
-        )
-    if entry.kind == ModelKind.engine:
-        _check_engine_request(entry, data)
-
-
-def _check_engine_request(entry: ModelEntry, data: dict) -> None:
-    if data["width"] != data["height"]:
-        raise InputError("engine models draw square images; width must equal height", field="height")
-    if data["width"] > 4 * entry.width:
-        raise InputError(f"at most {4 * entry.width} for model {entry.id!r}", field="width")
-    if data.get("loras"):
-        raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
-    if data.get("negative_prompt"):
-        raise InputError(f"model {entry.id!r} takes no negative prompt", field="negative_prompt")
-    if entry.labels is not None:
-        from core.ddpm.labels import resolve_label  # torch-free
-
-        data["prompt"] = entry.labels[resolve_label(entry.labels, data.get("prompt", ""))]
-    elif data.get("prompt"):
-        raise InputError(f"model {entry.id!r} is unconditional and takes no prompt", field="prompt")
-
-
-def _check_diffusers_request(b: Backends, tenant: str, entry: ModelEntry, data: dict, job_type: JobType) -> None:
-    for i, ref in enumerate(data.get("loras") or []):
-        if entry.pipeline_class not in LORA_SERVABLE:
-            raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
-        record = b.store.registration(tenant, "lora", ref["name"])
-        if record is None and b.registry.lora(ref["name"]) is None:
-            raise InputError(f"unknown LoRA {ref['name']!r}", field=f"loras.{i}.name", code="unknown_lora")
-        if record is not None and record.get("base_pipeline_class") != entry.pipeline_class:
-            raise InputError(
-                f"LoRA {ref['name']!r} was trained for a {record.get('base_pipeline_class')}, not for {entry.id!r}",
-                field=f"loras.{i}.name",
-            )
-    if job_type == JobType.controlnet:
-        b.registry.controlnet(data["controlnet"])
-    if job_type == JobType.video:
-        if data.get("num_frames") is None:
-            data["num_frames"] = entry.default_num_frames or 17
-        why = valid_num_frames(entry.pipeline_class, data["num_frames"])
-        if why:
-            raise InputError(why, field="num_frames")
-
-
-def _check_training_name(b: Backends, name: str) -> None:
-    try:
-        b.registry.get(name)
-    except InputError:
-        return
-    raise InputError(f"{name!r} is the name of a served model; choose another", field="name", code="name_taken")
-
-
-def _check_zip_upload(b: Backends, tenant: str, upload_id: str) -> None:
-    meta = uploads.metadata(b.storage, tenant, upload_id, "dataset")
-    if meta.get("content_type") != "application/zip":
-        raise InputError("the dataset must be a zip archive", field="dataset")
-
-
-def _prepare_lora_training(b: Backends, tenant: str, data: dict) -> tuple[dict, ModelRef]:
-    try:
-        entry = b.registry.get(data["base_model"])
-    except InputError as e:
-        raise InputError(e.message, field="base_model", code=e.code) from None
-    if entry.pipeline_class not in LORA_TRAINABLE:
-        raise InputError(
-            f"model {entry.id!r} cannot be fine-tuned with LoRA here; trainable: {LORA_TRAINABLE}",
-            field="base_model",
-            code="unsupported_task",
-        )
-    _check_training_work(data["max_train_steps"], data["train_batch_size"], data["resolution"], "lora_training")
-    _check_zip_upload(b, tenant, data["dataset"])
-    return data, ModelRef(id=entry.id, sha256=entry.version)
-
-
-def _check_training_work(steps: int, batch: int, resolution: int, family: str) -> None:
-    cap = LIMITS[family].max_work
-    if steps * batch * resolution**2 > cap:
-        raise InputError(
-            f"steps x batch x resolution^2 = {steps * batch * resolution**2:,} is over the cap of {cap:,} "
-            "for one training job; lower one of them",
-            field="max_train_steps",
-            code="too_expensive",
-        )
-
-
-def _prepare_ddpm_training(b: Backends, tenant: str, data: dict) -> tuple[dict, None]:
-    _check_training_name(b, data["name"])
-    _check_training_work(data["max_train_steps"], data["train_batch_size"], data["resolution"], "ddpm_training")
-    if data["dataset"] != "digits":
-        _check_zip_upload(b, tenant, data["dataset"])
-    return data, None
-
-
-def _prepare_generation(
-    b: Backends, tenant: str, job_type: JobType, data: dict, dims: dict
-) -> tuple[dict, ModelRef, str]:
-    entry = tenant_model_entry(b.store, tenant, data["model"]) or b.registry.get(data["model"])
-    entry.require_task(job_type)
-    first_image = next(iter(dims.values()), None)
-    if first_image and data.get("width") is None and data.get("height") is None:
-        # an image task answers at the size of its input image (rounded down to what the model accepts)
-        m = entry.size_multiple
-        data["width"], data["height"] = (max(m, v - v % m) for v in first_image)
-    _fill_generation_defaults(entry, data, job_type)
-    if entry.kind == ModelKind.diffusers:
-        _check_diffusers_request(b, tenant, entry, data, job_type)
-    family = family_of(entry.kind, job_type == JobType.video)
-    _check_family_limits(family, data)
-    return data, ModelRef(id=entry.id, sha256=entry.version), family
-
-
-def _check_family_limits(family: str, data: dict) -> None:
-    lim = LIMITS[family]
-    if data["width"] * data["height"] > lim.max_pixels:
-        raise InputError(
-            f"{data['width']}x{data['height']} is over {lim.max_pixels:,} pixels for {family} models",
-            field="width",
-            code="too_expensive",
-        )
-    if data["num_inference_steps"] > lim.max_steps:
-        raise InputError(f"at most {lim.max_steps} for {family} models", field="num_inference_steps")
-    if data.get("num_images", 1) > lim.max_images:
-        raise InputError(f"at most {lim.max_images} for {family} models", field="num_images")
-    if family == "video" and data["num_frames"] * data["width"] * data["height"] > MAX_VIDEO_VOLUME:
-        raise InputError(
-            f"num_frames x width x height is over {MAX_VIDEO_VOLUME:,}", field="num_frames", code="too_expensive"
-        )
-
-
-def _fill_timeout(data: dict, family: str) -> None:
-    lim = LIMITS[family]
-    if data.get("timeout_s") is None:
-        data["timeout_s"] = lim.default_timeout_s
-    elif data["timeout_s"] > lim.max_timeout_s:
-        raise InputError(f"at most {lim.max_timeout_s} for {family} jobs", field="timeout_s")
-
-
-def prepare(b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> tuple[dict, ModelRef | None, dict]:
-    """Validate what pydantic cannot (models, tasks, images, labels, datasets, the family's limits) and fill every
-    default into the input, the seed and timeout included (a null seed: a random one, recorded so the job can be
-    reproduced). Inline images are saved as uploads last, once the request is known good; the input keeps their
-    ids and ``input_sha256`` their hashes. Returns (input, model, input_sha256)."""
-    data = body.model_dump(mode="json")
+def inputs(b: Backends) -> Inputs:
     s = b.settings
-    images = {
-        f: uploads.check_image(b.storage, tenant, f, data[f], s.max_body_bytes, s.max_image_pixels)
-        for f in IMAGE_FIELDS
-        if data.get(f)
-    }
-    dims = {f: (im.width, im.height) for f, im in images.items()}
-    if "mask_image" in dims and dims["mask_image"] != dims["image"]:
-        raise InputError(
-            f"mask_image is {dims['mask_image']}, image is {dims['image']}: sizes must match", field="mask_image"
-        )
-    if job_type == JobType.lora_training:
-        data, model = _prepare_lora_training(b, tenant, data)
-        family = "lora_training"
-    elif job_type == JobType.ddpm_training:
-        data, model = _prepare_ddpm_training(b, tenant, data)
-        family = "ddpm_training"
-    else:
-        data, model, family = _prepare_generation(b, tenant, job_type, data, dims)
-    _fill_timeout(data, family)
-    if data.get("seed") is None:
-        data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # image i uses seed + i
-    for f, im in images.items():
-        data[f] = uploads.save_inline(b.store, b.storage, tenant, im, s.job_ttl_s)
-    return data, model, {f: im.sha256 for f, im in images.items()}
+    return Inputs(b.store, b.storage, b.registry, s.max_body_bytes, s.max_image_pixels, s.job_ttl_s)
 
 
 async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
@@ -228,7 +40,7 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
             raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
         body_hash = hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
         idempotency = (idem_key, body_hash)
-    data, model, hashes = await run_in_threadpool(prepare, b, tenant, job_type, body)
+    data, model, hashes = await run_in_threadpool(prepare, inputs(b), tenant, job_type, body)
     job = lifecycle.new_job(job_type, data, tenant, model)
     job.input_sha256 = hashes
     job, created = await run_in_threadpool(

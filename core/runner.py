@@ -14,6 +14,7 @@ from core.catalog import ModelKind
 from core.contract import RunContext, RunResult, parse_request
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord
+from core.validation import recheck
 
 
 def versions() -> dict[str, str]:
@@ -110,6 +111,7 @@ class Engines:
         # 2. the model that serves it: the tenant's own (trained by a job), else a served one
         model_id = getattr(request, "base_model", None) or getattr(request, "model", None)
         model = self.resolve(model_id, ctx) if model_id else None
+        recheck(job.type, request, model)  # the limits of its family, checked again on this side
         # 3. the executor of (model kind, job type)
         return executor_for(model.kind if model else None, job.type)(request, model, ctx, self)
 

@@ -20,8 +20,8 @@ from core.jobs import lifecycle
 from core.jobs.execute import execute_job
 from core.jobs.queue import QUEUES, TASK_NAME, CeleryQueue, make_celery
 from core.jobs.redis_store import RedisJobStore
-from core.registry import ModelRegistry
-from core.storage import LocalStorage, S3Storage, Storage
+from core.settings import build_engines, build_registry, build_storage
+from core.storage import Storage
 from worker.config import WorkerSettings
 
 log = logging.getLogger("diffuserve.worker")
@@ -33,49 +33,26 @@ app.conf.task_queues = tuple(KombuQueue(name) for name in QUEUES)
 
 
 class Process:
-    """Per-process state: the store, storage, registry and the warm runner. Built once, lazily."""
+    """Per-process state: the store, storage, registry and the warm engines. Built once, lazily."""
 
     def __init__(self, s: WorkerSettings):
         self.settings = s
         self.store = RedisJobStore(s.redis_url or s.broker_url, s.job_ttl_s)
         self.queue = CeleryQueue(s.broker_url, s.visibility_timeout_s)
-        self.storage: Storage = (
-            S3Storage(
-                s.s3_bucket,
-                endpoint_url=s.s3_endpoint_url,
-                region=s.s3_region,
-                prefix=s.s3_prefix,
-                retry_budget_s=s.storage_retry_s,
-            )
-            if s.s3_bucket
-            else LocalStorage(s.data_dir / "files", signing_key="unused-by-workers", retry_budget_s=s.storage_retry_s)
-        )
-        self.registry = ModelRegistry([s.bundled_models_dir, s.models_dir], s.models_config)
+        self.storage: Storage = build_storage(s, signing_key="unused-by-workers")
+        self.registry = build_registry(s)
         self.worker_id = f"{s.worker_name}:{os.getpid()}"
-        self._runner = None
-        self._lock = threading.Lock()
+        self.runner = build_engines(
+            s, self.registry, lambda model, ms: lifecycle.record_model_load(self.store, model, ms)
+        )
         self._stop = threading.Event()
 
-    def runner(self):
-        with self._lock:
-            if self._runner is None:
-                from core.runner import Engines
-
-                s = self.settings
-                self._runner = Engines(
-                    self.registry,
-                    device=s.device,
-                    torch_threads=s.torch_threads,
-                    pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
-                    cache_dir=s.data_dir / "cache",
-                    on_load=lambda model, ms: lifecycle.record_model_load(self.store, model, ms),
-                )
-            return self._runner
+    def _record_load(self, model: str, ms: float) -> None:
+        lifecycle.record_model_load(self.store, model, ms)
 
     def warm_up(self) -> None:
-        models = [m for m in self.settings.warm_models.split(",") if m]
-        self.runner().warm_up(models)
-        log.info("worker %s warm: %s", self.worker_id, models)
+        self.runner().warm_up(self.settings.warm_model_ids)
+        log.info("worker %s warm: %s", self.worker_id, self.settings.warm_model_ids)
 
     def start_reaper(self) -> None:
         s = self.settings

@@ -1,0 +1,101 @@
+"""Settings shared by the gateway and the workers, defined once. Only the entry points (``api/config.py``,
+``worker/config.py``) instantiate them, once, at start-up; everything below takes plain arguments.
+
+``build_storage``, ``build_registry`` and ``build_engines`` turn settings into the objects both sides use, so
+storage, the registry and the worker's engines are built in one place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    redis_url: str | None = Field(None, description="job-store Redis; default: BROKER_URL")
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str | None = Field(None, validation_alias="AWS_DEFAULT_REGION")
+    s3_prefix: str = ""
+    url_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    data_dir: Path = REPO / "data"
+    models_dir: Path | None = None
+    models_config: Path | None = Field(None, description="JSON file naming hub ids (see core/registry.py)")
+    bundled_models_dir: Path = REPO / "models"
+    pipeline_budget_mb: int | None = Field(
+        None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM"
+    )
+    warm_models: str = "digits"
+    device: str | None = None
+    torch_threads: int = 0
+    lease_ttl_s: float = 15.0
+    heartbeat_s: float = 3.0
+    max_attempts: int = 3
+    reaper_interval_s: float = 5.0
+    visibility_timeout_s: int = 3600
+    job_ttl_s: float = Field(
+        7 * 24 * 3600, gt=0, description="a finished job, its outputs and uploads are deleted after it"
+    )
+    storage_retry_s: float = Field(
+        30.0, ge=0, description="how long storage writes are retried before storage_unavailable"
+    )
+
+    @property
+    def warm_model_ids(self) -> list[str]:
+        return [m for m in self.warm_models.split(",") if m]
+
+
+def build_storage(s: ServiceSettings, signing_key: str):
+    """S3 (boto3) when S3_BUCKET is set, else local disk under DATA_DIR/files with HMAC-signed URLs."""
+    from core.storage import LocalStorage
+
+    if s.s3_bucket:
+        from core.storage import S3Storage
+
+        return S3Storage(
+            s.s3_bucket,
+            endpoint_url=s.s3_endpoint_url,
+            region=s.s3_region,
+            expires_s=s.url_expires_s,
+            public_endpoint_url=s.s3_public_endpoint_url,
+            prefix=s.s3_prefix,
+            retry_budget_s=s.storage_retry_s,
+        )
+    return LocalStorage(s.data_dir / "files", signing_key, s.url_expires_s, retry_budget_s=s.storage_retry_s)
+
+
+def build_registry(s: ServiceSettings):
+    from core.registry import ModelRegistry
+
+    return ModelRegistry([s.bundled_models_dir, s.models_dir], s.models_config)
+
+
+def build_engines(s: ServiceSettings, registry, on_load: Callable[[str, float], None] | None = None):
+    """A callable that makes the worker's Engines on first call (torch and diffusers load then, not at import)."""
+    lock, holder = threading.Lock(), {}
+
+    def engines():
+        with lock:
+            if "e" not in holder:
+                from core.runner import Engines
+
+                holder["e"] = Engines(
+                    registry,
+                    device=s.device,
+                    torch_threads=s.torch_threads,
+                    pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
+                    cache_dir=s.data_dir / "cache",
+                    on_load=on_load,
+                )
+            return holder["e"]
+
+    return engines
