@@ -41,7 +41,8 @@ def test_job_through_celery_and_s3(stack, s3_server):
     assert r.status_code == 200
     assert Image.open(io.BytesIO(r.content)).size == (16, 16)
     prefix = f"{stack.tmp.name}/jobs/{job['id']}/"
-    assert _keys(s3_server, prefix) == [prefix + "0.png", prefix + "1.png", prefix + "job.json"]
+    expected = [prefix + "0.png", prefix + "1.png", prefix + "job.json"]
+    wait_for(lambda: _keys(s3_server, prefix) == expected, 30, what="the outputs and the record (written just after)")
     record = json.loads(
         s3_server["client"].get_object(Bucket=s3_server["bucket"], Key=prefix + "job.json")["Body"].read()
     )
@@ -138,7 +139,9 @@ def test_sigkill_worker_mid_job_loses_nothing(stack, s3_server):
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and len(done["output"]) == 8
     prefix = f"{stack.tmp.name}/jobs/{job['id']}/"
-    assert _keys(s3_server, prefix) == sorted([f"{prefix}{i}.png" for i in range(8)] + [prefix + "job.json"])
+    expected = sorted([f"{prefix}{i}.png" for i in range(8)] + [prefix + "job.json"])
+    # the record (job.json) is written just after the job turns succeeded
+    wait_for(lambda: _keys(s3_server, prefix) == expected, 30, what="exactly one set of outputs and the record")
     events = stack.http.get(f"/v1/jobs/{job['id']}/events", headers=A).text
     assert events.count('"status": "running"') == 2  # ran, was lost, ran again
 

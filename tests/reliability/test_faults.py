@@ -106,8 +106,15 @@ def test_worker_frozen_past_its_lease(redis_server, moto, tmp_path, logs_dir):
         assert job["status"] == "succeeded" and job["attempts"] == 2 and job["error"] is None, job
         statuses = _statuses(stack, job_id)
         assert statuses.count("succeeded") == 1 and "canceled" not in statuses and "failed" not in statuses, statuses
-        keys = moto.keys(f"{tmp_path.name}/jobs/{job_id}/")
-        assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["0.png", "1.png", "job.json"]
+        # one set of outputs, and the record, written just after the job turns succeeded
+        wait_for(
+            lambda: (
+                sorted(k.rsplit("/", 1)[1] for k in moto.keys(f"{tmp_path.name}/jobs/{job_id}/"))
+                == ["0.png", "1.png", "job.json"]
+            ),
+            30,
+            what="one set of outputs and the record",
+        )
         assert a.alive() and b.alive()
     finally:
         stack.stop()
