@@ -63,15 +63,47 @@ def test_models_list_pipelines_and_controlnets(client):
     assert models["tiny-controlnet"]["kind"] == "controlnet"
 
 
-@pytest.mark.parametrize("scheduler", ["default", *SCHEDULERS])
-def test_every_scheduler_produces_an_image(client, scheduler):
-    job = run(
-        client,
-        "/v1/txt2img",
-        {"model": "tiny-sd", "prompt": "a photo of a cat", "scheduler": scheduler, "num_inference_steps": 2, "seed": 1},
-    )
-    im = Image.open(io.BytesIO(fetch(client, job["output"][0])))
-    assert im.size == (64, 64) and job["input"]["scheduler"] == scheduler
+def pixels(client, item) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(fetch(client, item))).convert("RGB")).astype(int)
+
+
+def txt2img_pixels(client, **body) -> np.ndarray:
+    job = run(client, "/v1/txt2img", {"model": "tiny-sd", "prompt": "a photo of a cat", "seed": 1, **body})
+    return pixels(client, job["output"][0])
+
+
+def test_every_scheduler_name_builds_its_scheduler(tiny_models_dir):
+    """Each name gives the diffusers class and options it stands for, built from the model's own config."""
+    import diffusers
+
+    from core.pipelines.loader import make_scheduler
+
+    base = diffusers.PNDMScheduler.from_pretrained(tiny_models_dir / "tiny-sd" / "scheduler")
+    assert type(make_scheduler("default", base, flow=False)) is type(base)
+    for name, (cls, extra) in SCHEDULERS.items():
+        sched = make_scheduler(name, base, flow=False)
+        assert type(sched).__name__ == cls, name
+        assert all(sched.config[k] == v for k, v in extra.items()), name
+        assert sched.config["beta_schedule"] == base.config["beta_schedule"]  # the model's own training schedule
+
+
+def test_schedulers_change_the_output(client):
+    """The scheduler a request names is the one that runs: the model's default equals its own class by name; an
+    ancestral sampler, a deterministic one and one on Karras sigmas give clearly different images."""
+    out = {
+        name: txt2img_pixels(client, scheduler=name, num_inference_steps=5)
+        for name in ("default", "pndm", "ddim", "ddpm", "dpmpp_2m_karras")
+    }
+    assert np.array_equal(out["default"], out["pndm"])  # tiny-sd's own scheduler is PNDM
+    for a, b in (("ddim", "ddpm"), ("ddim", "dpmpp_2m_karras"), ("ddpm", "dpmpp_2m_karras"), ("pndm", "ddpm")):
+        assert np.abs(out[a] - out[b]).max() >= 20, (a, b)
+
+
+def test_txt2img_expected_slice(client):
+    """A regression pin: a few pixel values at a fixed seed (a silent numeric change fails here)."""
+    got = txt2img_pixels(client, scheduler="ddim", num_inference_steps=2)[30:33, 30:33, 0]
+    expected = np.array([[81, 148, 106], [120, 124, 78], [147, 143, 61]])
+    assert np.abs(got - expected).max() <= 2, got.tolist()
 
 
 def test_seeds_reproduce_and_image_i_is_seed_plus_i(client):
@@ -93,6 +125,33 @@ def test_img2img_inpaint_and_true_inpainting_model(client):
     for model in ("tiny-sd", "tiny-sd-inpaint"):
         job = run(client, "/v1/inpaint", {**body, "model": model})
         assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (64, 64)
+
+
+def test_img2img_output_depends_on_the_input_image_and_strength(client):
+    def img2img(seed_of_input: int, strength: float) -> np.ndarray:
+        body = {
+            "model": "tiny-sd",
+            "prompt": "a tree",
+            "image": data_uri(rgb(64, 64, seed_of_input)),
+            "strength": strength,
+            "seed": 2,
+        }
+        return pixels(client, run(client, "/v1/img2img", body)["output"][0])
+
+    a, b = img2img(0, 0.6), img2img(1, 0.6)
+    assert np.abs(a - b).mean() > 2  # same seed and prompt, another image: another output
+    assert np.abs(img2img(0, 0.3) - a).mean() > 1  # another strength: another output
+
+
+def test_inpaint_output_depends_on_the_mask(client):
+    def inpaint(m: bytes) -> np.ndarray:
+        body = {"model": "tiny-sd", "prompt": "a dog", "image": data_uri(rgb()), "mask_image": data_uri(m), "seed": 3}
+        return pixels(client, run(client, "/v1/inpaint", body)["output"][0])
+
+    full = np.full((64, 64), 255, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(full).save(buf, format="PNG")
+    assert np.abs(inpaint(mask()) - inpaint(buf.getvalue())).mean() > 1
 
 
 def test_inpaint_with_uploaded_images(client):
@@ -284,3 +343,49 @@ def test_inline_image_becomes_an_upload_and_job_reads_stay_small(client):
         assert len(listed.content) < 100 * 4096
         print(f"\njob read after a {len(png) / 2**20:.1f} MB inline image: {len(read.content)} bytes")
         assert json.loads(read.content)["output"][0]["width"] == 64
+
+
+@pytest.mark.parametrize(
+    "path,body,output,window,expected",
+    [
+        (
+            "/v1/controlnet",
+            {
+                "model": "tiny-sd",
+                "controlnet": "tiny-controlnet",
+                "prompt": "a house",
+                "control_image": data_uri(rgb()),
+                "preprocess": "canny",
+                "seed": 5,
+            },
+            0,
+            (slice(30, 33), slice(30, 33)),
+            [[169, 170, 157], [155, 165, 166], [159, 173, 170]],
+        ),
+        (
+            "/v1/video",
+            {"model": "tiny-wan", "prompt": "a monkey dance", "num_frames": 5, "fps": 4, "seed": 7},
+            1,
+            (slice(14, 17), slice(14, 17)),
+            [[118, 118, 118], [118, 118, 118], [118, 118, 118]],
+        ),
+    ],
+    ids=["controlnet", "video-poster"],
+)
+def test_expected_slices(client, path, body, output, window, expected):
+    """Regression pins at a fixed seed: a silent numeric change in a pipeline fails here."""
+    got = pixels(client, run(client, path, body)["output"][output])[window[0], window[1], 0]
+    assert np.abs(got - np.array(expected)).max() <= 2, got.tolist()
+
+
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux", "tiny-sd3"])
+def test_other_families_draw_from_the_seed(client, model):
+    """Not only the size: the same seed draws the same pixels, another seed other pixels."""
+
+    def draw(seed: int) -> np.ndarray:
+        return pixels(
+            client, run(client, "/v1/txt2img", {"model": model, "prompt": "a cat", "seed": seed})["output"][0]
+        )
+
+    a = draw(1)
+    assert np.array_equal(a, draw(1)) and np.abs(a - draw(2)).mean() > 1
