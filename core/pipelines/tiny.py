@@ -43,7 +43,16 @@ WORDS = [
     "bright",
     "dark",
 ]
-KINDS = ("tiny-sd", "tiny-sd-inpaint", "tiny-sdxl", "tiny-controlnet", "tiny-wan", "tiny-flux", "tiny-sd3")
+KINDS = (
+    "tiny-sd",
+    "tiny-sd-inpaint",
+    "tiny-sdxl",
+    "tiny-controlnet",
+    "tiny-wan",
+    "tiny-flux",
+    "tiny-sd3",
+    "tiny-cogvideox",
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -395,7 +404,48 @@ def build_sd3(out: Path) -> None:
 
 
 # small defaults so every endpoint answers in seconds on a CPU (read by the registry from diffuserve.json)
+def build_cogvideox(out: Path) -> None:
+    """CogVideoX: a 3D VAE compressing time 4x, a transformer over text and video tokens, T5 text features."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    tok = t5_tokenizer()
+    te = _t5_encoder(tok)
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=te.config.d_model,
+        num_layers=1,
+        sample_width=2,
+        sample_height=2,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=226,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    pipe = CogVideoXPipeline(
+        tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer, scheduler=CogVideoXDDIMScheduler()
+    )
+    pipe.save_pretrained(out)
+
+
 DEFAULTS = {
+    "tiny-cogvideox": {"width": 16, "height": 16, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 6.0},
     "tiny-sd": {"num_inference_steps": 2, "guidance_scale": 5.0},
     "tiny-sd-inpaint": {"num_inference_steps": 2, "guidance_scale": 5.0},
     "tiny-sdxl": {"num_inference_steps": 2, "guidance_scale": 5.0},
@@ -412,6 +462,7 @@ BUILDERS = {
     "tiny-wan": build_wan,
     "tiny-flux": build_flux,
     "tiny-sd3": build_sd3,
+    "tiny-cogvideox": build_cogvideox,
 }
 
 

@@ -389,3 +389,16 @@ def test_other_families_draw_from_the_seed(client, model):
 
     a = draw(1)
     assert np.array_equal(a, draw(1)) and np.abs(a - draw(2)).mean() > 1
+
+
+def test_cogvideox_video(client, tmp_path):
+    """The CogVideoX family runs end to end (8k+1 frames), and its frame rule is enforced at submit."""
+    job = run(client, "/v1/video", {"model": "tiny-cogvideox", "prompt": "a cat", "seed": 1})
+    mp4, poster = job["output"]
+    assert mp4["num_frames"] == 9 and poster["role"] == "poster"
+    (tmp_path / "c.mp4").write_bytes(fetch(client, mp4))
+    gen = imageio_ffmpeg.read_frames(str(tmp_path / "c.mp4"))
+    meta = next(gen)
+    assert len(list(gen)) == 9 and tuple(meta["size"]) == (16, 16)
+    r = client.post("/v1/video", json={"model": "tiny-cogvideox", "prompt": "a cat", "num_frames": 10})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "num_frames"
