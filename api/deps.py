@@ -38,7 +38,7 @@ def tenant(request: Request, b: Backends = Depends(backends)) -> str:
 
 def rate_limited(t: str = Depends(tenant), b: Backends = Depends(backends)) -> str:
     """Job submissions and uploads: at most RATE_LIMIT_PER_MINUTE per tenant (fixed one-minute windows)."""
-    wait = b.store.rate_limit(f"tenant:{t}", b.settings.rate_limit_per_minute, 60)
+    wait = b.store.limits.rate_limit(f"tenant:{t}", b.settings.rate_limit_per_minute, 60)
     if wait is not None:
         raise ApiError(
             429,

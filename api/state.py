@@ -54,18 +54,18 @@ def build_backends(settings: Settings) -> Backends:
 
     if settings.distributed:
         from core.jobs.queue import CeleryQueue
-        from core.jobs.redis_store import RedisJobStore
+        from core.jobs.redis_store import redis_store
 
-        store: JobStore = RedisJobStore(
+        store: JobStore = redis_store(
             settings.redis_url or settings.broker_url, settings.job_ttl_s, settings.redis_max_connections
         )
         queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
     else:
         from core.jobs.execute import execute_job
         from core.jobs.queue import InProcessQueue
-        from core.jobs.store import MemoryJobStore
+        from core.jobs.store import memory_store
 
-        store = MemoryJobStore(settings.job_ttl_s)
+        store = memory_store(settings.job_ttl_s)
         # torch loads in the embedded worker thread, after the server already answers
         runner = build_engines(settings, registry, lambda model, ms: lifecycle.record_model_load(store, model, ms))
 

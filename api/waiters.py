@@ -23,7 +23,7 @@ class Waiters:
 
     def start(self, stop: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self.store.listen(self._on_event, stop)
+        self.store.events.listen(self._on_event, stop)
 
     def _on_event(self, job_id: str | None, event: str | None) -> None:  # the listener thread
         loop = self._loop

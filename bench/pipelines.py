@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.jobs import lifecycle  # noqa: E402
 from core.jobs.execute import execute_job  # noqa: E402
-from core.jobs.store import MemoryJobStore  # noqa: E402
+from core.jobs.store import memory_store  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.runner import Engines  # noqa: E402
 from core.schemas import JobStatus, JobType  # noqa: E402
@@ -86,7 +86,7 @@ def cases(store, storage) -> list[tuple[str, JobType, dict]]:
 
 def run_once(runner: Engines, store, storage, model: str, task: JobType, params: dict):
     job = lifecycle.new_job(task, {**params, "model": model}, "bench")
-    store.create(job)
+    store.jobs.create(job)
     done = execute_job(job.id, store, storage, lambda: runner, "bench")
     assert done.status == JobStatus.succeeded, done.error
     return (done.finished_at - done.started_at).total_seconds() * 1000, done.metrics.load_ms
@@ -104,7 +104,7 @@ def main() -> int:
 
             build_tiny_models(models)
         registry = ModelRegistry([models])
-        store, storage = MemoryJobStore(), LocalStorage(Path(tmp) / "files", "bench")
+        store, storage = memory_store(), LocalStorage(Path(tmp) / "files", "bench")
         rows = []
         for model, task, params in cases(store, storage):
             cold = Engines(registry, device=None)  # a fresh worker: nothing loaded

@@ -24,7 +24,7 @@ import psutil  # noqa: E402
 
 from core.jobs import lifecycle  # noqa: E402
 from core.jobs.execute import execute_job  # noqa: E402
-from core.jobs.store import MemoryJobStore  # noqa: E402
+from core.jobs.store import memory_store  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.runner import Engines  # noqa: E402
 from core.schemas import JobStatus, JobType  # noqa: E402
@@ -53,7 +53,7 @@ class PeakRSS:
 
 def run_job(runner, store, storage, job_type, params, tenant="bench"):
     job = lifecycle.new_job(job_type, params, tenant)
-    store.create(job)
+    store.jobs.create(job)
     done = execute_job(job.id, store, storage, lambda: runner, "bench")
     assert done.status == JobStatus.succeeded, done.error
     card = next(o for o in done.output if o.model_dump().get("role", "").endswith("card"))
@@ -74,7 +74,7 @@ def main() -> int:
         tmp = Path(tmp)
         build_tiny_models(tmp / "models", ("tiny-sd",))
         runner = Engines(ModelRegistry([tmp / "models"]))
-        store, storage = MemoryJobStore(), LocalStorage(tmp / "files", "bench")
+        store, storage = memory_store(), LocalStorage(tmp / "files", "bench")
         storage.put("uploads/bench/upl_" + "a" * 32, dataset_zip(), "application/zip")
         for rank in (4, 16):
             params = {

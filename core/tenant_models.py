@@ -52,7 +52,7 @@ def publish(
         "files": [p.relative_to(folder).as_posix() for p in files],
         **(extra or {}),
     }
-    store.register(tenant, kind, name, record)
+    store.registrations.register(tenant, kind, name, record)
     return record
 
 
@@ -82,7 +82,7 @@ def entry_from_record(record: dict) -> ModelEntry | None:
 
 def tenant_model_entry(store: JobStore, tenant: str, name: str) -> ModelEntry | None:
     """The registry entry of a model the tenant trained, or None."""
-    record = store.registration(tenant, "model", name)
+    record = store.registrations.registration(tenant, "model", name)
     return entry_from_record(record) if record else None
 
 

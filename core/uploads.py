@@ -48,7 +48,7 @@ def save(store: JobStore, storage: Storage, tenant: str, data: bytes, info: dict
     key = upload_key(tenant, info["id"])
     storage.put(key, data, info["content_type"])
     storage.put(key + ".json", json.dumps(info).encode(), "application/json")
-    store.schedule_expiry(f"upload:{tenant}/{info['id']}", time.time() + ttl_s)
+    store.retention.schedule_expiry(f"upload:{tenant}/{info['id']}", time.time() + ttl_s)
     return info
 
 

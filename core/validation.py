@@ -80,7 +80,7 @@ def _check_diffusers_request(v: Inputs, tenant: str, entry: ModelEntry, data: di
     for i, ref in enumerate(data.get("loras") or []):
         if entry.pipeline_class not in LORA_SERVABLE:
             raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
-        record = v.store.registration(tenant, "lora", ref["name"])
+        record = v.store.registrations.registration(tenant, "lora", ref["name"])
         if record is None and v.registry.lora(ref["name"]) is None:
             raise InputError(f"unknown LoRA {ref['name']!r}", field=f"loras.{i}.name", code="unknown_lora")
         if record is not None and record.get("base_pipeline_class") != entry.pipeline_class:

@@ -19,7 +19,7 @@ from kombu import Queue as KombuQueue
 from core.jobs import lifecycle
 from core.jobs.execute import execute_job
 from core.jobs.queue import QUEUES, TASK_NAME, CeleryQueue, make_celery
-from core.jobs.redis_store import RedisJobStore
+from core.jobs.redis_store import redis_store
 from core.settings import build_engines, build_registry, build_storage
 from core.storage import Storage
 from worker.config import WorkerSettings
@@ -37,7 +37,7 @@ class Process:
 
     def __init__(self, s: WorkerSettings):
         self.settings = s
-        self.store = RedisJobStore(s.redis_url or s.broker_url, s.job_ttl_s)
+        self.store = redis_store(s.redis_url or s.broker_url, s.job_ttl_s)
         self.queue = CeleryQueue(s.broker_url, s.visibility_timeout_s)
         self.storage: Storage = build_storage(s, signing_key="unused-by-workers")
         self.registry = build_registry(s)

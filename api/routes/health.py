@@ -47,7 +47,7 @@ def render_metrics(b: Backends) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-    counters, hists = b.store.metrics_snapshot()
+    counters, hists = b.store.limits.metrics_snapshot()
     served = {e.id for e in b.registry.list()}
 
     def public(labels: tuple) -> tuple:
@@ -69,8 +69,8 @@ def render_metrics(b: Backends) -> bytes:
             m["sum"] += h["sum"]
             m["count"] += h["count"]
     counters, hists = merged_c, merged_h
-    depth = len(b.store.ids_with_status(JobStatus.queued))
-    running = len(b.store.ids_with_status(JobStatus.running))
+    depth = len(b.store.jobs.ids_with_status(JobStatus.queued))
+    running = len(b.store.jobs.ids_with_status(JobStatus.running))
 
     class Collector:
         def collect(self):

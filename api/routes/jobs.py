@@ -22,7 +22,7 @@ KEEPALIVE_S = 15.0
 
 
 def _own(b: Backends, t: str, job_id: str) -> JobRecord:
-    job = b.store.get(job_id) if len(job_id) <= 64 else None
+    job = b.store.jobs.get(job_id) if len(job_id) <= 64 else None
     if job is None or job.tenant != t:
         raise ApiError(404, "not_found", f"no job {job_id!r}", "id")  # another tenant's job is not found either
     return job
@@ -60,7 +60,7 @@ async def list_jobs(
     b: Backends = Depends(backends),
 ):
     """The caller's own jobs, newest first."""
-    jobs = await run_in_threadpool(b.store.list, t, limit + 1, offset)
+    jobs = await run_in_threadpool(b.store.jobs.list, t, limit + 1, offset)
     base = str(request.base_url)
     return {
         "data": [job_view(j, b, base) for j in jobs[:limit]],
@@ -96,7 +96,7 @@ async def job_events(
         async with b.waiters.watch(t, job_id) as changed:
             while True:
                 changed.clear()
-                events = await run_in_threadpool(b.store.events, job_id, seq)
+                events = await run_in_threadpool(b.store.events.events, job_id, seq)
                 for e in events:
                     seq = e["seq"] + 1
                     yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
@@ -105,7 +105,7 @@ async def job_events(
                 if events or await wait_for(changed, KEEPALIVE_S):
                     continue
                 # nothing new for a while: end if the job is gone or finished (its log expired), else keep alive
-                job = await run_in_threadpool(b.store.get, job_id)
+                job = await run_in_threadpool(b.store.jobs.get, job_id)
                 if job is None or job.status.is_terminal():
                     return
                 yield ": keep-alive\n\n"

@@ -19,7 +19,7 @@ async def list_models(t: str = Depends(tenant), b: Backends = Depends(backends))
     """Every model found in the bundled folder and MODELS_DIR, and those the caller trained, with tasks, sizes, labels."""  # noqa: E501
 
     def own() -> list:
-        return [e for r in b.store.registrations(t, "model") if (e := entry_from_record(r))]
+        return [e for r in b.store.registrations.registrations(t, "model") if (e := entry_from_record(r))]
 
     entries = await run_in_threadpool(b.registry.list) + await run_in_threadpool(own)
     controlnets = [

@@ -105,7 +105,7 @@ class JobContext:
     def registered(self, kind: str, name: str) -> tuple[dict, Path] | None:
         from core import tenant_models
 
-        record = self.store.registration(self.tenant, kind, name)
+        record = self.store.registrations.registration(self.tenant, kind, name)
         if record is None:
             return None
         return record, tenant_models.materialize(self.storage, record, self.cache_dir)
@@ -148,7 +148,7 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if not self.store.renew_lease(self.job_id, self.token, self.ttl):
+                if not self.store.leases.renew_lease(self.job_id, self.token, self.ttl):
                     log.warning("job %s: lease lost; stopping", self.job_id)
                     self.on_lost()
                     return
@@ -224,7 +224,7 @@ def execute_job(
         )
     except LeaseLost:
         log.warning("job %s moved on to another worker; this attempt writes nothing", job_id)
-        return store.get(job_id)
+        return store.jobs.get(job_id)
     except JobCancelled:
         done = lifecycle.finish(store, job_id, token, JobStatus.canceled)
     except Exception as e:  # noqa: BLE001 - recorded; the worker lives on
@@ -233,7 +233,7 @@ def execute_job(
         error = _failure(e, job_id)
         done = lifecycle.finish(store, job_id, token, JobStatus.failed, error=error)
     if done is None:
-        return store.get(job_id)  # someone else finished it (the reaper, or a newer owner)
+        return store.jobs.get(job_id)  # someone else finished it (the reaper, or a newer owner)
     if done.status != JobStatus.succeeded:
         for key in written:  # no half set of outputs stays behind a failed job
             try:

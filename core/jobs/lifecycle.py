@@ -1,6 +1,6 @@
 """Job transitions, written once against the JobStore interface: submit, claim, progress, finish, cancel, reap.
 
-Every transition is one atomic ``store.update`` followed by an event in the job's log.
+Every transition is one atomic ``store.jobs.update`` followed by an event in the job's log.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from core.errors import LeaseLost, Unavailable
+from core.errors import Conflict, LeaseLost, Unavailable
 from core.jobs.store import JobStore
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
 from core.storage import Storage, upload_key
@@ -66,11 +66,17 @@ def submit(
     When the queue refuses the message the job is failed (``unavailable``), its idempotency key released so that a
     retry makes a new job, and :class:`Unavailable` raised. When even that write fails (the store went down with the
     broker), the job stays ``queued`` with ``enqueued`` False and the reaper sends it once the store is back."""
-    job, created = store.create(job, idempotency, max_active)
+    job, created, stored_hash = store.jobs.create(job, idempotency, max_active)
     if not created:
+        if stored_hash != idempotency[1]:
+            raise Conflict(
+                "Idempotency-Key was already used with a different request body",
+                field="Idempotency-Key",
+                code="idempotency_conflict",
+            )
         return job, False
-    store.add_event(job.id, "status", status_event(job))
-    store.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
+    store.events.add_event(job.id, "status", status_event(job))
+    store.limits.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
     try:
         queue.enqueue(job.id, job.type.queue)
     except Exception as e:
@@ -84,11 +90,11 @@ def submit(
                 error=JobErrorInfo(code="unavailable", message="the queue was unavailable; the job was not started"),
             )
             if idempotency:
-                store.release_idempotency(job.tenant, idempotency[0], job.id)
+                store.jobs.release_idempotency(job.tenant, idempotency[0], job.id)
         except Unavailable:
             pass  # the reaper sends it later (enqueued stays False)
         raise Unavailable("the job queue is unavailable; retry shortly", code="queue_unavailable") from e
-    return store.update(job.id, _mark_enqueued) or job, True
+    return store.jobs.update(job.id, _mark_enqueued) or job, True
 
 
 def _mark_enqueued(job: JobRecord) -> JobRecord | None:
@@ -119,11 +125,13 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
         claimed = True
         return job
 
-    job = store.update(job_id, fn, lease=(token, lease_ttl))
+    job = store.jobs.update(job_id, fn, lease=(token, lease_ttl))
     if not claimed or job is None:
         return None
-    store.add_event(job_id, "status", status_event(job))
-    store.observe("diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS)
+    store.events.add_event(job_id, "status", status_event(job))
+    store.limits.observe(
+        "diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS
+    )
     return job
 
 
@@ -140,15 +148,15 @@ def report_progress(store: JobStore, job_id: str, token: str, step: int, total: 
         job.progress.step, job.progress.total = step, total
         return job
 
-    job = store.update(job_id, fn)
+    job = store.jobs.update(job_id, fn)
     if not owned or job is None:
         raise LeaseLost(f"job {job_id} is no longer ours")
-    store.add_event(job_id, "progress", {"step": step, "total": total, **extra})
+    store.events.add_event(job_id, "progress", {"step": step, "total": total, **extra})
     return job.cancel_requested
 
 
 def owns(store: JobStore, job_id: str, token: str) -> bool:
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     return job is not None and job.status == JobStatus.running and job.lease_token == token
 
 
@@ -185,24 +193,24 @@ def finish(
         done = True
         return job
 
-    job = store.update(job_id, fn, lease=("", 0))
+    job = store.jobs.update(job_id, fn, lease=("", 0))
     if not done or job is None:
         return None
-    store.add_event(job_id, "status", status_event(job))
+    store.events.add_event(job_id, "status", status_event(job))
     _count_finished(store, job)
     return job
 
 
 def _count_finished(store: JobStore, job: JobRecord) -> None:
-    store.incr("diffuserve_jobs_finished_total", {"type": job.type.value, "status": job.status.value})
+    store.limits.incr("diffuserve_jobs_finished_total", {"type": job.type.value, "status": job.status.value})
     if job.started_at and job.finished_at:
         run_s = (job.finished_at - job.started_at).total_seconds()
-        store.observe("diffuserve_job_run_seconds", {"type": job.type.value}, run_s, SECONDS_BUCKETS)
+        store.limits.observe("diffuserve_job_run_seconds", {"type": job.type.value}, run_s, SECONDS_BUCKETS)
 
 
 def record_model_load(store: JobStore, model: str, load_ms: float) -> None:
     """Every cold model load, warm-ups at start included, feeds the model-load-time histogram."""
-    store.observe("diffuserve_model_load_seconds", {"model": model}, load_ms / 1000, SECONDS_BUCKETS)
+    store.limits.observe("diffuserve_model_load_seconds", {"model": model}, load_ms / 1000, SECONDS_BUCKETS)
 
 
 def cancel(store: JobStore, job_id: str) -> JobRecord | None:
@@ -222,12 +230,12 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
             return job
         return None
 
-    job = store.update(job_id, fn)
+    job = store.jobs.update(job_id, fn)
     if job is not None and changed == "canceled":
-        store.add_event(job_id, "status", status_event(job))
+        store.events.add_event(job_id, "status", status_event(job))
         _count_finished(store, job)
     elif job is not None and changed == "flagged":
-        store.add_event(job_id, "cancel_requested", {"id": job_id})
+        store.events.add_event(job_id, "cancel_requested", {"id": job_id})
     return job
 
 
@@ -242,7 +250,7 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_gr
     message only after an hour, and claim() makes a late redelivery harmless."""
     requeued = []
     wall = now()
-    for job_id in store.ids_with_status(JobStatus.running):
+    for job_id in store.jobs.ids_with_status(JobStatus.running):
         outcome = None
 
         def fn(job: JobRecord) -> JobRecord | None:
@@ -258,7 +266,7 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_gr
                 job.error = JobErrorInfo(
                     code="deadline_exceeded", message=f"the job ran past its timeout_s of {timeout}"
                 )
-            elif store.lease_alive(job_id):
+            elif store.leases.lease_alive(job_id):
                 return None
             elif job.cancel_requested:
                 job.status, outcome = JobStatus.canceled, "canceled"
@@ -276,23 +284,23 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_gr
             job.lease_token = None
             return job
 
-        job = store.update(job_id, fn, lease=("", 0))
+        job = store.jobs.update(job_id, fn, lease=("", 0))
         if job is None or outcome is None:
             continue
-        store.add_event(job_id, "status", status_event(job))
+        store.events.add_event(job_id, "status", status_event(job))
         if outcome == "queued":
             log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
             queue.enqueue(job_id, job.type.queue)
             requeued.append(job_id)
         else:
             _count_finished(store, job)
-    for job_id in store.ids_with_status(JobStatus.queued):
-        job = store.get(job_id)
+    for job_id in store.jobs.ids_with_status(JobStatus.queued):
+        job = store.jobs.get(job_id)
         if job is None or job.enqueued or (wall - job.created_at).total_seconds() < enqueue_grace_s:
             continue
         log.warning("job %s never reached the queue; sending it now", job_id)
         queue.enqueue(job_id, job.type.queue)
-        store.update(job_id, _mark_enqueued)
+        store.jobs.update(job_id, _mark_enqueued)
         requeued.append(job_id)
     return requeued
 
@@ -301,17 +309,17 @@ def sweep_expired(store: JobStore, storage: Storage, at: float | None = None, li
     """Retention: delete what is due, outputs and uploads from storage first, then the records. Returns what was
     deleted (``job:{id}``, ``upload:{tenant}/{id}``)."""
     done = []
-    for member in store.due_expiries(time.time() if at is None else at, limit):
+    for member in store.retention.due_expiries(time.time() if at is None else at, limit):
         kind, _, ident = member.partition(":")
         if kind == "job":
             storage.delete_prefix(f"jobs/{ident}/")
-            store.delete_job(ident)
+            store.jobs.delete_job(ident)
         elif kind == "upload":
             tenant, _, upload_id = ident.partition("/")
             key = upload_key(tenant, upload_id)
             storage.delete(key)
             storage.delete(key + ".json")
-        store.forget_expiry(member)
+        store.retention.forget_expiry(member)
         done.append(member)
     return done
 
@@ -325,7 +333,7 @@ def start_reaper(
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
-                if store.try_lock("reaper", interval_s * 0.9):
+                if store.limits.try_lock("reaper", interval_s * 0.9):
                     requeue_orphans(store, queue, max_attempts)
                     sweep_expired(store, storage)
             except Exception as e:  # noqa: BLE001 - the reaper must outlive a Redis or S3 blip

@@ -24,7 +24,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from core.errors import Unavailable
-from core.jobs.store import INDEXED, JobStore, _labels_key, check_idempotency, over_quota
+from core.jobs.store import INDEXED, JobStore, _labels_key, over_quota
 from core.schemas import JobRecord
 
 P = "ds:"
@@ -54,19 +54,21 @@ def _unavailable(fn):
 
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self.c.down_until:
             raise Unavailable("the job store is unavailable; retry shortly", code="store_unavailable")
         try:
             return fn(self, *args, **kwargs)
         except TRANSIENT as e:
-            self._down_until = time.monotonic() + BREAKER_S
+            self.c.down_until = time.monotonic() + BREAKER_S
             raise Unavailable("the job store is unavailable; retry shortly", code="store_unavailable") from e
 
     return wrapper
 
 
-class RedisJobStore(JobStore):
-    def __init__(self, url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64):
+class RedisConn:
+    """What the Redis adapters share: one bounded connection pool, the lease script, the breaker."""
+
+    def __init__(self, url: str, job_ttl_s: float, max_connections: int):
         self.url = url
         self.job_ttl_s = job_ttl_s
         # one bounded pool: callers beyond it wait up to 2 s for a connection instead of failing at once. Redis
@@ -83,16 +85,39 @@ class RedisJobStore(JobStore):
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1, supported_errors=(redis.ConnectionError,)),
         )
         self.r = redis.Redis(connection_pool=pool)
-        self._down_until = 0.0
-        self._renew = self.r.register_script(RENEW)
+        self.down_until = 0.0
+        self.renew = self.r.register_script(RENEW)
 
-    # -- records -------------------------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return bool(self._ping())
+        except Unavailable:
+            return False
+
+    @_unavailable
+    def _ping(self):
+        return self.r.ping()
+
+    @property
+    def c(self) -> RedisConn:  # for the breaker
+        return self
+
+    def close(self) -> None:
+        self.r.close()
+
+
+class RedisJobs:
+    """Job records (``job:{id}``), the status sets, per-tenant lists and active sets, idempotency keys."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
+
     @_unavailable
     def create(self, job, idempotency=None, max_active=None):
         key = f"{P}job:{job.id}"
         idem = f"{P}idem:{job.tenant}:{idempotency[0]}" if idempotency else None
         active = f"{P}tenant:{job.tenant}:active"
-        with self.r.pipeline() as pipe:
+        with self.c.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(*filter(None, (idem, active)))
@@ -101,7 +126,7 @@ class RedisJobStore(JobStore):
                         first = self.get(first_id) if first_id else None
                         if first is not None:
                             pipe.unwatch()
-                            return check_idempotency(first, body_hash, idempotency[1]), False
+                            return first, False, body_hash
                     if max_active is not None and pipe.scard(active) >= max_active:
                         pipe.unwatch()
                         raise over_quota(job.tenant, max_active)
@@ -114,14 +139,14 @@ class RedisJobStore(JobStore):
                         pipe.sadd(f"{P}status:{job.status.value}", job.id)
                         pipe.sadd(active, job.id)
                     pipe.execute()
-                    return job, True
+                    return job, True, None
                 except redis.WatchError:
                     continue  # another POST with the same key or tenant won the race: look again
 
     @_unavailable
     def release_idempotency(self, tenant, key, job_id):
         k = f"{P}idem:{tenant}:{key}"
-        with self.r.pipeline() as pipe:
+        with self.c.r.pipeline() as pipe:
             try:
                 pipe.watch(k)
                 if (pipe.get(k) or "").partition("|")[0] == job_id:
@@ -133,13 +158,13 @@ class RedisJobStore(JobStore):
 
     @_unavailable
     def get(self, job_id):
-        raw = self.r.get(f"{P}job:{job_id}")
+        raw = self.c.r.get(f"{P}job:{job_id}")
         return JobRecord.model_validate_json(raw) if raw else None
 
     @_unavailable
     def update(self, job_id, fn, lease=None):
         key = f"{P}job:{job_id}"
-        with self.r.pipeline() as pipe:
+        with self.c.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
@@ -162,7 +187,7 @@ class RedisJobStore(JobStore):
                             pipe.sadd(f"{P}tenant:{new.tenant}:active", job_id)
                         else:
                             pipe.srem(f"{P}tenant:{new.tenant}:active", job_id)
-                            pipe.zadd(f"{P}expiry", {f"job:{job_id}": time.time() + self.job_ttl_s})
+                            pipe.zadd(f"{P}expiry", {f"job:{job_id}": time.time() + self.c.job_ttl_s})
                     if lease is not None:
                         if lease[1] > 0:
                             pipe.set(f"{P}lease:{job_id}", lease[0], px=int(lease[1] * 1000))
@@ -174,49 +199,63 @@ class RedisJobStore(JobStore):
                     continue
 
     @_unavailable
-    def renew_lease(self, job_id, token, ttl):
-        return bool(self._renew(keys=[f"{P}job:{job_id}", f"{P}lease:{job_id}"], args=[token, int(ttl * 1000)]))
-
-    @_unavailable
-    def lease_alive(self, job_id):
-        return bool(self.r.exists(f"{P}lease:{job_id}"))
-
-    @_unavailable
     def list(self, tenant, limit, offset):
-        ids = self.r.lrange(f"{P}tenant:{tenant}:jobs", offset, offset + limit - 1)
+        ids = self.c.r.lrange(f"{P}tenant:{tenant}:jobs", offset, offset + limit - 1)
         if not ids:
             return []
-        raws = self.r.mget([f"{P}job:{i}" for i in ids])
+        raws = self.c.r.mget([f"{P}job:{i}" for i in ids])
         return [JobRecord.model_validate_json(r) for r in raws if r]
 
     @_unavailable
     def active_count(self, tenant):
-        return self.r.scard(f"{P}tenant:{tenant}:active")
+        return self.c.r.scard(f"{P}tenant:{tenant}:active")
 
-    # -- events --------------------------------------------------------------------------------------
+    @_unavailable
+    def ids_with_status(self, status):
+        return list(self.c.r.smembers(f"{P}status:{status.value}"))
+
+    @_unavailable
+    def delete_job(self, job_id):
+        job = self.get(job_id)
+        pipe = self.c.r.pipeline()
+        pipe.delete(f"{P}job:{job_id}", f"{P}job:{job_id}:events", f"{P}lease:{job_id}")
+        for s in INDEXED:
+            pipe.srem(f"{P}status:{s.value}", job_id)
+        if job is not None:
+            pipe.lrem(f"{P}tenant:{job.tenant}:jobs", 0, job_id)
+            pipe.srem(f"{P}tenant:{job.tenant}:active", job_id)
+        pipe.execute()
+
+
+class RedisEvents:
+    """Each job's event log (``job:{id}:events``) and its notify channel."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
+
     @_unavailable
     def add_event(self, job_id, event, data):
         key = f"{P}job:{job_id}:events"
-        pipe = self.r.pipeline()
+        pipe = self.c.r.pipeline()
         pipe.rpush(key, json.dumps({"event": event, "data": data}))
-        pipe.expire(key, int(self.job_ttl_s) + 3600)  # a backstop: retention deletes it with the job
+        pipe.expire(key, int(self.c.job_ttl_s) + 3600)  # a backstop: retention deletes it with the job
         pipe.publish(f"{P}job:{job_id}:notify", event)
         length, *_ = pipe.execute()
         return length - 1
 
     @_unavailable
     def events(self, job_id, start=0):
-        raws = self.r.lrange(f"{P}job:{job_id}:events", start, -1)
+        raws = self.c.r.lrange(f"{P}job:{job_id}:events", start, -1)
         return [{"seq": start + i, **json.loads(r)} for i, r in enumerate(raws)]
 
     @_unavailable
     def event_count(self, job_id):
-        return self.r.llen(f"{P}job:{job_id}:events")
+        return self.c.r.llen(f"{P}job:{job_id}:events")
 
     @_unavailable
     def wait_events(self, job_id, count, timeout):
         deadline = time.monotonic() + timeout
-        ps = self.r.pubsub(ignore_subscribe_messages=True)
+        ps = self.c.r.pubsub(ignore_subscribe_messages=True)
         try:
             ps.subscribe(f"{P}job:{job_id}:notify")
             while True:
@@ -237,7 +276,7 @@ class RedisJobStore(JobStore):
         def loop() -> None:
             backoff = 0.1
             while not stop.is_set():
-                ps = self.r.pubsub(ignore_subscribe_messages=True)
+                ps = self.c.r.pubsub(ignore_subscribe_messages=True)
                 try:
                     ps.psubscribe(f"{P}job:*:notify")
                     callback(None, None)
@@ -260,49 +299,36 @@ class RedisJobStore(JobStore):
         t.start()
         return t
 
-    # -- indexes -------------------------------------------------------------------------------------
-    @_unavailable
-    def ids_with_status(self, status):
-        return list(self.r.smembers(f"{P}status:{status.value}"))
 
-    # -- retention -----------------------------------------------------------------------------------
-    @_unavailable
-    def schedule_expiry(self, member, at):
-        self.r.zadd(f"{P}expiry", {member: at})
+class RedisLeases:
+    """Running jobs' leases (``lease:{id}``; written with the record by ``Jobs.update``, renewed here)."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
 
     @_unavailable
-    def due_expiries(self, now, limit=100):
-        return self.r.zrangebyscore(f"{P}expiry", "-inf", now, start=0, num=limit)
+    def renew_lease(self, job_id, token, ttl):
+        return bool(self.c.renew(keys=[f"{P}job:{job_id}", f"{P}lease:{job_id}"], args=[token, int(ttl * 1000)]))
 
     @_unavailable
-    def forget_expiry(self, member):
-        self.r.zrem(f"{P}expiry", member)
+    def lease_alive(self, job_id):
+        return bool(self.c.r.exists(f"{P}lease:{job_id}"))
 
-    @_unavailable
-    def delete_job(self, job_id):
-        job = self.get(job_id)
-        pipe = self.r.pipeline()
-        pipe.delete(f"{P}job:{job_id}", f"{P}job:{job_id}:events", f"{P}lease:{job_id}")
-        for s in INDEXED:
-            pipe.srem(f"{P}status:{s.value}", job_id)
-        if job is not None:
-            pipe.lrem(f"{P}tenant:{job.tenant}:jobs", 0, job_id)
-            pipe.srem(f"{P}tenant:{job.tenant}:active", job_id)
-        pipe.execute()
 
-    # -- metrics, rate limits, locks -----------------------------------------------------------------
-    @staticmethod
-    def _field(name: str, labels: dict[str, str]) -> str:
-        return json.dumps([name, _labels_key(labels)])
+class RedisLimits:
+    """Rate-limit windows (``rl:*``), short locks (``lock:*``), counters and histograms (``metrics:*``)."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
 
     @_unavailable
     def incr(self, name, labels, value=1.0):
-        self.r.hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
+        self.c.r.hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
 
     @_unavailable
     def observe(self, name, labels, value, buckets):
         f = self._field(name, labels)
-        pipe = self.r.pipeline()
+        pipe = self.c.r.pipeline()
         for b in buckets:
             pipe.hincrby(f"{P}metrics:hist:{f}", f"le:{b}", 1 if value <= b else 0)
         pipe.hincrbyfloat(f"{P}metrics:hist:{f}", "sum", value)
@@ -313,13 +339,13 @@ class RedisJobStore(JobStore):
     @_unavailable
     def metrics_snapshot(self):
         counters = {}
-        for f, v in self.r.hgetall(f"{P}metrics:counters").items():
+        for f, v in self.c.r.hgetall(f"{P}metrics:counters").items():
             name, labels = json.loads(f)
             counters[(name, tuple(tuple(x) for x in labels))] = float(v)
         hists = {}
-        for f in self.r.smembers(f"{P}metrics:hists"):
+        for f in self.c.r.smembers(f"{P}metrics:hists"):
             name, labels = json.loads(f)
-            raw = self.r.hgetall(f"{P}metrics:hist:{f}")
+            raw = self.c.r.hgetall(f"{P}metrics:hist:{f}")
             buckets = {float(k[3:]): int(v) for k, v in raw.items() if k.startswith("le:")}
             hists[(name, tuple(tuple(x) for x in labels))] = {
                 "buckets": dict(sorted(buckets.items())),
@@ -333,7 +359,7 @@ class RedisJobStore(JobStore):
         now = time.time()
         window = int(now // window_s)
         k = f"{P}rl:{key}:{window}"
-        pipe = self.r.pipeline()
+        pipe = self.c.r.pipeline()
         pipe.incr(k)
         pipe.expire(k, window_s + 1)
         n, _ = pipe.execute()
@@ -341,30 +367,55 @@ class RedisJobStore(JobStore):
 
     @_unavailable
     def try_lock(self, name, ttl):
-        return bool(self.r.set(f"{P}lock:{name}", "1", nx=True, px=int(ttl * 1000)))
+        return bool(self.c.r.set(f"{P}lock:{name}", "1", nx=True, px=int(ttl * 1000)))
 
-    def ping(self):
-        try:
-            return bool(self._ping())
-        except Unavailable:
-            return False
+    @staticmethod
+    def _field(name: str, labels: dict[str, str]) -> str:
+        return json.dumps([name, _labels_key(labels)])
+
+
+class RedisRetention:
+    """The ``expiry`` sorted set: what to delete when."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
 
     @_unavailable
-    def _ping(self):
-        return self.r.ping()
+    def schedule_expiry(self, member, at):
+        self.c.r.zadd(f"{P}expiry", {member: at})
+
+    @_unavailable
+    def due_expiries(self, now, limit=100):
+        return self.c.r.zrangebyscore(f"{P}expiry", "-inf", now, start=0, num=limit)
+
+    @_unavailable
+    def forget_expiry(self, member):
+        self.c.r.zrem(f"{P}expiry", member)
+
+
+class RedisRegistrations:
+    """Models and LoRAs tenants trained (``registry:{tenant}:{kind}`` hashes)."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
 
     @_unavailable
     def register(self, tenant, kind, name, record):
-        self.r.hset(f"{P}registry:{tenant}:{kind}", name, json.dumps(record))
+        self.c.r.hset(f"{P}registry:{tenant}:{kind}", name, json.dumps(record))
 
     @_unavailable
     def registration(self, tenant, kind, name):
-        raw = self.r.hget(f"{P}registry:{tenant}:{kind}", name)
+        raw = self.c.r.hget(f"{P}registry:{tenant}:{kind}", name)
         return json.loads(raw) if raw else None
 
     @_unavailable
     def registrations(self, tenant, kind):
-        return [json.loads(v) for _, v in sorted(self.r.hgetall(f"{P}registry:{tenant}:{kind}").items())]
+        return [json.loads(v) for _, v in sorted(self.c.r.hgetall(f"{P}registry:{tenant}:{kind}").items())]
 
-    def close(self):
-        self.r.close()
+
+def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64) -> JobStore:
+    """The store of distributed mode: the gateway and every worker share it."""
+    c = RedisConn(url, job_ttl_s, max_connections)
+    return JobStore(
+        RedisJobs(c), RedisEvents(c), RedisLeases(c), RedisLimits(c), RedisRetention(c), RedisRegistrations(c), c
+    )

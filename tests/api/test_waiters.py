@@ -7,12 +7,12 @@ import pytest
 
 from api.waiters import Waiters, wait_for
 from core.errors import QuotaExceeded
-from core.jobs.store import MemoryJobStore
+from core.jobs.store import memory_store
 
 
 def test_long_polls_wake_on_status_streams_on_every_event():
     async def scenario():
-        store = MemoryJobStore()
+        store = memory_store()
         waiters = Waiters(store, max_per_tenant=2)
         stop = threading.Event()
         waiters.start(stop)
@@ -20,12 +20,12 @@ def test_long_polls_wake_on_status_streams_on_every_event():
             with pytest.raises(QuotaExceeded):
                 async with waiters.watch("t", "job_2"):
                     pass
-            await asyncio.to_thread(store.add_event, "job_1", "progress", {"step": 1})
+            await asyncio.to_thread(store.events.add_event, "job_1", "progress", {"step": 1})
             assert await wait_for(stream, 5) and not poll.is_set()
             stream.clear()
-            await asyncio.to_thread(store.add_event, "job_1", "status", {"status": "succeeded"})
+            await asyncio.to_thread(store.events.add_event, "job_1", "status", {"status": "succeeded"})
             assert await wait_for(poll, 5) and await wait_for(stream, 5)
-            await asyncio.to_thread(store.add_event, "job_2", "status", {"status": "queued"})
+            await asyncio.to_thread(store.events.add_event, "job_2", "status", {"status": "queued"})
         async with waiters.watch("t", "job_3") as other:  # the slots came back
             assert not await wait_for(other, 0.05)
         stop.set()

@@ -10,7 +10,7 @@ from core.contract import Artifact, RunResult
 from core.errors import Conflict, LeaseLost, QuotaExceeded, Unavailable
 from core.jobs import lifecycle
 from core.jobs.execute import execute_job
-from core.jobs.store import MemoryJobStore
+from core.jobs.store import memory_store
 from core.schemas import JobStatus, JobType
 from core.storage import LocalStorage
 from tests.conftest import wait_for
@@ -30,12 +30,12 @@ class ListQueue:
 @pytest.fixture(params=["memory", "redis"])
 def store(request):
     if request.param == "memory":
-        yield MemoryJobStore()
+        yield memory_store()
     else:
-        from core.jobs.redis_store import RedisJobStore
+        from core.jobs.redis_store import redis_store
 
         url = request.getfixturevalue("redis_server")
-        s = RedisJobStore(url)
+        s = redis_store(url)
         yield s
         s.close()
 
@@ -48,18 +48,20 @@ def test_submit_claim_progress_finish(store):
     q = ListQueue()
     job, created = lifecycle.submit(store, q, _job())
     assert created and q.items == [(job.id, "inference")]
-    assert job.id in store.ids_with_status(JobStatus.queued)
+    assert job.id in store.jobs.ids_with_status(JobStatus.queued)
     claimed = lifecycle.claim(store, job.id, "w1", 10)
-    assert claimed.status == JobStatus.running and claimed.attempts == 1 and store.lease_alive(job.id)
+    assert claimed.status == JobStatus.running and claimed.attempts == 1 and store.leases.lease_alive(job.id)
     assert lifecycle.claim(store, job.id, "w2", 10) is None  # only one worker wins
-    assert job.id in store.ids_with_status(JobStatus.running) and job.id not in store.ids_with_status(JobStatus.queued)
+    assert job.id in store.jobs.ids_with_status(JobStatus.running) and job.id not in store.jobs.ids_with_status(
+        JobStatus.queued
+    )
     token = claimed.lease_token
     assert lifecycle.report_progress(store, job.id, token, 1, 2) is False
     done = lifecycle.finish(store, job.id, token, JobStatus.succeeded)
-    assert done.status == JobStatus.succeeded and not store.lease_alive(job.id)
+    assert done.status == JobStatus.succeeded and not store.leases.lease_alive(job.id)
     assert lifecycle.finish(store, job.id, token, JobStatus.failed) is None  # the first finish wins
-    assert [e["event"] for e in store.events(job.id)] == ["status", "status", "progress", "status"]
-    assert job.id not in store.ids_with_status(JobStatus.running)
+    assert [e["event"] for e in store.events.events(job.id)] == ["status", "status", "progress", "status"]
+    assert job.id not in store.jobs.ids_with_status(JobStatus.running)
 
 
 def test_idempotency(store):
@@ -89,13 +91,13 @@ def test_reaper_requeues_a_job_whose_lease_expired(store):
     job, _ = lifecycle.submit(store, q, _job())
     lifecycle.claim(store, job.id, "dead-worker", 0.2)
     assert lifecycle.requeue_orphans(store, q, max_attempts=2) == []  # lease still alive
-    wait_for(lambda: not store.lease_alive(job.id), 5, what="lease expiry")
+    wait_for(lambda: not store.leases.lease_alive(job.id), 5, what="lease expiry")
     assert lifecycle.requeue_orphans(store, q, max_attempts=2) == [job.id]
-    assert store.get(job.id).status == JobStatus.queued and q.items[-1] == (job.id, "inference")
+    assert store.jobs.get(job.id).status == JobStatus.queued and q.items[-1] == (job.id, "inference")
     lifecycle.claim(store, job.id, "dead-again", 0.05)
-    wait_for(lambda: not store.lease_alive(job.id), 5, what="lease expiry")
+    wait_for(lambda: not store.leases.lease_alive(job.id), 5, what="lease expiry")
     assert lifecycle.requeue_orphans(store, q, max_attempts=2) == []
-    failed = store.get(job.id)
+    failed = store.jobs.get(job.id)
     assert failed.status == JobStatus.failed and failed.error.code == "worker_lost"
 
 
@@ -103,30 +105,30 @@ def test_list_newest_first(store):
     q = ListQueue()
     tenant = "lister-" + uuid.uuid4().hex[:6]
     ids = [lifecycle.submit(store, q, _job(tenant))[0].id for _ in range(3)]
-    assert [j.id for j in store.list(tenant, 2, 0)] == ids[::-1][:2]
-    assert [j.id for j in store.list(tenant, 10, 2)] == [ids[0]]
-    assert store.list("nobody", 10, 0) == []
+    assert [j.id for j in store.jobs.list(tenant, 2, 0)] == ids[::-1][:2]
+    assert [j.id for j in store.jobs.list(tenant, 10, 2)] == [ids[0]]
+    assert store.jobs.list("nobody", 10, 0) == []
 
 
 def test_wait_events_wakes_on_new_event(store):
     q = ListQueue()
     job, _ = lifecycle.submit(store, q, _job())
-    n = len(store.events(job.id))
-    threading.Timer(0.2, lambda: store.add_event(job.id, "progress", {"step": 1})).start()
+    n = len(store.events.events(job.id))
+    threading.Timer(0.2, lambda: store.events.add_event(job.id, "progress", {"step": 1})).start()
     t0 = time.monotonic()
-    assert store.wait_events(job.id, n, 10)
+    assert store.events.wait_events(job.id, n, 10)
     assert time.monotonic() - t0 < 5
-    assert store.wait_events(job.id, n + 1, 0.1) is False
+    assert store.events.wait_events(job.id, n + 1, 0.1) is False
 
 
 def test_rate_limit_and_metrics(store):
     key = "rl-" + uuid.uuid4().hex
-    assert store.rate_limit(key, 2, 60) is None and store.rate_limit(key, 2, 60) is None
-    assert 0 < store.rate_limit(key, 2, 60) <= 60
+    assert store.limits.rate_limit(key, 2, 60) is None and store.limits.rate_limit(key, 2, 60) is None
+    assert 0 < store.limits.rate_limit(key, 2, 60) <= 60
     name = "test_metric_" + uuid.uuid4().hex[:6]
-    store.observe(name, {"type": "x"}, 0.3, (0.1, 0.5, 1.0))
-    store.incr(name + "_total", {"type": "x"}, 2)
-    counters, hists = store.metrics_snapshot()
+    store.limits.observe(name, {"type": "x"}, 0.3, (0.1, 0.5, 1.0))
+    store.limits.incr(name + "_total", {"type": "x"}, 2)
+    counters, hists = store.limits.metrics_snapshot()
     assert counters[(name + "_total", (("type", "x"),))] == 2
     h = hists[(name, (("type", "x"),))]
     assert h["buckets"] == {0.1: 0, 0.5: 1, 1.0: 1} and h["count"] == 1
@@ -181,18 +183,18 @@ def test_a_worker_that_lost_its_lease_writes_nothing(store):
     q = ListQueue()
     job, _ = lifecycle.submit(store, q, _job())
     old = lifecycle.claim(store, job.id, "frozen", 0.2).lease_token
-    wait_for(lambda: not store.lease_alive(job.id), 5, what="lease expiry")
+    wait_for(lambda: not store.leases.lease_alive(job.id), 5, what="lease expiry")
     assert lifecycle.requeue_orphans(store, q, max_attempts=3) == [job.id]
     new = lifecycle.claim(store, job.id, "fresh", 10).lease_token
     assert new != old
     with pytest.raises(LeaseLost):
         lifecycle.report_progress(store, job.id, old, 5, 10)
-    assert store.renew_lease(job.id, old, 10) is False and store.renew_lease(job.id, new, 10) is True
+    assert store.leases.renew_lease(job.id, old, 10) is False and store.leases.renew_lease(job.id, new, 10) is True
     assert lifecycle.finish(store, job.id, old, JobStatus.canceled) is None
     assert lifecycle.finish(store, job.id, old, JobStatus.failed) is None
-    assert store.get(job.id).status == JobStatus.running and store.get(job.id).lease_token == new
+    assert store.jobs.get(job.id).status == JobStatus.running and store.jobs.get(job.id).lease_token == new
     assert lifecycle.finish(store, job.id, new, JobStatus.succeeded).status == JobStatus.succeeded
-    statuses = [e["data"]["status"] for e in store.events(job.id) if e["event"] == "status"]
+    statuses = [e["data"]["status"] for e in store.events.events(job.id) if e["event"] == "status"]
     assert statuses == ["queued", "running", "queued", "running", "succeeded"]
 
 
@@ -200,8 +202,8 @@ def test_claim_writes_the_lease_with_the_record(store):
     q = ListQueue()
     job, _ = lifecycle.submit(store, q, _job())
     claimed = lifecycle.claim(store, job.id, "w", 10)
-    assert claimed.lease_token and store.lease_alive(job.id)
-    assert store.renew_lease(job.id, claimed.lease_token, 10)
+    assert claimed.lease_token and store.leases.lease_alive(job.id)
+    assert store.leases.renew_lease(job.id, claimed.lease_token, 10)
 
 
 def test_idempotency_under_concurrency(store):
@@ -220,7 +222,7 @@ def test_idempotency_under_concurrency(store):
     for t in threads:
         t.join()
     assert len(results) == 30 and len(set(results)) == 1
-    assert len(q.items) == 1 and len(store.list(tenant, 100, 0)) == 1
+    assert len(q.items) == 1 and len(store.jobs.list(tenant, 100, 0)) == 1
 
 
 def test_active_job_quota_per_tenant(store):
@@ -232,7 +234,7 @@ def test_active_job_quota_per_tenant(store):
     assert e.value.retry_after > 0
     assert lifecycle.submit(store, q, _job(other), max_active=2)[1]  # other tenants unaffected
     lifecycle.cancel(store, jobs[0].id)  # a terminal job frees its slot
-    assert store.active_count(tenant) == 1
+    assert store.jobs.active_count(tenant) == 1
     assert lifecycle.submit(store, q, _job(tenant), max_active=2)[1]
 
 
@@ -247,22 +249,22 @@ def test_submit_is_all_or_nothing(store):
     tenant = "enq-" + uuid.uuid4().hex[:6]
     with pytest.raises(Unavailable):
         lifecycle.submit(store, BrokenQueue(), _job(tenant), ("retry-me", "h"))
-    [dead] = store.list(tenant, 10, 0)
+    [dead] = store.jobs.list(tenant, 10, 0)
     assert dead.status == JobStatus.failed and dead.error.code == "unavailable"
-    assert dead.id not in store.ids_with_status(JobStatus.queued)
+    assert dead.id not in store.jobs.ids_with_status(JobStatus.queued)
     q = ListQueue()
     job, created = lifecycle.submit(store, q, _job(tenant), ("retry-me", "h"))
     assert created and job.id != dead.id and q.items == [(job.id, "inference")]
-    assert store.get(job.id).enqueued
+    assert store.jobs.get(job.id).enqueued
 
 
 def test_reaper_sends_jobs_that_never_reached_the_queue(store):
     q = ListQueue()
     job = _job()
-    store.create(job)  # as if the gateway died between create and enqueue
+    store.jobs.create(job)  # as if the gateway died between create and enqueue
     assert lifecycle.requeue_orphans(store, q, 3, enqueue_grace_s=60) == []
     assert lifecycle.requeue_orphans(store, q, 3, enqueue_grace_s=0) == [job.id]
-    assert q.items == [(job.id, "inference")] and store.get(job.id).enqueued
+    assert q.items == [(job.id, "inference")] and store.jobs.get(job.id).enqueued
     assert lifecycle.requeue_orphans(store, q, 3, enqueue_grace_s=0) == []  # sent once
 
 
@@ -280,7 +282,7 @@ def test_retention_deletes_records_events_outputs_and_uploads(store, tmp_path):
     assert lifecycle.sweep_expired(store, storage, at=time.time() + 30) == []  # nothing due yet
     swept = lifecycle.sweep_expired(store, storage, at=time.time() + store.job_ttl_s + 61)
     assert f"job:{job.id}" in swept and f"upload:{tenant}/{info['id']}" in swept
-    assert store.get(job.id) is None and store.events(job.id) == [] and store.list(tenant, 10, 0) == []
+    assert store.jobs.get(job.id) is None and store.events.events(job.id) == [] and store.jobs.list(tenant, 10, 0) == []
     assert not storage.exists(done.output[0].key) and not storage.exists(f"jobs/{job.id}/job.json")
     assert not storage.exists(f"uploads/{tenant}/{info['id']}")
 
@@ -382,7 +384,7 @@ def test_a_worker_that_lost_its_job_writes_no_outputs_or_checkpoints(store, tmp_
     class LosesItMidway:
         def run(self, job, ctx):
             # what the reaper does after a freeze: the job is queued again and another worker owns it
-            store.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
+            store.jobs.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
             ctx.save_checkpoint("state.pt", b"state")
             raise AssertionError("the checkpoint of a non-owner must raise LeaseLost")
 
@@ -394,7 +396,7 @@ def test_a_worker_that_lost_its_job_writes_no_outputs_or_checkpoints(store, tmp_
 
     class LosesItAtTheEnd:
         def run(self, job, ctx):
-            store.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
+            store.jobs.update(job.id, lambda j: j.model_copy(update={"lease_token": "someone-else"}))
             return RunResult([Artifact(b"png-bytes", "image/png", "png")], 1.0, 2.0)
 
     result = execute_job(job2.id, store, storage, lambda: LosesItAtTheEnd(), "old")

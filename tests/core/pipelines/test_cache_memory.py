@@ -7,7 +7,7 @@ import pytest
 
 from core.jobs import lifecycle
 from core.jobs.execute import execute_job
-from core.jobs.store import MemoryJobStore
+from core.jobs.store import memory_store
 from core.pipelines.cache import module_bytes
 from core.registry import ModelRegistry
 from core.runner import Engines
@@ -58,7 +58,7 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
     one = module_bytes(Engines(registry, device="cpu").pipelines.base(registry.get("tiny-sd"))[0])
     # a budget that holds about two of the three models, so the cycle evicts and reloads all the time
     runner = Engines(registry, device="cpu", torch_threads=1, pipeline_budget_bytes=int(one * 2.2))
-    store, storage = MemoryJobStore(), LocalStorage(tmp_path, "k")
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
     models = ["tiny-sd", "tiny-sdxl", "tiny-sd-inpaint"]
     proc = psutil.Process()
     rss = []
@@ -78,7 +78,7 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
                 {**_job(model).input, "image": image, "mask_image": mask_image, "strength": 1.0},
                 "t",
             )
-        store.create(job)
+        store.jobs.create(job)
         done = execute_job(job.id, store, storage, lambda: runner, "w")
         assert done.status == JobStatus.succeeded, done.error
         if i % 3 == 2:
@@ -122,13 +122,13 @@ def dropped_loras(tiny_models_dir, tmp_path_factory):
 def test_rss_stays_flat_over_50_jobs_alternating_two_loras(tiny_models_dir, dropped_loras, tmp_path):
     registry = ModelRegistry([tiny_models_dir, dropped_loras])
     runner = Engines(registry, device="cpu", torch_threads=1)
-    store, storage = MemoryJobStore(), LocalStorage(tmp_path, "k")
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
     proc = psutil.Process()
     rss, outputs = [], {}
     for i in range(50):
         name = ("ink", "neon")[i % 2]
         job = _job("tiny-sd", loras=[{"name": name, "scale": 1.0}])
-        store.create(job)
+        store.jobs.create(job)
         done = execute_job(job.id, store, storage, lambda: runner, "w")
         assert done.status == JobStatus.succeeded, done.error
         outputs.setdefault(name, storage.get(done.output[0].key))
@@ -141,6 +141,6 @@ def test_rss_stays_flat_over_50_jobs_alternating_two_loras(tiny_models_dir, drop
     print(f"RSS after the first pair {rss[0] / 2**20:.1f} MiB, after 50 jobs {rss[-1] / 2**20:.1f} MiB")
     assert rss[-1] <= rss[0] * 1.10
     base = _job("tiny-sd")
-    store.create(base)
+    store.jobs.create(base)
     plain = storage.get(execute_job(base.id, store, storage, lambda: runner, "w").output[0].key)
     assert plain not in outputs.values()
