@@ -55,6 +55,27 @@ def load_data(dataset: str, ctx: RunContext, resolution: int, workdir: Path):
         raise InvalidDataset(str(e)) from e
 
 
+def scheduler_config(r: DDPMTrainingRequest) -> dict:
+    if r.objective == "flow":
+        return {"kind": "flow"}
+    return {
+        "kind": "ddpm",
+        "num_train_timesteps": 1000,
+        "beta_schedule": r.beta_schedule,
+        "prediction_type": r.prediction_type,
+    }
+
+
+def sample_grid(model: DDPMEngineModel, names: list[str] | None, seed: int) -> Artifact:
+    """A PNG grid of samples to show: each label twice (16 at most), or 8 unconditional samples."""
+    labels = [names[i % len(names)] for i in range(min(16, 2 * len(names)))] if names else None
+    images = model.generate(labels, num_images=len(labels) if labels else 8, num_inference_steps=25, seed=seed)
+    grid = make_grid(images, nrow=8)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    return Artifact(buf.getvalue(), "image/png", "png", {"width": grid.width, "height": grid.height, "role": "samples"})
+
+
 def run(
     request: DDPMTrainingRequest, model: None, ctx: RunContext, engines, checkpoint_every: int | None = None
 ) -> RunResult:
@@ -64,16 +85,7 @@ def run(
         # 1. data, checked before any step
         images, labels, names = load_data(r.dataset, ctx, r.resolution, work)
         # 2. model and objective
-        sched = (
-            {"kind": "flow"}
-            if r.objective == "flow"
-            else {
-                "kind": "ddpm",
-                "num_train_timesteps": 1000,
-                "beta_schedule": r.beta_schedule,
-                "prediction_type": r.prediction_type,
-            }
-        )
+        sched = scheduler_config(r)
         torch.manual_seed(r.seed)
         unet = UNet(unet_config_for(r.resolution, images.shape[1], len(names) if names else None))
         every = checkpoint_every or max(10, r.max_train_steps // 10)
@@ -85,7 +97,7 @@ def run(
             seed=r.seed,
             checkpoint_every=every,
         )
-        # 3. resume from the last checkpoint a previous attempt saved
+        # 3. resume from the last checkpoint an earlier attempt saved
         state = work / STATE
         saved = ctx.load_checkpoint(STATE)
         if saved is not None:
@@ -105,30 +117,20 @@ def run(
         )
         train_ms = (time.perf_counter() - t0) * 1000
         # 5. save, register under the tenant, and draw a grid to show
-        model = DDPMEngineModel(
-            ema.model.cpu(),
-            sched,
-            names,
-            default_guidance_scale=2.0 if names else 1.0,
-            metadata={
-                "job_id": ctx.job_id,
-                "dataset": r.dataset,
-                "train": r.model_dump(mode="json"),
-                "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-            },
+        final_loss = sum(losses[-20:]) / max(1, len(losses[-20:]))
+        metadata = {
+            "job_id": ctx.job_id,
+            "dataset": r.dataset,
+            "train": r.model_dump(mode="json"),
+            "final_loss": final_loss,
+        }
+        engine = DDPMEngineModel(
+            ema.model.cpu(), sched, names, default_guidance_scale=2.0 if names else 1.0, metadata=metadata
         )
         folder = work / "model"
-        model.save_pretrained(folder)
+        engine.save_pretrained(folder)
         record = ctx.register("model", r.name, folder, tenant_models.read_configs(folder))
-        grid_labels = [names[i % len(names)] for i in range(min(16, 2 * len(names)))] if names else None
-        grid = make_grid(
-            model.generate(
-                grid_labels, num_images=len(grid_labels) if grid_labels else 8, num_inference_steps=25, seed=r.seed
-            ),
-            nrow=8,
-        )
-        buf = io.BytesIO()
-        grid.save(buf, format="PNG")
+        grid = sample_grid(engine, names, r.seed)
     card = {
         "name": r.name,
         "version": record["version"],
@@ -137,14 +139,12 @@ def run(
         "images": int(images.shape[0]),
         "labels": names,
         "steps": r.max_train_steps,
-        "final_loss": model.metadata["final_loss"],
+        "final_loss": final_loss,
         "train_seconds": round(train_ms / 1000, 2),
     }
     return RunResult(
         [
-            Artifact(
-                buf.getvalue(), "image/png", "png", {"width": grid.width, "height": grid.height, "role": "samples"}
-            ),
+            grid,
             Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "model_card"}),
         ],
         inference_ms=train_ms,
