@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from bench.load import embedded_server  # noqa: E402
 from tests.conftest import Proc, bin_path, free_port, wait_for  # noqa: E402
 from tests.integration.stack import Stack  # noqa: E402
 
@@ -53,30 +54,9 @@ def measure(http: httpx.Client, n: int, headers: dict) -> dict:
 
 
 def embedded(n: int, tmp: Path) -> dict:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
-    env.update(DATA_DIR=str(tmp / "embedded"))
-    p = Proc(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        tmp / "embedded.log",
-        env=env,
-    )
+    p, url = embedded_server(tmp / "embedded", tmp / "embedded.log")
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        wait_for(lambda: http.get("/readyz").status_code == 200, 30)
-        return measure(http, n, {})
+        return measure(httpx.Client(base_url=url, timeout=60), n, {})
     finally:
         p.stop()
 

@@ -44,6 +44,7 @@ class JobContext:
         token: str | None = None,
         deadline: float | None = None,
         cache_dir: Path | None = None,
+        lost: threading.Event | None = None,
     ):
         self.store = store
         self.job = job
@@ -53,7 +54,7 @@ class JobContext:
         self.token = token if token is not None else job.lease_token
         self.deadline = deadline
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
-        self.lost = threading.Event()
+        self.lost = lost or threading.Event()  # set by the heartbeat when the lease is no longer ours
         self._cancel = False
 
     def check(self) -> None:
@@ -203,8 +204,7 @@ def execute_job(
         lost = threading.Event()
         with Heartbeat(store, job_id, token, lease_ttl, heartbeat_interval, lost.set):
             runner = runner_factory()
-            ctx = JobContext(store, job, storage, token, deadline, getattr(runner, "cache_dir", None))
-            ctx.lost = lost
+            ctx = JobContext(store, job, storage, token, deadline, getattr(runner, "cache_dir", None), lost)
             result = runner.run(job, ctx)
             ctx._owned()  # outputs are written by the lease owner only
             t0 = time.perf_counter()
