@@ -144,8 +144,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     tail = losses[-100:] or [float("nan")]
     meta = {
         "dataset": a.dataset,
-        "command": "python -m core.ddpm "
-        + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv[1:]),
+        "command": "python -m core.ddpm " + " ".join(sys.argv[1:]),
         "train": {**cfg.__dict__},
         "train_seconds": round(seconds, 1),
         "final_loss_mean_last_100": sum(tail) / len(tail),
