@@ -8,59 +8,25 @@ from pydantic import BaseModel
 from api.deps import backends, rate_limited
 from api.state import Backends
 from api.submit import submit
-from core.schemas import (
-    ControlNetRequest,
-    DDPMTrainingRequest,
-    Img2ImgRequest,
-    InpaintRequest,
-    Job,
-    JobType,
-    LoraTrainingRequest,
-    Txt2ImgRequest,
-    VideoRequest,
-)
+from core.contract import REQUEST_MODELS
+from core.schemas import Job, JobType
 
 router = APIRouter()
 
-# (path, route name = operation id, job type, request model, one-line description)
-ROUTES: list[tuple[str, str, JobType, type[BaseModel], str]] = [
+# (path, route name = operation id, job type, one-line description); the body is REQUEST_MODELS[job type]
+ROUTES: list[tuple[str, str, JobType, str]] = [
     (
         "/txt2img",
         "txt2img",
         JobType.txt2img,
-        Txt2ImgRequest,
         "Queue a text-to-image job (for a class-conditional engine model the prompt names the label).",
     ),
-    ("/img2img", "img2img", JobType.img2img, Img2ImgRequest, "Queue an image-to-image job."),
-    (
-        "/inpaint",
-        "inpaint",
-        JobType.inpaint,
-        InpaintRequest,
-        "Queue an inpainting job (white pixels of mask_image are repainted).",
-    ),
-    (
-        "/controlnet",
-        "controlnet",
-        JobType.controlnet,
-        ControlNetRequest,
-        "Queue a ControlNet-conditioned generation job.",
-    ),
-    ("/video", "video", JobType.video, VideoRequest, "Queue a text-to-video job."),
-    (
-        "/trainings/lora",
-        "train_lora",
-        JobType.lora_training,
-        LoraTrainingRequest,
-        "Queue a LoRA fine-tuning job on an uploaded dataset.",
-    ),
-    (
-        "/trainings/ddpm",
-        "train_ddpm",
-        JobType.ddpm_training,
-        DDPMTrainingRequest,
-        "Queue a training job of the from-scratch engine.",
-    ),
+    ("/img2img", "img2img", JobType.img2img, "Queue an image-to-image job."),
+    ("/inpaint", "inpaint", JobType.inpaint, "Queue an inpainting job (white pixels of mask_image are repainted)."),
+    ("/controlnet", "controlnet", JobType.controlnet, "Queue a ControlNet-conditioned generation job."),
+    ("/video", "video", JobType.video, "Queue a text-to-video job."),
+    ("/trainings/lora", "train_lora", JobType.lora_training, "Queue a LoRA fine-tuning job on an uploaded dataset."),
+    ("/trainings/ddpm", "train_ddpm", JobType.ddpm_training, "Queue a training job of the from-scratch engine."),
 ]
 
 
@@ -75,7 +41,12 @@ def _endpoint(job_type: JobType, model: type[BaseModel], doc: str):
     return endpoint
 
 
-for _path, _name, _type, _model, _doc in ROUTES:
+for _path, _name, _type, _doc in ROUTES:
     router.add_api_route(
-        _path, _endpoint(_type, _model, _doc), methods=["POST"], name=_name, status_code=202, response_model=Job
+        _path,
+        _endpoint(_type, REQUEST_MODELS[_type], _doc),
+        methods=["POST"],
+        name=_name,
+        status_code=202,
+        response_model=Job,
     )
