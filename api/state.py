@@ -61,7 +61,7 @@ def build_backends(settings: Settings) -> Backends:
         )
         queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
     else:
-        from core.jobs.execute import execute_job
+        from core.jobs.execute import execute_batch, execute_job
         from core.jobs.queue import InProcessQueue
         from core.jobs.store import memory_store
 
@@ -72,7 +72,15 @@ def build_backends(settings: Settings) -> Backends:
         def handle(job_id: str) -> None:
             execute_job(job_id, store, storage, runner, "embedded", settings.lease_ttl_s, settings.heartbeat_s)
 
-        queue = InProcessQueue(handle)
+        def handle_batch(job_ids: list[str]) -> None:
+            execute_batch(job_ids, store, storage, runner, "embedded", settings.lease_ttl_s, settings.heartbeat_s)
+
+        queue = InProcessQueue(
+            handle,
+            handle_batch=handle_batch,
+            batch_window_s=settings.batch_window_ms / 1000,
+            max_batch=settings.max_batch,
+        )
         queue.start()
         if settings.warm_model_ids:
             threading.Thread(

@@ -56,6 +56,7 @@ class Engines:
         pipeline_budget_bytes: int | None = None,
         cache_dir: str | Path | None = None,
         on_load: Callable[[str, float], None] | None = None,
+        max_batch: int = 8,
     ):
         import torch
 
@@ -72,6 +73,7 @@ class Engines:
         )
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self._pipelines = None
+        self.max_batch = max_batch
 
     @property
     def pipelines(self):
@@ -114,6 +116,49 @@ class Engines:
         recheck(job.type, request, model)  # the limits of its family, checked again on this side
         # 3. the executor of (model kind, job type)
         return executor_for(model.kind if model else None, job.type)(request, model, ctx, self)
+
+    # -- batching: jobs that can share one denoising loop ---------------------------------------------
+    def group(
+        self, jobs: list[JobRecord], context: Callable[[JobRecord], RunContext], max_batch: int | None = None
+    ) -> list[list[JobRecord]]:
+        """Jobs grouped by the batch key of their task's executor (``batch_key``); a job whose executor has none,
+        or whose request cannot be read, runs alone. Order is kept within a group."""
+        import importlib
+
+        from core.executors import EXECUTORS
+
+        max_batch = max_batch or self.max_batch
+        groups: dict[object, list[JobRecord]] = {}
+        for job in jobs:
+            key: object = ("alone", job.id)
+            try:
+                request = parse_request(job.type, job.input)
+                model_id = getattr(request, "model", None)
+                model = self.resolve(model_id, context(job)) if model_id else None
+                recheck(job.type, request, model)  # a job that fails it runs alone, and fails alone
+                module = importlib.import_module(EXECUTORS.get((model.kind if model else None, job.type), ""))
+                found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
+                if found is not None:
+                    key = (job.type, found)
+            except Exception:  # noqa: BLE001 - it runs alone and reports its own error there
+                pass
+            bucket = groups.setdefault(key, [])
+            if len(bucket) >= max_batch:  # full: start another batch of the same key
+                key = (key, job.id)
+                bucket = groups.setdefault(key, [])
+            bucket.append(job)
+        return list(groups.values())
+
+    def run_batch(self, jobs: list[JobRecord], ctxs: list[RunContext]) -> list:
+        """One batch of a group: each job's RunResult or the error it ends with."""
+        import importlib
+
+        from core.executors import EXECUTORS
+
+        requests = [parse_request(job.type, job.input) for job in jobs]
+        model = self.resolve(requests[0].model, ctxs[0])  # group() checked each request against it
+        module = importlib.import_module(EXECUTORS[(model.kind, jobs[0].type)])
+        return module.run_batch(requests, model, ctxs, self)
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
         from core import tenant_models

@@ -48,6 +48,8 @@ class ServiceSettings(BaseSettings):
     storage_retry_s: float = Field(
         30.0, ge=0, description="how long storage writes are retried before storage_unavailable"
     )
+    batch_window_ms: float = Field(10.0, ge=0, le=1000, description="how long a worker gathers jobs to batch; 0: off")
+    max_batch: int = Field(8, ge=1, le=64, description="jobs denoised together at most")
 
     @property
     def warm_model_ids(self) -> list[str]:

@@ -214,6 +214,55 @@ class DDPMEngineModel:
         )
 
 
+BATCHABLE_SAMPLERS = ("ddim", "euler")  # deterministic: a batch draws exactly what each request draws alone
+
+
+def generate_batch(
+    model: DDPMEngineModel,
+    draws: list[tuple[list[str | int] | None, int, int]],
+    num_inference_steps: int,
+    sampler: str,
+    guidance_scale: float,
+    size: int,
+    callback: Callable[[int, int], bool | None] | None = None,
+) -> list[torch.Tensor]:
+    """Several requests' draws ``(labels, num_images, seed)`` denoised together in one batch; returns one tensor per
+    draw. Each image's noise comes from ``seed + i`` alone, as in :meth:`DDPMEngineModel.generate`, so an image drawn
+    amid a batch equals the same request drawn alone (up to float rounding). Deterministic samplers only (DDIM with
+    eta 0, flow Euler): an ancestral sampler's step noise is drawn per batch."""
+    if sampler not in BATCHABLE_SAMPLERS:
+        raise ValueError(f"sampler: {sampler!r} draws step noise per batch; batch only {BATCHABLE_SAMPLERS}")
+    cfg = model.unet.config
+    noise, ys, counts = [], [], []
+    for labels, n, seed in draws:
+        noise += [
+            torch.randn((1, cfg.in_channels, size, size), generator=torch.Generator().manual_seed(seed + i))
+            for i in range(n)
+        ]
+        if labels is not None:
+            labels = list(labels) * n if len(labels) == 1 else list(labels)
+            ys += [model.label_index(lbl) for lbl in labels]
+        counts.append(n)
+    conditional = len(ys) == sum(counts)
+    if ys and not conditional:
+        raise ValueError("labels: every draw of a batch gives labels, or none does")
+    y = torch.tensor(ys, dtype=torch.long) if conditional else None
+    dtype = next(model.unet.parameters()).dtype
+    x = sample(
+        lambda xx, t, yy: model.unet(xx.to(dtype), t, yy).float(),
+        make_scheduler(sampler, model.scheduler_config),
+        (sum(counts), cfg.in_channels, size, size),
+        num_inference_steps,
+        labels=y,
+        null_class=cfg.num_classes if y is not None else None,
+        guidance_scale=guidance_scale,
+        device=model.device,
+        callback=callback,
+        noise=torch.cat(noise),
+    )
+    return list(x.split(counts))
+
+
 def to_pil_images(images: torch.Tensor) -> list:
     """(B, C, H, W) in [-1, 1] -> list of PIL images (L or RGB)."""
     from PIL import Image

@@ -1,4 +1,4 @@
-"""Text (a label) to image with the from-scratch engine (``core/ddpm``)."""
+"""Text (a label) to image with the from-scratch engine (``core/ddpm``), alone or several requests in one batch."""
 
 from __future__ import annotations
 
@@ -6,13 +6,30 @@ import io
 import time
 
 from core.contract import Artifact, RunContext, RunResult
+from core.errors import DeadlineExceeded, JobCancelled, LeaseLost
 from core.registry import ModelEntry
 from core.schemas import ModelRef, Txt2ImgRequest
 
 
-def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def encode(
+    images, request: Txt2ImgRequest, engine, model: ModelEntry, load_ms: float, inference_ms: float, versions: dict
+) -> RunResult:
+    """PNG per image, image i with ``seed + i``."""
     from core.ddpm.pipeline import to_pil_images
 
+    label = engine.labels[engine.label_index(request.prompt)] if model.labels else None
+    artifacts = []
+    for i, im in enumerate(to_pil_images(images)):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        meta = {"width": im.width, "height": im.height, "seed": request.seed + i}
+        if label is not None:
+            meta["label"] = label
+        artifacts.append(Artifact(buf.getvalue(), "image/png", "png", meta))
+    return RunResult(artifacts, load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version), versions)
+
+
+def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
     # 1. load (0 ms when warm)
     engine, load_ms = engines.load_engine(model)
     # 2. denoise, reporting every step (progress raises JobCancelled when asked to stop)
@@ -27,15 +44,75 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
         size=request.width or model.width,
         callback=ctx.progress,
     )
+    # 3. encode
+    return encode(images, request, engine, model, load_ms, (time.perf_counter() - t0) * 1000, engines.versions)
+
+
+def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
+    """Requests with the same key share one denoising loop; None: this one runs alone."""
+    from core.ddpm.pipeline import BATCHABLE_SAMPLERS
+
+    if request.scheduler not in BATCHABLE_SAMPLERS:
+        return None
+    return (
+        model.id,
+        model.version,
+        request.width,
+        request.num_inference_steps,
+        request.scheduler,
+        request.guidance_scale,
+    )
+
+
+def run_batch(
+    requests: list[Txt2ImgRequest], model: ModelEntry, ctxs: list[RunContext], engines
+) -> list[RunResult | BaseException]:
+    """Several requests of one ``batch_key`` in one batch. Progress goes to each job; a job canceled, past its
+    deadline or no longer ours leaves with that outcome at the next step while the others go on."""
+    from core.ddpm.pipeline import generate_batch
+    from core.ddpm.samplers import Cancelled
+
+    # 1. load (0 ms when warm)
+    engine, load_ms = engines.load_engine(model)
+    outcomes: list[RunResult | BaseException | None] = [None] * len(requests)
+
+    def progress(step: int, total: int) -> bool:
+        for i, ctx in enumerate(ctxs):
+            if outcomes[i] is None:
+                try:
+                    ctx.progress(step, total)
+                except (JobCancelled, LeaseLost, DeadlineExceeded) as e:
+                    outcomes[i] = e
+        return any(o is None for o in outcomes)  # False: nobody is left, stop
+
+    # 2. one job's bad input fails that job alone
+    for i, r in enumerate(requests):
+        try:
+            if model.labels:
+                engine.label_index(r.prompt)
+        except ValueError as e:
+            outcomes[i] = e
+    members = [i for i, o in enumerate(outcomes) if o is None]
+    if not members:
+        return outcomes
+    # 3. denoise together, each image from its own seed
+    r0 = requests[members[0]]
+    draws = [
+        ([requests[i].prompt] if model.labels else None, requests[i].num_images, requests[i].seed) for i in members
+    ]
+    t0 = time.perf_counter()
+    try:
+        size = r0.width or model.width
+        images = generate_batch(
+            engine, draws, r0.num_inference_steps, r0.scheduler, r0.guidance_scale, size, callback=progress
+        )
+    except Cancelled:
+        return outcomes  # every job left the batch
+    except Exception as e:  # noqa: BLE001 - the batch failed: each job records why
+        return [o if o is not None else e for o in outcomes]
     inference_ms = (time.perf_counter() - t0) * 1000
-    # 3. encode, image i with seed + i
-    label = engine.labels[engine.label_index(request.prompt)] if model.labels else None
-    artifacts = []
-    for i, im in enumerate(to_pil_images(images)):
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        meta = {"width": im.width, "height": im.height, "seed": request.seed + i}
-        if label is not None:
-            meta["label"] = label
-        artifacts.append(Artifact(buf.getvalue(), "image/png", "png", meta))
-    return RunResult(artifacts, load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version), engines.versions)
+    # 4. encode each job's images (a job that left the batch keeps its outcome)
+    for i, im in zip(members, images):
+        if outcomes[i] is None:
+            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, engines.versions)
+    return outcomes

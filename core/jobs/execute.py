@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Protocol
 
@@ -192,30 +193,129 @@ def execute_job(
 
     Only the lease owner writes: a worker that lost its job (frozen past its lease, then woken) stops at its next
     step and neither finishes nor records anything. A failed or canceled job leaves no outputs behind."""
-    job = lifecycle.claim(store, job_id, worker_id, lease_ttl)
-    if job is None:
-        return None  # canceled while queued, already done, or taken by another worker
-    token = job.lease_token
-    timeout = job.input.get("timeout_s")
-    deadline = time.monotonic() + timeout if timeout else None
+    return execute_batch([job_id], store, storage, runner_factory, worker_id, lease_ttl, heartbeat_interval)[0]
+
+
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def execute_batch(
+    job_ids: list[str],
+    store: JobStore,
+    storage: Storage,
+    runner_factory: Callable[[], JobRunner],
+    worker_id: str,
+    lease_ttl: float = 15.0,
+    heartbeat_interval: float = 3.0,
+) -> list[JobRecord | None]:
+    """Run several queued jobs; those that can share a denoising loop (``runner.group``) run as one batch, the rest
+    one by one. A job is claimed only when its group starts (until then it stays queued and cancelable as such);
+    each keeps its own lease, progress, cancel, outputs and outcome. Returns a record (or None when there was
+    nothing to do) per id, in order."""
+    finals: dict[str, JobRecord | None] = {}
+    queued = [job for job in (store.jobs.get(job_id) for job_id in job_ids) if job and job.status == JobStatus.queued]
+    if len(queued) > 1:
+        try:
+            runner = runner_factory()
+            groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.cache_dir))
+        except Exception:  # noqa: BLE001 - grouping is an optimisation: run them one by one
+            log.warning("could not group %d jobs; running them one by one", len(queued), exc_info=True)
+            groups = [[job] for job in queued]
+    else:
+        groups = [[job] for job in queued]
+    for group in groups:
+        for job_id, record in _run_group(
+            [job.id for job in group], store, storage, runner_factory, worker_id, lease_ttl, heartbeat_interval
+        ).items():
+            finals[job_id] = record
+    return [finals.get(job_id) for job_id in job_ids]
+
+
+def _run_group(
+    job_ids: list[str],
+    store: JobStore,
+    storage: Storage,
+    runner_factory: Callable[[], JobRunner],
+    worker_id: str,
+    lease_ttl: float,
+    heartbeat_interval: float,
+) -> dict[str, JobRecord | None]:
+    # 1. claim: each job gets its own lease and owner token (a job canceled or taken meanwhile drops out)
+    jobs = [job for job in (lifecycle.claim(store, job_id, worker_id, lease_ttl) for job_id in job_ids) if job]
+    if not jobs:
+        return {}
+    finals: dict[str, JobRecord | None] = {}
+    with ExitStack() as stack:
+        # 2. a heartbeat per job for the whole attempt (a model load included)
+        lost = {job.id: threading.Event() for job in jobs}
+        for job in jobs:
+            stack.enter_context(
+                Heartbeat(store, job.id, job.lease_token, lease_ttl, heartbeat_interval, lost[job.id].set)
+            )
+        try:
+            runner = runner_factory()
+        except Exception as e:  # noqa: BLE001 - no engines in this worker: every job fails, recorded
+            runner = _Broken(e)
+        ctxs = {}
+        for job in jobs:
+            timeout = job.input.get("timeout_s")
+            deadline = time.monotonic() + timeout if timeout else None
+            ctxs[job.id] = JobContext(
+                store, job, storage, job.lease_token, deadline, getattr(runner, "cache_dir", None), lost[job.id]
+            )
+        # 3. run: one batch, or the job alone
+        store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
+        if len(jobs) == 1:
+            outcomes = [_attempt(lambda: runner.run(jobs[0], ctxs[jobs[0].id]))]
+        else:
+            try:
+                outcomes = runner.run_batch(jobs, [ctxs[j.id] for j in jobs])
+            except Exception as e:  # noqa: BLE001 - the batch could not start: each job records why
+                outcomes = [e] * len(jobs)
+        # 4. publish and finish each job on its own
+        for job, outcome in zip(jobs, outcomes):
+            finals[job.id] = _complete(job, ctxs[job.id], outcome, store, storage)
+    return finals
+
+
+class _Broken:
+    """Stands in for engines that could not be built: each job fails with the error that stopped them."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def run(self, job: JobRecord, ctx: JobContext) -> RunResult:
+        raise self.error
+
+
+def _attempt(fn: Callable[[], RunResult]) -> RunResult | BaseException:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the outcome of one job, recorded by _complete
+        return e
+
+
+def _complete(
+    job: JobRecord, ctx: JobContext, outcome: RunResult | BaseException, store: JobStore, storage: Storage
+) -> JobRecord | None:
+    """Publish a job's outputs and finish it (succeeded, canceled or failed), as its lease owner only."""
+    job_id, token = job.id, ctx.token
     written: list[str] = []
     error: JobErrorInfo | None = None
     try:
-        lost = threading.Event()
-        with Heartbeat(store, job_id, token, lease_ttl, heartbeat_interval, lost.set):
-            runner = runner_factory()
-            ctx = JobContext(store, job, storage, token, deadline, getattr(runner, "cache_dir", None), lost)
-            result = runner.run(job, ctx)
-            ctx._owned()  # outputs are written by the lease owner only
-            t0 = time.perf_counter()
-            outputs = []
-            for i, a in enumerate(result.artifacts):
-                key = output_key(job_id, i, a.extension)
-                storage.put(key, a.data, a.content_type)
-                written.append(key)
-                outputs.append(OutputItem(content_type=a.content_type, key=key, **a.meta))
-            upload_ms = (time.perf_counter() - t0) * 1000
-            ctx.check()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        result = outcome
+        ctx._owned()  # outputs are written by the lease owner only
+        t0 = time.perf_counter()
+        outputs = []
+        for i, a in enumerate(result.artifacts):
+            key = output_key(job_id, i, a.extension)
+            storage.put(key, a.data, a.content_type)
+            written.append(key)
+            outputs.append(OutputItem(content_type=a.content_type, key=key, **a.meta))
+        upload_ms = (time.perf_counter() - t0) * 1000
+        ctx.check()
         metrics = Metrics(
             load_ms=round(result.load_ms, 3), inference_ms=round(result.inference_ms, 3), upload_ms=round(upload_ms, 3)
         )
@@ -229,7 +329,7 @@ def execute_job(
         done = lifecycle.finish(store, job_id, token, JobStatus.canceled)
     except Exception as e:  # noqa: BLE001 - recorded; the worker lives on
         if not isinstance(e, ServiceError):
-            log.exception("job %s failed", job_id)
+            log.error("job %s failed", job_id, exc_info=e)
         error = _failure(e, job_id)
         done = lifecycle.finish(store, job_id, token, JobStatus.failed, error=error)
     if done is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue as stdlib_queue
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("diffuserve.queue")
@@ -70,8 +71,20 @@ class CeleryQueue:
 class InProcessQueue:
     """One daemon thread per queue name calling ``handle(job_id)``; torch loads in these threads, not at import."""
 
-    def __init__(self, handle: Callable[[str], object], queues: tuple[str, ...] = QUEUES):
+    def __init__(
+        self,
+        handle: Callable[[str], object],
+        queues: tuple[str, ...] = QUEUES,
+        handle_batch: Callable[[list[str]], object] | None = None,
+        batch_window_s: float = 0.0,
+        max_batch: int = 8,
+    ):
         self.handle = handle
+        # the inference queue gathers what arrives within batch_window_s (up to max_batch) and hands it over at once,
+        # so jobs that can share a denoising loop run together
+        self.handle_batch = handle_batch if batch_window_s > 0 and max_batch > 1 else None
+        self.batch_window_s = batch_window_s
+        self.max_batch = max_batch
         self._queues = {name: stdlib_queue.Queue() for name in queues}
         self._threads = [
             threading.Thread(target=self._loop, args=(name,), name=f"embedded-worker-{name}", daemon=True)
@@ -89,10 +102,25 @@ class InProcessQueue:
             job_id = q.get()
             if job_id is None:
                 break
+            batch = [job_id]
+            if self.handle_batch is not None and name == "inference":
+                deadline = time.monotonic() + self.batch_window_s
+                while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    try:
+                        more = q.get(timeout=left)
+                    except stdlib_queue.Empty:
+                        break
+                    if more is None:
+                        self._stopping.set()
+                        break
+                    batch.append(more)
             try:
-                self.handle(job_id)
+                if len(batch) > 1:
+                    self.handle_batch(batch)
+                else:
+                    self.handle(job_id)
             except Exception:  # noqa: BLE001 - execute_job records job failures; this is a bug guard
-                log.exception("embedded worker failed on %s", job_id)
+                log.exception("embedded worker failed on %s", batch)
 
     def enqueue(self, job_id: str, queue: str) -> None:
         self._queues[queue].put(job_id)

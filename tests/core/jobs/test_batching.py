@@ -1,0 +1,100 @@
+"""Cross-request batching: compatible queued jobs share one denoising loop, and each stays its own job."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.jobs import lifecycle
+from core.jobs.execute import execute_batch, execute_job
+from core.jobs.store import memory_store
+from core.registry import ModelRegistry
+from core.schemas import JobStatus, JobType
+from core.storage import LocalStorage
+from tests.conftest import REPO, wait_for
+
+
+class ListQueue:
+    def enqueue(self, job_id, queue):
+        pass
+
+
+@pytest.fixture(scope="module")
+def engines():
+    from core.runner import Engines
+
+    return Engines(ModelRegistry([REPO / "models"]), device="cpu", torch_threads=1)
+
+
+def _job(store, prompt: str, seed: int, steps: int = 10, num_images: int = 1, scheduler: str = "ddim"):
+    data = {
+        "model": "digits",
+        "prompt": prompt,
+        "negative_prompt": "",
+        "width": 16,
+        "height": 16,
+        "num_inference_steps": steps,
+        "guidance_scale": 2.0,
+        "scheduler": scheduler,
+        "seed": seed,
+        "num_images": num_images,
+        "loras": [],
+        "timeout_s": 300,
+    }
+    job, _ = lifecycle.submit(store, ListQueue(), lifecycle.new_job(JobType.txt2img, data, "t"))
+    return job
+
+
+def _pixels(storage, job) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(storage.get(o.key)))).astype(int) for o in job.output]
+
+
+def test_an_image_amid_a_batch_equals_the_request_alone(engines, tmp_path):
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    target = _job(store, "7", 42, num_images=2)
+    others = [_job(store, str(d), 100 + d) for d in range(6)]
+    done = execute_batch(
+        [o.id for o in others[:3]] + [target.id] + [o.id for o in others[3:]], store, storage, lambda: engines, "w"
+    )
+    assert all(j.status == JobStatus.succeeded for j in done)
+    assert [o.seed for o in done[3].output] == [42, 43] and done[3].output[0].label == "7"
+    _, hists = store.limits.metrics_snapshot()
+    sizes = hists[("diffuserve_batch_size", (("type", "txt2img"),))]
+    assert sizes["count"] == 1 and sizes["sum"] == 7  # one batch of the seven jobs
+    alone = execute_job(_job(store, "7", 42, num_images=2).id, store, storage, lambda: engines, "w")
+    for a, b in zip(_pixels(storage, done[3]), _pixels(storage, alone)):
+        assert np.abs(a - b).max() <= 1
+    assert done[3].metrics.inference_ms == done[0].metrics.inference_ms  # one shared loop
+
+
+def test_one_bad_input_or_an_ancestral_sampler_does_not_join_or_fail_the_batch(engines, tmp_path):
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    good = [_job(store, "1", 1), _job(store, "2", 2)]
+    bad = _job(store, "not-a-digit", 3)
+    ancestral = _job(store, "3", 4, scheduler="ddpm")  # its step noise is per batch: it runs alone
+    done = execute_batch([good[0].id, bad.id, ancestral.id, good[1].id], store, storage, lambda: engines, "w")
+    assert [j.status for j in done] == [JobStatus.succeeded, JobStatus.failed, JobStatus.succeeded, JobStatus.succeeded]
+    assert done[1].error.code == "unknown_label" and done[0].output and done[3].output
+    _, hists = store.limits.metrics_snapshot()
+    sizes = hists[("diffuserve_batch_size", (("type", "txt2img"),))]
+    assert sizes["count"] == 2 and sizes["sum"] == 4  # {good, bad, good} in one batch, the ancestral one alone
+
+
+def test_a_job_canceled_mid_batch_leaves_it_and_the_others_finish(engines, tmp_path):
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    jobs = [_job(store, str(d), d, steps=400) for d in range(3)]
+    result: list = []
+    t = threading.Thread(
+        target=lambda: result.extend(execute_batch([j.id for j in jobs], store, storage, lambda: engines, "w"))
+    )
+    t.start()
+    wait_for(lambda: store.jobs.get(jobs[1].id).progress.step >= 5, 60, what="the batch running")
+    lifecycle.cancel(store, jobs[1].id)
+    t.join(120)
+    assert [j.status for j in result] == [JobStatus.succeeded, JobStatus.canceled, JobStatus.succeeded]
+    assert result[1].progress.step < 400 and result[1].output == []
+    assert result[0].progress.step == 400 and len(result[2].output) == 1
