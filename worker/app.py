@@ -17,7 +17,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutdown
 from kombu import Queue as KombuQueue
 
 from core.jobs import lifecycle
-from core.jobs.execute import execute_job
+from core.jobs.execute import compatible_queued, execute_batch
 from core.jobs.queue import QUEUES, TASK_NAME, CeleryQueue, make_celery
 from core.jobs.redis_store import redis_store
 from core.settings import build_engines, build_registry, build_storage
@@ -93,6 +93,14 @@ def _shutdown(**_: object) -> None:
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: str) -> str | None:
     """Thin: everything happens in core.jobs.execute (claim, heartbeat, run, store, finish)."""
-    p = process()
-    job = execute_job(job_id, p.store, p.storage, p.runner, p.worker_id, p.settings.lease_ttl_s, p.settings.heartbeat_s)
-    return job.status.value if job else None
+    p, s = process(), settings
+    ids = [job_id]
+    if s.batch_window_ms > 0 and s.max_batch > 1:
+        # gather: let compatible jobs arrive, then take them along (one denoising loop for all)
+        p._stop.wait(s.batch_window_ms / 1000)
+        try:
+            ids = compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)
+        except Exception:  # noqa: BLE001 - batching is an optimisation; run the job alone
+            log.warning("could not gather a batch for %s", job_id, exc_info=True)
+    jobs = execute_batch(ids, p.store, p.storage, p.runner, p.worker_id, s.lease_ttl_s, s.heartbeat_s)
+    return jobs[0].status.value if jobs[0] else None

@@ -231,6 +231,28 @@ def execute_batch(
     return [finals.get(job_id) for job_id in job_ids]
 
 
+def compatible_queued(
+    job_id: str, store: JobStore, storage: Storage, runner: JobRunner, max_batch: int, scan: int = 64
+) -> list[str]:
+    """Distributed mode's collector: other queued jobs that can share ``job_id``'s denoising loop, read from the
+    store's queued index (at most ``scan`` of them). Their own queue messages stay where they are; when one arrives
+    later its claim finds the job taken and does nothing, and if this worker dies with the batch, each job's lease
+    expires and the reaper queues it again."""
+    job = store.jobs.get(job_id)
+    if job is None or job.status != JobStatus.queued or not hasattr(runner, "group"):
+        return [job_id]
+    others = [i for i in store.jobs.ids_with_status(JobStatus.queued)[:scan] if i != job_id]
+    candidates = [j for j in (store.jobs.get(i) for i in others) if j and j.type == job.type]
+    if not candidates:
+        return [job_id]
+    for group in runner.group(
+        [job, *candidates], lambda j: JobContext(store, j, storage, "", None, runner.cache_dir), max_batch
+    ):
+        if group[0].id == job_id:
+            return [j.id for j in group]
+    return [job_id]
+
+
 def _run_group(
     job_ids: list[str],
     store: JobStore,
