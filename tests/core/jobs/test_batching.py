@@ -98,3 +98,38 @@ def test_a_job_canceled_mid_batch_leaves_it_and_the_others_finish(engines, tmp_p
     assert [j.status for j in result] == [JobStatus.succeeded, JobStatus.canceled, JobStatus.succeeded]
     assert result[1].progress.step < 400 and result[1].output == []
     assert result[0].progress.step == 400 and len(result[2].output) == 1
+
+
+def test_diffusers_txt2img_batches_and_each_image_equals_the_request_alone(tiny_models_dir, tmp_path):
+    from core.runner import Engines
+
+    engines = Engines(ModelRegistry([tiny_models_dir]), device="cpu", torch_threads=1)
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+
+    def sd_job(prompt: str, seed: int, num_images: int = 1, scheduler: str = "euler_a"):
+        data = {
+            "model": "tiny-sd",
+            "prompt": prompt,
+            "negative_prompt": "",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 3,
+            "guidance_scale": 5.0,
+            "scheduler": scheduler,
+            "seed": seed,
+            "num_images": num_images,
+            "loras": [],
+            "timeout_s": 300,
+        }
+        job, _ = lifecycle.submit(store, ListQueue(), lifecycle.new_job(JobType.txt2img, data, "t"))
+        return job
+
+    batch = [sd_job("a red house", 1), sd_job("a cat", 5, num_images=2), sd_job("a tree", 9)]
+    done = execute_batch([j.id for j in batch], store, storage, lambda: engines, "w")
+    assert all(j.status == JobStatus.succeeded for j in done) and [len(j.output) for j in done] == [1, 2, 1]
+    _, hists = store.limits.metrics_snapshot()
+    assert hists[("diffuserve_batch_size", (("type", "txt2img"),))]["sum"] == 3  # one batch (ancestral sampler too)
+    alone = execute_job(sd_job("a cat", 5, num_images=2).id, store, storage, lambda: engines, "w")
+    for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone)):
+        assert np.abs(a - b).max() <= 1
+    assert np.abs(_pixels(storage, done[0])[0] - _pixels(storage, done[2])[0]).mean() > 1  # prompts kept apart
