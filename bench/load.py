@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from tests.conftest import Proc, free_port, wait_for  # noqa: E402
+from tests.conftest import Proc, bin_path, free_port, gateway_cmd, wait_for  # noqa: E402
 
 BODY = {"prompt": "7", "num_inference_steps": 10, "num_images": 1}
 
@@ -82,19 +83,7 @@ def embedded_server(tmp: Path, log: Path) -> tuple[Proc, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
     env.update(DATA_DIR=str(tmp), RATE_LIMIT_PER_MINUTE="1000000", PYTHONUNBUFFERED="1")
     proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        gateway_cmd(port),
         log,
         env=env,
     )
@@ -103,6 +92,47 @@ def embedded_server(tmp: Path, log: Path) -> tuple[Proc, str]:
     # warm: the first job loads the model
     wait_for(lambda: httpx.post(f"{url}/v1/txt2img", json=BODY).status_code == 202, 10, what="first job")
     return proc, url
+
+
+@contextmanager
+def distributed_stack(tmp: Path, extra_env: dict | None = None):
+    """A distributed service of the benchmark's own: redis-server, moto_server as S3, the gateway and one Celery
+    worker (all real processes); yields the Stack and stops everything after."""
+    import boto3
+    import redis
+
+    from tests.integration.stack import Stack
+
+    rport, sport = free_port(), free_port()
+    rproc = Proc(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"], tmp / "redis.log")
+    creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(creds)
+    sproc = Proc(
+        [bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(sport)], tmp / "moto.log", env={**os.environ, **creds}
+    )
+    stack = None
+    try:
+        url = f"redis://127.0.0.1:{rport}/0"
+        wait_for(lambda: redis.Redis.from_url(url).ping(), 20)
+        endpoint = f"http://127.0.0.1:{sport}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        wait_for(lambda: s3.list_buckets() is not None, 30)
+        s3.create_bucket(Bucket="bench")
+        stack = Stack(
+            url,
+            {"bucket": "bench", "endpoint": endpoint},
+            tmp,
+            tmp,
+            api_keys="",
+            extra_env={"TORCH_THREADS": "0", **(extra_env or {})},
+        )
+        stack.start_worker("bench")
+        yield stack
+    finally:
+        if stack:
+            stack.stop()
+        sproc.stop()
+        rproc.stop()
 
 
 def table(r: dict, clients: int) -> str:

@@ -11,7 +11,6 @@ the median and p90 over --jobs jobs after 3 warm-up jobs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -23,9 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from bench.load import embedded_server  # noqa: E402
-from tests.conftest import Proc, bin_path, free_port, wait_for  # noqa: E402
-from tests.integration.stack import Stack  # noqa: E402
+from bench.load import distributed_stack, embedded_server  # noqa: E402
 
 BODY = {"prompt": "7", "num_inference_steps": 1, "seed": 1}
 
@@ -62,36 +59,8 @@ def embedded(n: int, tmp: Path) -> dict:
 
 
 def distributed(n: int, tmp: Path) -> dict:
-    import boto3
-    import redis
-
-    rport, sport = free_port(), free_port()
-    rproc = Proc(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"], tmp / "redis.log")
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
-    sproc = Proc([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(sport)], tmp / "moto.log", env=env)
-    stack = None
-    try:
-        url = f"redis://127.0.0.1:{rport}/0"
-        wait_for(lambda: redis.Redis.from_url(url).ping(), 20)
-        endpoint = f"http://127.0.0.1:{sport}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        wait_for(lambda: s3.list_buckets() is not None, 30)
-        s3.create_bucket(Bucket="bench")
-        stack = Stack(url, {"bucket": "bench", "endpoint": endpoint}, tmp, tmp, api_keys="")
-        stack.env["TORCH_THREADS"] = "0"
-        stack.start_worker("bench")
+    with distributed_stack(tmp) as stack:
         return measure(stack.http, n, {})
-    finally:
-        if stack:
-            stack.stop()
-        sproc.stop()
-        rproc.stop()
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ Distributed mode runs real processes: uvicorn, one Celery worker, redis-server a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,9 +18,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from bench.load import embedded_server, run_load  # noqa: E402
-from tests.conftest import Proc, bin_path, free_port, wait_for  # noqa: E402
-from tests.integration.stack import Stack  # noqa: E402
+from bench.load import distributed_stack, embedded_server, run_load  # noqa: E402
 
 
 def mean_batch(url: str) -> float:
@@ -40,42 +37,8 @@ def sweep(url: str, clients: list[int], seconds: float) -> list[tuple]:
 
 
 def distributed(tmp: Path, clients: list[int], seconds: float) -> list[tuple]:
-    import boto3
-    import redis
-
-    rport, sport = free_port(), free_port()
-    rproc = Proc(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"], tmp / "redis.log")
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
-    sproc = Proc([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(sport)], tmp / "moto.log", env=env)
-    stack = None
-    try:
-        url = f"redis://127.0.0.1:{rport}/0"
-        wait_for(lambda: redis.Redis.from_url(url).ping(), 20)
-        endpoint = f"http://127.0.0.1:{sport}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        wait_for(lambda: s3.list_buckets() is not None, 30)
-        s3.create_bucket(Bucket="bench")
-        stack = Stack(
-            url,
-            {"bucket": "bench", "endpoint": endpoint},
-            tmp,
-            tmp,
-            api_keys="",
-            extra_env={"TORCH_THREADS": "0", "MAX_ACTIVE_JOBS_PER_TENANT": "1000"},
-        )
-        stack.start_worker("bench")
+    with distributed_stack(tmp, {"MAX_ACTIVE_JOBS_PER_TENANT": "1000"}) as stack:
         return sweep(stack.url, clients, seconds)
-    finally:
-        if stack:
-            stack.stop()
-        sproc.stop()
-        rproc.stop()
 
 
 def main() -> int:

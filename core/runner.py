@@ -121,44 +121,41 @@ class Engines:
     def group(
         self, jobs: list[JobRecord], context: Callable[[JobRecord], RunContext], max_batch: int | None = None
     ) -> list[list[JobRecord]]:
-        """Jobs grouped by the batch key of their task's executor (``batch_key``); a job whose executor has none,
-        or whose request cannot be read, runs alone. Order is kept within a group."""
-        import importlib
-
-        from core.executors import EXECUTORS
+        """Jobs grouped by the batch key of their task's executor (``batch_key``), at most ``max_batch`` a group; a job
+        whose executor has none, or whose request cannot be read, runs alone. Order is kept within a group."""
+        from core.executors import executor_module
 
         max_batch = max_batch or self.max_batch
-        groups: dict[object, list[JobRecord]] = {}
+        groups: list[list[JobRecord]] = []
+        open_group: dict[object, list[JobRecord]] = {}  # the group of each key that still has room
         for job in jobs:
-            key: object = ("alone", job.id)
+            key = None
             try:
                 request = parse_request(job.type, job.input)
                 model_id = getattr(request, "model", None)
                 model = self.resolve(model_id, context(job)) if model_id else None
                 recheck(job.type, request, model)  # a job that fails it runs alone, and fails alone
-                module = importlib.import_module(EXECUTORS.get((model.kind if model else None, job.type), ""))
+                module = executor_module(model.kind if model else None, job.type)
                 found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
-                if found is not None:
-                    key = (job.type, found)
+                key = (job.type, found) if found is not None else None
             except Exception:  # noqa: BLE001 - it runs alone and reports its own error there
                 pass
-            bucket = groups.setdefault(key, [])
-            if len(bucket) >= max_batch:  # full: start another batch of the same key
-                key = (key, job.id)
-                bucket = groups.setdefault(key, [])
-            bucket.append(job)
-        return list(groups.values())
+            group = open_group.get(key) if key is not None else None
+            if group is None or len(group) >= max_batch:
+                group = []
+                groups.append(group)
+                if key is not None:
+                    open_group[key] = group
+            group.append(job)
+        return groups
 
     def run_batch(self, jobs: list[JobRecord], ctxs: list[RunContext]) -> list:
         """One batch of a group: each job's RunResult or the error it ends with."""
-        import importlib
-
-        from core.executors import EXECUTORS
+        from core.executors import executor_module
 
         requests = [parse_request(job.type, job.input) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])  # group() checked each request against it
-        module = importlib.import_module(EXECUTORS[(model.kind, jobs[0].type)])
-        return module.run_batch(requests, model, ctxs, self)
+        return executor_module(model.kind, jobs[0].type).run_batch(requests, model, ctxs, self)
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
         from core import tenant_models

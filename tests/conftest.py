@@ -40,6 +40,22 @@ def wait_for(cond, timeout: float = 30.0, interval: float = 0.05, what: str = "c
     )
 
 
+def gateway_cmd(port: int, log_level: str | None = "warning") -> list[str]:
+    """The command line of a gateway process (uvicorn serving the app factory) on 127.0.0.1:``port``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "api.main:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return cmd + (["--log-level", log_level] if log_level else [])
+
+
 def bin_path(name: str) -> str:
     p = VENV_BIN / name
     return str(p) if p.exists() else (shutil.which(name) or name)

@@ -96,10 +96,12 @@ def run_job(job_id: str) -> str | None:
     p, s = process(), settings
     ids = [job_id]
     if s.batch_window_ms > 0 and s.max_batch > 1:
-        # gather: let compatible jobs arrive, then take them along (one denoising loop for all)
-        p._stop.wait(s.batch_window_ms / 1000)
         try:
-            ids = compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)
+            # gather only when compatible jobs are already queued (a lone job never pays the window): let more
+            # arrive for the window, then take them along (one denoising loop for all)
+            if len(compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)) > 1:
+                p._stop.wait(s.batch_window_ms / 1000)
+                ids = compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)
         except Exception:  # noqa: BLE001 - batching is an optimisation; run the job alone
             log.warning("could not gather a batch for %s", job_id, exc_info=True)
     jobs = execute_batch(ids, p.store, p.storage, p.runner, p.worker_id, s.lease_ttl_s, s.heartbeat_s)

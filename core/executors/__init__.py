@@ -26,11 +26,16 @@ EXECUTORS: dict[tuple[ModelKind | None, JobType], str] = {
 }
 
 
-def executor_for(kind: ModelKind | None, job_type: JobType) -> Executor:
-    """The ``run`` function of the task's module, imported on first use (torch and diffusers load with it)."""
+def executor_module(kind: ModelKind | None, job_type: JobType):
+    """The task's module (its ``run``, and ``batch_key``/``run_batch`` where it batches), imported on first use:
+    torch and diffusers load with it."""
     module = EXECUTORS.get((kind, job_type))
     if module is None:
         raise JobError(
             "unsupported_task", f"no executor for {job_type.value} on a {kind.value if kind else 'new'} model"
         )
-    return importlib.import_module(module).run
+    return importlib.import_module(module)
+
+
+def executor_for(kind: ModelKind | None, job_type: JobType) -> Executor:
+    return executor_module(kind, job_type).run

@@ -213,22 +213,24 @@ def execute_batch(
     each keeps its own lease, progress, cancel, outputs and outcome. Returns a record (or None when there was
     nothing to do) per id, in order."""
     finals: dict[str, JobRecord | None] = {}
-    queued = [job for job in (store.jobs.get(job_id) for job_id in job_ids) if job and job.status == JobStatus.queued]
-    if len(queued) > 1:
-        try:
-            runner = runner_factory()
-            groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.cache_dir))
-        except Exception:  # noqa: BLE001 - grouping is an optimisation: run them one by one
-            log.warning("could not group %d jobs; running them one by one", len(queued), exc_info=True)
-            groups = [[job] for job in queued]
-    else:
-        groups = [[job] for job in queued]
-    for group in groups:
-        for job_id, record in _run_group(
-            [job.id for job in group], store, storage, runner_factory, worker_id, lease_ttl, heartbeat_interval
-        ).items():
-            finals[job_id] = record
+    groups = [list(job_ids)] if len(job_ids) == 1 else _group(job_ids, store, storage, runner_factory)
+    for group in groups:  # claim filters out what is no longer queued
+        finals.update(_run_group(group, store, storage, runner_factory, worker_id, lease_ttl, heartbeat_interval))
     return [finals.get(job_id) for job_id in job_ids]
+
+
+def _group(
+    job_ids: list[str], store: JobStore, storage: Storage, runner_factory: Callable[[], JobRunner]
+) -> list[list[str]]:
+    """The queued ones among ``job_ids``, grouped by the runner (one by one when it cannot group them)."""
+    queued = [job for job in (store.jobs.get(job_id) for job_id in job_ids) if job and job.status == JobStatus.queued]
+    try:
+        runner = runner_factory()
+        groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.cache_dir))
+    except Exception:  # noqa: BLE001 - grouping is an optimisation: run them one by one
+        log.warning("could not group %d jobs; running them one by one", len(queued), exc_info=True)
+        groups = [[job] for job in queued]
+    return [[job.id for job in group] for group in groups]
 
 
 def compatible_queued(

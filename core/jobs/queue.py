@@ -103,7 +103,8 @@ class InProcessQueue:
             if job_id is None:
                 break
             batch = [job_id]
-            if self.handle_batch is not None and name == "inference":
+            # gather only when others are already waiting: a lone job never pays the window
+            if self.handle_batch is not None and name == "inference" and not q.empty():
                 deadline = time.monotonic() + self.batch_window_s
                 while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     try:

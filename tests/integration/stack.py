@@ -4,12 +4,11 @@ moto_server."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO, Proc, bin_path, free_port, wait_for
+from tests.conftest import REPO, Proc, bin_path, free_port, gateway_cmd, wait_for
 
 KEYS = "acme:key-acme,globex:key-globex"
 A = {"Authorization": "Bearer key-acme"}
@@ -45,19 +44,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = Proc(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
+            gateway_cmd(self.port),
             logs / f"api-{self.port}.log",
             env=self.env,
         )

@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import REPO, Proc, bin_path, free_port, wait_for
+from tests.conftest import REPO, Proc, bin_path, free_port, gateway_cmd, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,17 +19,7 @@ def embedded(tmp_path_factory, logs_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
     env.update(DATA_DIR=str(tmp_path_factory.mktemp("embedded")), TORCH_THREADS="1")
     p = Proc(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        gateway_cmd(port, log_level=None),
         logs_dir / "embedded.log",
         env=env,
     )
