@@ -1,10 +1,15 @@
-"""Dependencies: the backends, the caller's tenant (API key), rate limits."""
+"""Dependencies: the backends, the caller's tenant (API key), rate limits.
+
+``backends`` and ``tenant`` are ``async`` though they never await: FastAPI runs a plain ``def`` dependency in its
+threadpool, a hop that cost each request more than the work it does. Store calls (``check_rate``) are blocking
+and run in the threadpool, once per request, alongside the route's own store work."""
 
 from __future__ import annotations
 
 import hmac
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.state import Backends
@@ -12,11 +17,11 @@ from api.state import Backends
 DEFAULT_TENANT = "default"
 
 
-def backends(request: Request) -> Backends:
+async def backends(request: Request) -> Backends:
     return request.app.state.backends
 
 
-def tenant(request: Request, b: Backends = Depends(backends)) -> str:
+async def tenant(request: Request, b: Backends = Depends(backends)) -> str:
     """With API_KEYS set, every /v1 route needs ``Authorization: Bearer <key>``; the key names the tenant."""
     if not b.tenants_by_key:
         return DEFAULT_TENANT
@@ -36,8 +41,8 @@ def tenant(request: Request, b: Backends = Depends(backends)) -> str:
     raise ApiError(401, "unauthorized", "unknown API key", "Authorization", {"WWW-Authenticate": "Bearer"})
 
 
-def rate_limited(t: str = Depends(tenant), b: Backends = Depends(backends)) -> str:
-    """Job submissions and uploads: at most RATE_LIMIT_PER_MINUTE per tenant (fixed one-minute windows)."""
+def check_rate(b: Backends, t: str) -> None:
+    """Job submissions and uploads: at most RATE_LIMIT_PER_MINUTE per tenant (fixed one-minute windows). Blocking."""
     wait = b.store.limits.rate_limit(f"tenant:{t}", b.settings.rate_limit_per_minute, 60)
     if wait is not None:
         raise ApiError(
@@ -47,4 +52,8 @@ def rate_limited(t: str = Depends(tenant), b: Backends = Depends(backends)) -> s
             None,
             {"Retry-After": str(max(1, int(wait + 0.999)))},
         )
+
+
+async def rate_limited(t: str = Depends(tenant), b: Backends = Depends(backends)) -> str:
+    await run_in_threadpool(check_rate, b, t)
     return t

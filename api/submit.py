@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from api.deps import check_rate
 from api.state import Backends
 from core.errors import InputError
 from core.jobs import lifecycle
@@ -32,6 +33,17 @@ def inputs(b: Backends) -> Inputs:
     return Inputs(b.store, b.storage, b.registry, s.max_body_bytes, s.max_image_pixels, s.job_ttl_s)
 
 
+def _submit(
+    b: Backends, tenant: str, job_type: JobType, body: BaseModel, idempotency: tuple[str, str] | None
+) -> tuple[JobRecord, bool]:
+    """The blocking part, in one threadpool call: the rate limit, the inputs (uploads saved), create and enqueue."""
+    check_rate(b, tenant)
+    data, model, hashes = prepare(inputs(b), tenant, job_type, body)
+    job = lifecycle.new_job(job_type, data, tenant, model)
+    job.input_sha256 = hashes
+    return lifecycle.submit(b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant)
+
+
 async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
     idem_key = request.headers.get("idempotency-key")
     idempotency = None
@@ -40,12 +52,7 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
             raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
         body_hash = hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
         idempotency = (idem_key, body_hash)
-    data, model, hashes = await run_in_threadpool(prepare, inputs(b), tenant, job_type, body)
-    job = lifecycle.new_job(job_type, data, tenant, model)
-    job.input_sha256 = hashes
-    job, created = await run_in_threadpool(
-        lifecycle.submit, b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant
-    )
+    job, created = await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

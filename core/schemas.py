@@ -194,10 +194,17 @@ class JobErrorInfo(BaseModel):
 
 
 class Metrics(BaseModel):
+    """Where a job's time went, in ms. ``total_ms`` (created to finished) is the sum of the parts: queued, the
+    worker starting up (torch and the engines, for the first jobs after a start), loading or waiting for the model,
+    inference, writing outputs, and ``other_ms`` (encoding, records, events)."""
+
     queue_ms: float | None = None
+    startup_ms: float | None = None
     load_ms: float | None = None
     inference_ms: float | None = None
     upload_ms: float | None = None
+    other_ms: float | None = None
+    total_ms: float | None = None
 
 
 class OutputItem(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from api.deps import backends, rate_limited
+from api.deps import backends, tenant
 from api.state import Backends
 from api.submit import submit
 from core.contract import REQUEST_MODELS
@@ -31,10 +31,8 @@ ROUTES: list[tuple[str, str, JobType, str]] = [
 
 
 def _endpoint(job_type: JobType, model: type[BaseModel], doc: str):
-    async def endpoint(
-        request: Request, body: BaseModel, tenant: str = Depends(rate_limited), b: Backends = Depends(backends)
-    ):
-        return await submit(request, b, tenant, job_type, body)
+    async def endpoint(request: Request, body: BaseModel, t: str = Depends(tenant), b: Backends = Depends(backends)):
+        return await submit(request, b, t, job_type, body)  # rate-limited there
 
     endpoint.__annotations__["body"] = model  # FastAPI validates the body against the job type's own model
     endpoint.__doc__ = doc

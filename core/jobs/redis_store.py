@@ -211,8 +211,9 @@ class RedisJobs:
         return self.c.r.scard(f"{P}tenant:{tenant}:active")
 
     @_unavailable
-    def ids_with_status(self, status):
-        return list(self.c.r.smembers(f"{P}status:{status.value}"))
+    def ids_with_status(self, status, limit=None):
+        key = f"{P}status:{status.value}"
+        return list(self.c.r.srandmember(key, limit) if limit else self.c.r.smembers(key))
 
     @_unavailable
     def delete_job(self, job_id):

@@ -48,7 +48,8 @@ class JobRecords(Protocol):
 
     def active_count(self, tenant: str) -> int: ...
 
-    def ids_with_status(self, status: JobStatus) -> list[str]: ...
+    def ids_with_status(self, status: JobStatus, limit: int | None = None) -> list[str]:
+        """Ids of the jobs with ``status`` (queued or running); at most ``limit`` of them (any, not the oldest)."""
 
     def delete_job(self, job_id: str) -> None:
         """Remove the record, its events and its index entries."""
@@ -148,6 +149,11 @@ def over_quota(tenant: str, max_active: int) -> QuotaExceeded:
     return QuotaExceeded(f"tenant {tenant!r} already has {max_active} queued or running jobs", retry_after=5)
 
 
+def _clone(job: JobRecord) -> JobRecord:
+    """A private copy of a record (what Redis gives by parsing its JSON): 4x cheaper than a pydantic deep copy."""
+    return JobRecord.model_validate_json(job.model_dump_json())
+
+
 def _labels_key(labels: dict[str, str]) -> tuple:
     return tuple(sorted(labels.items()))
 
@@ -194,12 +200,12 @@ class MemoryJobs:
                 k = (job.tenant, idempotency[0])
                 first = self.s._idem.get(k)
                 if first and first[0] in self.s._jobs:
-                    return self.s._jobs[first[0]].model_copy(deep=True), False, first[1]
+                    return _clone(self.s._jobs[first[0]]), False, first[1]
             if max_active is not None and len(self.s._active[job.tenant]) >= max_active:
                 raise over_quota(job.tenant, max_active)
             if idempotency:
                 self.s._idem[(job.tenant, idempotency[0])] = (job.id, idempotency[1])
-            self.s._jobs[job.id] = job.model_copy(deep=True)
+            self.s._jobs[job.id] = _clone(job)
             self.s._by_tenant[job.tenant].append(job.id)
             self._reindex(job.id, None, job)
             self.s._changed.notify_all()
@@ -225,18 +231,18 @@ class MemoryJobs:
     def get(self, job_id):
         with self.s._lock:
             job = self.s._jobs.get(job_id)
-            return job.model_copy(deep=True) if job else None
+            return _clone(job) if job else None
 
     def update(self, job_id, fn, lease=None):
         with self.s._lock:
             job = self.s._jobs.get(job_id)
             if job is None:
                 return None
-            new = fn(job.model_copy(deep=True))
+            new = fn(_clone(job))
             if new is None:
-                return job.model_copy(deep=True)
+                return _clone(job)
             self._reindex(job_id, job, new)
-            self.s._jobs[job_id] = new.model_copy(deep=True)
+            self.s._jobs[job_id] = _clone(new)
             if lease is not None:
                 if lease[1] > 0:
                     self.s._leases[job_id] = time.monotonic() + lease[1]
@@ -248,15 +254,15 @@ class MemoryJobs:
     def list(self, tenant, limit, offset):
         with self.s._lock:
             ids = self.s._by_tenant.get(tenant, [])[::-1][offset : offset + limit]
-            return [self.s._jobs[i].model_copy(deep=True) for i in ids]
+            return [_clone(self.s._jobs[i]) for i in ids]
 
     def active_count(self, tenant):
         with self.s._lock:
             return len(self.s._active.get(tenant, ()))
 
-    def ids_with_status(self, status):
+    def ids_with_status(self, status, limit=None):
         with self.s._lock:
-            return list(self.s._index.get(status, {}))
+            return list(self.s._index.get(status, {}))[:limit]
 
     def delete_job(self, job_id):
         with self.s._lock:

@@ -60,12 +60,14 @@ class PipelineCache:
             return list(self._items)
 
     def get(self, key: tuple, load: Callable[[], object]) -> tuple[object, float]:
-        """Return (item, load_ms); load_ms is 0 on a warm hit."""
+        """Return (item, load_ms); load_ms is 0 on a warm hit, and the time waited when another thread (a warm-up)
+        was loading it: a job that waits for a model counts the wait as its load."""
+        t0 = time.perf_counter()
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key][0], 0.0
-            t0 = time.perf_counter()
+                waited_ms = (time.perf_counter() - t0) * 1000
+                return self._items[key][0], round(waited_ms, 3) if waited_ms >= 1 else 0.0
             item = load()
             size = module_bytes(item)
             self._items[key] = (item, size)

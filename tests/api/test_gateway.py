@@ -10,6 +10,7 @@ from PIL import Image
 
 from api.config import Settings
 from api.main import create_app
+from core.jobs.execute import records
 from tests.api.helpers import LONG_JOB, bomb_png, data_uri, png_bytes
 from tests.conftest import wait_for
 
@@ -185,6 +186,7 @@ def test_signed_urls_refuse_tampering_and_expiry(client):
     r = client.get(f"/files/{key}?expires={expired}&sig={storage.signature(key, expired)}")
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     # the job's record is written beside its outputs
+    assert records.flush()  # written on the worker's record-writer thread
     record = json.loads(storage.get(f"jobs/{job['id']}/job.json"))
     assert record["status"] == "succeeded" and record["input"]["seed"] == job["input"]["seed"]
 

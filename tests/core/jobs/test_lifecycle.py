@@ -9,7 +9,7 @@ import pytest
 from core.contract import Artifact, RunResult
 from core.errors import Conflict, LeaseLost, QuotaExceeded, Unavailable
 from core.jobs import lifecycle
-from core.jobs.execute import execute_job
+from core.jobs.execute import execute_job, records
 from core.jobs.store import memory_store
 from core.schemas import JobStatus, JobType
 from core.storage import LocalStorage
@@ -149,6 +149,7 @@ def test_execute_job_writes_outputs_and_record_and_is_idempotent(store, tmp_path
     job, _ = lifecycle.submit(store, q, _job())
     done = execute_job(job.id, store, storage, lambda: FakeRunner(), "w")
     assert done.status == JobStatus.succeeded and done.output[0].key == f"jobs/{job.id}/0.png"
+    assert records.flush()  # the record is written on the writer's thread
     assert storage.get(f"jobs/{job.id}/0.png") == b"png-bytes" and storage.exists(f"jobs/{job.id}/job.json")
     assert done.metrics.inference_ms == 2.0 and done.progress.step == 3
     assert execute_job(job.id, store, storage, lambda: FakeRunner(), "w2") is None  # a redelivery does nothing
@@ -278,7 +279,7 @@ def test_retention_deletes_records_events_outputs_and_uploads(store, tmp_path):
     info = uploads.save(store, storage, tenant, png_bytes(), uploads.describe(png_bytes(), "file", 10**6), 60)
     job, _ = lifecycle.submit(store, q, _job(tenant))
     done = execute_job(job.id, store, storage, lambda: OneImage(), "w")
-    assert storage.exists(done.output[0].key)
+    assert storage.exists(done.output[0].key) and records.flush()
     assert lifecycle.sweep_expired(store, storage, at=time.time() + 30) == []  # nothing due yet
     swept = lifecycle.sweep_expired(store, storage, at=time.time() + store.job_ttl_s + 61)
     assert f"job:{job.id}" in swept and f"upload:{tenant}/{info['id']}" in swept
