@@ -9,12 +9,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.catalog import ModelKind
 from core.contract import RunContext, RunResult, parse_request
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord
 from core.validation import recheck
+
+if TYPE_CHECKING:
+    from core.pipelines.fastpath import FastPath
 
 
 def versions() -> dict[str, str]:
@@ -30,6 +34,12 @@ def versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover - diffusers is a dependency
         pass
     return v
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_budget(device: str) -> int:
@@ -57,13 +67,14 @@ class Engines:
         cache_dir: str | Path | None = None,
         on_load: Callable[[str, float], None] | None = None,
         max_batch: int = 8,
+        fast: FastPath | None = None,
     ):
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.registry = registry
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.versions = versions()
         from core.pipelines.cache import PipelineCache
 
@@ -74,6 +85,9 @@ class Engines:
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self._pipelines = None
         self.max_batch = max_batch
+        from core.pipelines.fastpath import FastPath
+
+        self.fast = fast or FastPath.for_device(self.device, cache_dir=self.cache_dir / "inductor-cache")
 
     @property
     def pipelines(self):
@@ -81,7 +95,7 @@ class Engines:
         if self._pipelines is None:
             from core.pipelines.loader import Pipelines
 
-            self._pipelines = Pipelines(self.registry, self.device, self.cache)
+            self._pipelines = Pipelines(self.registry, self.device, self.cache, self.fast)
         return self._pipelines
 
     # -- warm cache ---------------------------------------------------------------------------------
@@ -102,7 +116,7 @@ class Engines:
             if entry.kind == ModelKind.engine:
                 self.load_engine(entry)
             else:
-                self.pipelines.base(entry)
+                self.pipelines.warm(entry)
 
     # -- dispatch -----------------------------------------------------------------------------------
     def run(self, job: JobRecord, ctx: RunContext) -> RunResult:
@@ -115,7 +129,14 @@ class Engines:
         model = self.resolve(model_id, ctx) if model_id else None
         recheck(job.type, request, model)  # the limits of its family, checked again on this side
         # 3. the executor of (model kind, job type)
-        return executor_for(model.kind if model else None, job.type)(request, model, ctx, self)
+        return self._stamp(executor_for(model.kind if model else None, job.type)(request, model, ctx, self), model)
+
+    def _stamp(self, result, model: ModelEntry | None):
+        """Every result records the versions that made it (and, for a diffusers pipeline, its fast path)."""
+        if isinstance(result, RunResult):
+            extra = {"fast_path": self.pipelines.fast.describe()} if model and model.kind != ModelKind.engine else {}
+            result.versions = {**self.versions, **extra, **result.versions}
+        return result
 
     # -- batching: jobs that can share one denoising loop ---------------------------------------------
     def group(
@@ -155,7 +176,8 @@ class Engines:
 
         requests = [parse_request(job.type, job.input) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])  # group() checked each request against it
-        return executor_module(model.kind, jobs[0].type).run_batch(requests, model, ctxs, self)
+        outcomes = executor_module(model.kind, jobs[0].type).run_batch(requests, model, ctxs, self)
+        return [self._stamp(o, model) for o in outcomes]
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
         from core import tenant_models

@@ -50,6 +50,12 @@ class ServiceSettings(BaseSettings):
     )
     batch_window_ms: float = Field(10.0, ge=0, le=1000, description="how long a worker gathers jobs to batch; 0: off")
     max_batch: int = Field(8, ge=1, le=64, description="jobs denoised together at most")
+    fast_path: bool = Field(True, description="the lossless GPU fast path (channels_last, fused QKV) on CUDA")
+    compile: bool = Field(False, description="regional torch.compile of the denoiser's repeated blocks")
+    cuda_graphs: bool = Field(False, description="with COMPILE=1: CUDA graphs (static shapes, one capture per size)")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor; eager/aot_eager to debug)")
+    vae_tiling_above_px: int = Field(2048 * 2048, ge=1, description="VAE tiling for images above this many pixels")
+    lora_max_rank: int = Field(64, ge=1, le=1024, description="with COMPILE=1: the rank of the LoRA hot-swap slots")
 
     @property
     def warm_model_ids(self) -> list[str]:
@@ -88,15 +94,28 @@ def build_engines(s: ServiceSettings, registry, on_load: Callable[[str, float], 
     def engines():
         with lock:
             if "e" not in holder:
-                from core.runner import Engines
+                from core.pipelines.fastpath import FastPath
+                from core.runner import Engines, default_device
 
+                device = s.device or default_device()
                 holder["e"] = Engines(
                     registry,
-                    device=s.device,
+                    device=device,
                     torch_threads=s.torch_threads,
                     pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
                     cache_dir=s.data_dir / "cache",
                     on_load=on_load,
+                    max_batch=s.max_batch,
+                    fast=FastPath.for_device(
+                        device,
+                        enabled=s.fast_path,
+                        compile=s.compile,
+                        cuda_graphs=s.cuda_graphs,
+                        vae_tiling_above_px=s.vae_tiling_above_px,
+                        lora_max_rank=s.lora_max_rank,
+                        cache_dir=s.data_dir / "inductor-cache",
+                        compile_backend=s.compile_backend,
+                    ),
                 )
             return holder["e"]
 

@@ -40,6 +40,7 @@ def run(request: ControlNetRequest, model: ModelEntry, ctx: RunContext, engines)
         pipe,
         request,
         ctx,
+        engines.pipelines.fast,
         image=control,
         controlnet_conditioning_scale=request.controlnet_conditioning_scale,
         num_images_per_prompt=request.num_images,

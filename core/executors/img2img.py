@@ -24,6 +24,7 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
         pipe,
         request,
         ctx,
+        engines.pipelines.fast,
         image=image,
         strength=request.strength,
         num_images_per_prompt=request.num_images,

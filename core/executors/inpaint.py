@@ -29,6 +29,7 @@ def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, engines) ->
         pipe,
         request,
         ctx,
+        engines.pipelines.fast,
         image=image,
         mask_image=mask,
         strength=request.strength,

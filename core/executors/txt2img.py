@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from core.contract import RunContext, RunResult
+from core.pipelines import fastpath
 from core.pipelines.loader import denoise, image_result
 from core.registry import ModelEntry
 from core.schemas import Txt2ImgRequest
@@ -18,7 +19,9 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
     scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler) if hasattr(base, "from_pipe") else base
     # 3. denoise, one generator per image
-    out, inference_ms = denoise(pipe, request, ctx, num_images_per_prompt=request.num_images, output_type="pil")
+    out, inference_ms = denoise(
+        pipe, request, ctx, engines.pipelines.fast, num_images_per_prompt=request.num_images, output_type="pil"
+    )
     # 4. encode
     return image_result(out, request, model, load_ms, inference_ms)
 
@@ -85,6 +88,7 @@ def run_batch(
         return kwargs
 
     # 4. denoise
+    fastpath.per_call(pipe, engines.pipelines.fast, r0.height, r0.width, len(generators))
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():

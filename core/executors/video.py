@@ -38,6 +38,8 @@ def run(request: VideoRequest, model: ModelEntry, ctx: RunContext, engines) -> R
     scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler) if hasattr(base, "from_pipe") else base
     # 3. denoise the frames
-    out, inference_ms = denoise(pipe, request, ctx, num_frames=request.num_frames, output_type="np")
+    out, inference_ms = denoise(
+        pipe, request, ctx, engines.pipelines.fast, num_frames=request.num_frames, output_type="np"
+    )
     # 4. encode
     return RunResult(encode(out.frames[0], request), load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version))

@@ -9,6 +9,7 @@ are loaded twice. Image i of a job draws its noise from ``seed + i`` alone.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -17,9 +18,13 @@ import torch
 from core.catalog import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.contract import Artifact, RunContext, RunResult
 from core.errors import JobError
+from core.pipelines import fastpath
 from core.pipelines.cache import PipelineCache
+from core.pipelines.fastpath import FastPath
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import ModelRef
+
+log = logging.getLogger("diffuserve.pipelines")
 
 
 def pick_dtype(device: str, pipeline_class: str) -> torch.dtype:
@@ -50,11 +55,14 @@ class Pipelines:
     """The worker's diffusers side: warm base pipelines and ControlNets (in the shared memory-budgeted cache), a
     fresh scheduler per request, LoRA adapters per pipeline, and the shared denoising call."""
 
-    def __init__(self, registry: ModelRegistry, device: str, cache: PipelineCache):
+    def __init__(self, registry: ModelRegistry, device: str, cache: PipelineCache, fast: FastPath | None = None):
         self.registry = registry
         self.device = device
         self.cache = cache  # shared with the engine models
+        self.fast = fast or FastPath.for_device(device)
         self._adapters: dict[tuple, list[str]] = {}  # loaded adapter names per cached pipeline, most recent last
+        self._slots: dict[tuple, list[str]] = {}  # compiled pipelines: the adapter in each hot-swap slot
+        self._units: dict[tuple, dict] = {}
 
     # -- loading ------------------------------------------------------------------------------------
     def base(self, entry: ModelEntry):
@@ -67,9 +75,19 @@ class Pipelines:
             pipe = cls.from_pretrained(entry.source, dtype=pick_dtype(self.device, entry.pipeline_class))
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
+            fastpath.prepare(pipe, self.fast)
             return pipe
 
         return self.cache.get(self._key(entry), load)
+
+    def warm(self, entry: ModelEntry) -> None:
+        """Load, and on a GPU or when compiled run two steps at the family's default size, so the first request
+        finds the kernels chosen (cuDNN), the graph compiled and the CUDA graph captured."""
+        base, _ = self.base(entry)
+        if not (self.fast.compile or self.device.startswith("cuda")) or FAMILIES[entry.pipeline_class].video:
+            return
+        with torch.inference_mode():  # the pipeline's own default size
+            base(prompt="warm-up", num_inference_steps=2, output_type="latent")
 
     @staticmethod
     def _key(entry: ModelEntry) -> tuple:
@@ -82,7 +100,10 @@ class Pipelines:
             from diffusers import ControlNetModel
 
             dtype = pick_dtype(self.device, entry.pipeline_class)
-            return ControlNetModel.from_pretrained(source, dtype=dtype).to(self.device)
+            model = ControlNetModel.from_pretrained(source, dtype=dtype).to(self.device)
+            if self.fast.channels_last:
+                model.to(memory_format=torch.channels_last)
+            return model
 
         return self.cache.get(("controlnet", name, source), load)
 
@@ -105,11 +126,16 @@ class Pipelines:
         """Activate exactly the requested adapters at their scales; with none, disable every adapter so the output
         is the base model's. Adapters load once per pipeline and stay (LRU of MAX_ADAPTERS); the base weights are
         never reloaded."""
+        if self.fast.compile:
+            return self._hotswap_loras(entry, base, loras, ctx)
         loaded = self._adapters.setdefault(self._key(entry), [])
         if not loras:
             if loaded:
                 base.disable_lora()
+            if self.fast.fuse_qkv:
+                fastpath.fuse(base)
             return
+        fastpath.unfuse(base)  # adapters attach to the separate Q, K and V projections
         names, scales = [], []
         for ref in loras:
             adapter, path = self.lora_file(ref.name, ctx)
@@ -125,6 +151,46 @@ class Pipelines:
             scales.append(ref.scale)
         base.enable_lora()
         base.set_adapters(names, adapter_weights=scales)
+
+    def _hotswap_loras(self, entry: ModelEntry, base, loras: list, ctx: RunContext) -> None:
+        """A compiled pipeline's adapters live in fixed slots (``slot0``, ``slot1``...) padded to the rank set by
+        ``enable_lora_hotswap``: a new LoRA replaces a slot's weights in place (``hotswap=True``), and scales are
+        tensors filled in place, so neither a swap nor a new scale triggers a recompile (only a new slot does).
+        No LoRA: every slot at scale 0."""
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.hotswap import _convert_scalings_to_tensor, _update_scaling
+
+        key = self._key(entry)
+        slots = self._slots.setdefault(key, [])
+        units = self._units.setdefault(key, {})  # (module, slot) -> the scaling of weight 1.0
+        layers = [m for m in fastpath.denoiser(base).modules() if isinstance(m, LoraLayer)]
+        grew = False
+        for i, ref in enumerate(loras):
+            adapter, path = self.lora_file(ref.name, ctx)
+            if i < len(slots) and slots[i] == adapter:
+                continue
+            name = f"slot{i}"
+            if i < len(slots):
+                base.load_lora_weights(str(path), adapter_name=name, hotswap=True)
+                slots[i] = adapter
+            else:
+                base.load_lora_weights(str(path), adapter_name=name)
+                slots.append(adapter)
+                grew = True
+                layers = [m for m in fastpath.denoiser(base).modules() if isinstance(m, LoraLayer)]
+                base.set_adapters([f"slot{k}" for k in range(len(slots))], adapter_weights=[1.0] * len(slots))
+                _convert_scalings_to_tensor(fastpath.denoiser(base))
+            for m in layers:  # what this adapter's weight 1.0 is, read right after it loaded
+                if name in m.scaling:
+                    units[(id(m), name)] = float(m.scaling[name])
+        if grew:
+            log.info("LoRA slots of %s: %d (compiled graphs are rebuilt once)", entry.id, len(slots))
+        weights = [ref.scale for ref in loras] + [0.0] * (len(slots) - len(loras))
+        for m in layers:
+            for k, w in enumerate(weights):
+                name = f"slot{k}"
+                if name in m.scaling:
+                    _update_scaling(m, name, units[(id(m), name)] * w)
 
 
 def open_image(ctx: RunContext, upload_id: str, size: tuple[int, int] | None = None, mode: str = "RGB"):
@@ -145,9 +211,10 @@ def png(image) -> bytes:
     return buf.getvalue()
 
 
-def denoise(pipe, request, ctx: RunContext, **call) -> tuple[object, float]:
+def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call) -> tuple[object, float]:
     """The denoising call every diffusers task shares: one generator per image (image i is reproducible alone from
-    ``seed + i``), progress and cancel at every step. Returns (pipeline output, inference_ms)."""
+    ``seed + i``), progress and cancel at every step, the fast path's per-call settings (``fast``: VAE slicing and
+    tiling). Returns (pipeline output, inference_ms)."""
     pipe.set_progress_bar_config(disable=True)
     n = getattr(request, "num_images", 1)
     generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(n)]
@@ -167,6 +234,8 @@ def denoise(pipe, request, ctx: RunContext, **call) -> tuple[object, float]:
         generator=generators if n > 1 else generators[0],
         callback_on_step_end=on_step_end,
     )
+    if fast is not None:
+        fastpath.per_call(pipe, fast, request.height, request.width, n)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = pipe(**call)
