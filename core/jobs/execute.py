@@ -32,6 +32,8 @@ from core.storage import Storage, upload_key
 
 log = logging.getLogger("diffuserve.worker")
 
+PROGRESS_RECORD_S = 0.5  # the record's progress is rewritten at most this often (events carry every step)
+
 
 class JobContext:
     """The :class:`core.contract.RunContext` of one attempt of a job: progress (raises JobCancelled when asked to
@@ -58,6 +60,7 @@ class JobContext:
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self.lost = lost or threading.Event()  # set by the heartbeat when the lease is no longer ours
         self._cancel = False
+        self._recorded = 0.0  # when the record's progress was last rewritten
 
     def check(self) -> None:
         """Raise if the job must stop now: its lease is gone or its deadline passed."""
@@ -67,9 +70,17 @@ class JobContext:
             raise DeadlineExceeded(f"the job ran past its timeout_s of {self.job.input.get('timeout_s')}")
 
     def progress(self, step: int, total: int, **extra: float) -> None:
+        """Every step is an event (what streams show) and a cancel check; the record's ``progress`` is rewritten at
+        the first and last steps and at most every ``PROGRESS_RECORD_S`` in between."""
         self.check()
+        now = time.monotonic()
+        record = step <= 1 or step >= total or now - self._recorded >= PROGRESS_RECORD_S
         try:
-            self._cancel = lifecycle.report_progress(self.store, self.job.id, self.token, step, total, **extra)
+            self._cancel = lifecycle.report_progress(
+                self.store, self.job.id, self.token, step, total, record=record, **extra
+            )
+            if record:
+                self._recorded = now
         except Unavailable:
             return  # a store blip costs one progress event; the heartbeat decides whether the job is still ours
         if self._cancel:

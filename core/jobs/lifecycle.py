@@ -135,9 +135,20 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     return job
 
 
-def report_progress(store: JobStore, job_id: str, token: str, step: int, total: int, **extra: float) -> bool:
+def report_progress(
+    store: JobStore, job_id: str, token: str, step: int, total: int, record: bool = True, **extra: float
+) -> bool:
     """Record progress (``extra``, e.g. a training loss, goes into the event); True when a cancel was requested.
-    Raises :class:`LeaseLost` when ``token`` no longer owns the job (nothing is written then)."""
+    Raises :class:`LeaseLost` when ``token`` no longer owns the job (nothing is written then).
+
+    Every step is an event; ``record`` False leaves the record's ``progress`` as it is (one read instead of a
+    rewrite: the caller rewrites it every so often, see ``JobContext.progress``)."""
+    if not record:
+        job = store.jobs.get(job_id)
+        if job is None or job.status != JobStatus.running or job.lease_token != token:
+            raise LeaseLost(f"job {job_id} is no longer ours")
+        store.events.add_event(job_id, "progress", {"step": step, "total": total, **extra})
+        return job.cancel_requested
     owned = False
 
     def fn(job: JobRecord) -> JobRecord | None:

@@ -7,8 +7,9 @@ Keys (prefix ``ds:``): ``job:{id}`` the record as JSON; ``job:{id}:events`` its 
 ``idem:{tenant}:{key}``; ``expiry`` a sorted set of what retention deletes when; ``metrics:*`` hashes; ``rl:*``
 rate-limit windows.
 
-Every multi-key change is one MULTI under WATCH, so a record and its indexes, idempotency key and lease never
-disagree. Connection failures surface as :class:`core.errors.Unavailable`, fast: short socket timeouts, one retry.
+Every multi-key change is atomic (a record update is one compare-and-set script; a creation one MULTI under
+WATCH), so a record and its indexes, idempotency key and lease never disagree. Connection failures surface as
+:class:`core.errors.Unavailable`, fast: short socket timeouts, one retry.
 """
 
 from __future__ import annotations
@@ -39,6 +40,32 @@ if not raw then return 0 end
 local job = cjson.decode(raw)
 if job['status'] ~= 'running' or job['lease_token'] ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# write a record only if it is still what the caller read, moving its status indexes and lease in the same step.
+# KEYS: record, tenant's active set, expiry zset, lease, then the status sets (queued, running).
+# ARGV: old, new, id, status changed (0/1), index of the new status set (0: terminal), expiry score,
+# lease mode (keep/set/del), lease token, lease ms
+CAS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[4] == '1' then
+  for i = 5, #KEYS do redis.call('SREM', KEYS[i], ARGV[3]) end
+  local index = tonumber(ARGV[5])
+  if index > 0 then
+    redis.call('SADD', KEYS[4 + index], ARGV[3])
+    redis.call('SADD', KEYS[2], ARGV[3])
+  else
+    redis.call('SREM', KEYS[2], ARGV[3])
+    redis.call('ZADD', KEYS[3], ARGV[6], 'job:' .. ARGV[3])
+  end
+end
+if ARGV[7] == 'set' then
+  redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9])
+elseif ARGV[7] == 'del' then
+  redis.call('DEL', KEYS[4])
+end
 return 1
 """
 
@@ -87,6 +114,7 @@ class RedisConn:
         self.r = redis.Redis(connection_pool=pool)
         self.down_until = 0.0
         self.renew = self.r.register_script(RENEW)
+        self.cas = self.r.register_script(CAS)
 
     def ping(self) -> bool:
         try:
@@ -163,40 +191,37 @@ class RedisJobs:
 
     @_unavailable
     def update(self, job_id, fn, lease=None):
+        """Read, apply ``fn``, then write only if the record is still what was read (``CAS``: one script that also
+        moves the indexes and the lease); another writer in between: read again. Two round trips, no WATCH."""
         key = f"{P}job:{job_id}"
-        with self.c.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        pipe.unwatch()
-                        return None
-                    old = JobRecord.model_validate_json(raw)
-                    new = fn(old.model_copy(deep=True))
-                    if new is None:
-                        pipe.unwatch()
-                        return old
-                    pipe.multi()
-                    pipe.set(key, new.model_dump_json())
-                    if new.status != old.status:
-                        for s in INDEXED:
-                            pipe.srem(f"{P}status:{s.value}", job_id)
-                        if new.status in INDEXED:
-                            pipe.sadd(f"{P}status:{new.status.value}", job_id)
-                            pipe.sadd(f"{P}tenant:{new.tenant}:active", job_id)
-                        else:
-                            pipe.srem(f"{P}tenant:{new.tenant}:active", job_id)
-                            pipe.zadd(f"{P}expiry", {f"job:{job_id}": time.time() + self.c.job_ttl_s})
-                    if lease is not None:
-                        if lease[1] > 0:
-                            pipe.set(f"{P}lease:{job_id}", lease[0], px=int(lease[1] * 1000))
-                        else:
-                            pipe.delete(f"{P}lease:{job_id}")
-                    pipe.execute()
-                    return new
-                except redis.WatchError:
-                    continue
+        status_keys = [f"{P}status:{s.value}" for s in INDEXED]
+        while True:
+            raw = self.c.r.get(key)
+            if raw is None:
+                return None
+            old = JobRecord.model_validate_json(raw)
+            new = fn(JobRecord.model_validate_json(raw))  # a private copy for fn (cheaper than a deep copy)
+            if new is None:
+                return old
+            changed = new.status != old.status
+            index = next((i + 1 for i, s in enumerate(INDEXED) if s == new.status), 0)
+            lease_mode = "keep" if lease is None else ("set" if lease[1] > 0 else "del")
+            done = self.c.cas(
+                keys=[key, f"{P}tenant:{new.tenant}:active", f"{P}expiry", f"{P}lease:{job_id}", *status_keys],
+                args=[
+                    raw,
+                    new.model_dump_json(),
+                    job_id,
+                    int(changed),
+                    index,
+                    time.time() + self.c.job_ttl_s,
+                    lease_mode,
+                    lease[0] if lease else "",
+                    int(lease[1] * 1000) if lease else 0,
+                ],
+            )
+            if done:
+                return new
 
     @_unavailable
     def list(self, tenant, limit, offset):

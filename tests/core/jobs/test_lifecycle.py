@@ -403,3 +403,20 @@ def test_a_worker_that_lost_its_job_writes_no_outputs_or_checkpoints(store, tmp_
     result = execute_job(job2.id, store, storage, lambda: LosesItAtTheEnd(), "old")
     assert result.status == JobStatus.running
     assert not storage.exists(f"jobs/{job2.id}/0.png") and not storage.exists(f"jobs/{job2.id}/job.json")
+
+
+def test_progress_between_record_writes_is_an_event_and_a_cancel_check(store):
+    """A step's progress is always an event; the record is rewritten only when asked (the worker asks at the first
+    and last steps and every PROGRESS_RECORD_S): one read instead of a rewrite per step."""
+    q = ListQueue()
+    job, _ = lifecycle.submit(store, q, _job())
+    token = lifecycle.claim(store, job.id, "w", 10).lease_token
+    assert lifecycle.report_progress(store, job.id, token, 1, 10) is False
+    assert lifecycle.report_progress(store, job.id, token, 2, 10, record=False) is False
+    assert store.jobs.get(job.id).progress.step == 1  # the record keeps the last written step
+    assert [e["data"]["step"] for e in store.events.events(job.id) if e["event"] == "progress"] == [1, 2]
+    lifecycle.cancel(store, job.id)
+    assert lifecycle.report_progress(store, job.id, token, 3, 10, record=False) is True  # cancel seen at once
+    with pytest.raises(LeaseLost):
+        lifecycle.report_progress(store, job.id, "not-the-owner", 4, 10, record=False)
+    assert [e["data"]["step"] for e in store.events.events(job.id) if e["event"] == "progress"] == [1, 2, 3]
