@@ -5,7 +5,8 @@
 Each mode runs as real processes on this machine (embedded: uvicorn with the in-process queue and local
 disk; distributed: uvicorn + one Celery worker + redis-server + moto_server as S3). A job is timed from
 just before its POST to the answer of GET /v1/jobs/{id}?wait=30 that shows it succeeded; the table gives
-the median and p90 over --jobs jobs after 3 warm-up jobs.
+the median and p90 over --jobs jobs after 3 warm-up jobs, and how much of it the write of the output took (the job's
+``upload_ms``): moto_server, a Python server, takes 4-9 ms per PUT on this machine where S3 or MinIO take 1-2 ms.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ BODY = {"prompt": "7", "num_inference_steps": 1, "seed": 1}
 
 
 def measure(http: httpx.Client, n: int, headers: dict) -> dict:
-    overhead, inference, total = [], [], []
+    overhead, inference, total, upload = [], [], [], []
     for i in range(n + 3):
         t0 = time.perf_counter()
         job = http.post("/v1/txt2img", json=BODY, headers=headers).json()
@@ -41,12 +42,14 @@ def measure(http: httpx.Client, n: int, headers: dict) -> dict:
         total.append(e2e)
         inference.append(done["metrics"]["inference_ms"])
         overhead.append(e2e - done["metrics"]["inference_ms"])
+        upload.append(done["metrics"]["upload_ms"])
     q = statistics.quantiles(overhead, n=10)
     return {
         "p50": statistics.median(overhead),
         "p90": q[8],
         "e2e": statistics.median(total),
         "inf": statistics.median(inference),
+        "upload": statistics.median(upload),
     }
 
 
@@ -68,16 +71,18 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=40)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        rows = [("embedded", embedded(a.jobs, Path(d)), 20.0), ("distributed", distributed(a.jobs, Path(d)), 60.0)]
+        rows = [("embedded", embedded(a.jobs, Path(d)), 5.0), ("distributed", distributed(a.jobs, Path(d)), 15.0)]
     print(f"\nService overhead of a 1-step digits job (end-to-end minus inference_ms), {a.jobs} jobs after 3 warm-up")
-    print("| mode        | overhead p50 ms | overhead p90 ms | end-to-end p50 ms | inference p50 ms | bar p50 ms |")
-    print("|-------------|-----------------|-----------------|-------------------|------------------|------------|")
+    print("| mode | overhead p50 ms | overhead p90 ms | of which the output write p50 ms | end-to-end p50 ms |", end="")
+    print(" inference p50 ms | goal p50 ms |")
+    print("|---|---|---|---|---|---|---|")
     for name, r, bar in rows:
-        ok = "ok" if r["p50"] <= bar else "MISSED"
+        ok = "met" if r["p50"] <= bar else "missed"
         print(
-            f"| {name:<11} | {r['p50']:>15.1f} | {r['p90']:>15.1f} | {r['e2e']:>17.1f} | {r['inf']:>16.1f} "
-            f"| {bar:>6.0f} {ok:<3} |"
+            f"| {name} | {r['p50']:.1f} | {r['p90']:.1f} | {r['upload']:.1f} | {r['e2e']:.1f} | {r['inf']:.1f} "
+            f"| {bar:.0f} ({ok}) |"
         )
+    print("the output write: the PNG to local disk (embedded) or one S3 PUT to moto_server (distributed)")
     return 0
 
 

@@ -7,7 +7,7 @@ import time
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import backends, tenant
 from api.errors import ApiError
@@ -48,7 +48,8 @@ async def get_job(
                 job = await run_in_threadpool(_own, b, t, job_id)
                 if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
                     break
-    return job_view(job, b, str(request.base_url))
+    # built from the record, already valid: answered as is (response_model documents it, without re-validating)
+    return JSONResponse(job_view(job, b, str(request.base_url)))
 
 
 @router.get("/jobs", response_model=JobList)

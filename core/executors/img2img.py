@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.contract import RunContext, RunResult
-from core.pipelines.loader import denoise, image_result, open_image
+from core.pipelines.loader import denoise, denoise_batch, image_result, open_image
 from core.registry import ModelEntry
 from core.schemas import Img2ImgRequest
 
@@ -31,3 +31,60 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
         output_type="pil",
     )
     return image_result(out, request, model, load_ms, inference_ms)
+
+
+BATCHABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def batch_key(request: Img2ImgRequest, model: ModelEntry) -> tuple | None:
+    """Requests with the same key share one denoising loop (each with its own image, prompt and generators)."""
+    if model.pipeline_class not in BATCHABLE_PIPELINES:
+        return None
+    loras = tuple((ref.name, ref.scale) for ref in request.loras)
+    return (
+        model.id,
+        model.version,
+        request.width,
+        request.height,
+        request.num_inference_steps,
+        request.scheduler,
+        request.guidance_scale,
+        request.strength,
+        loras,
+        bool(request.negative_prompt),
+    )
+
+
+def run_batch(
+    requests: list[Img2ImgRequest], model: ModelEntry, ctxs: list[RunContext], engines
+) -> list[RunResult | BaseException]:
+    """Several requests of one ``batch_key`` in one call; a request whose image cannot be read fails alone."""
+    import diffusers
+
+    r0 = requests[0]
+    # 1. load (0 ms when warm) and activate the LoRAs the batch shares
+    base, load_ms = engines.pipelines.base(model)
+    engines.pipelines.apply_loras(model, base, r0.loras, ctxs[0])
+    # 2. the image-to-image pipeline of the same components, with a fresh scheduler
+    scheduler = engines.pipelines.scheduler(r0.scheduler, base, model)
+    pipe = diffusers.AutoPipelineForImage2Image.from_pipe(base, scheduler=scheduler)
+    # 3. each request's image at the requested size (one that cannot be read fails that job alone)
+    outcomes: list = [None] * len(requests)
+    images: list = [None] * len(requests)
+    for k, (r, ctx) in enumerate(zip(requests, ctxs)):
+        try:
+            images[k] = open_image(ctx, r.image, (r.width, r.height))
+        except Exception as e:  # noqa: BLE001 - that job's own error
+            outcomes[k] = e
+    # 4. denoise together and encode each job's images
+    return denoise_batch(
+        pipe,
+        requests,
+        ctxs,
+        engines.pipelines.fast,
+        outcomes,
+        model,
+        load_ms,
+        per_request={"image": images},
+        strength=r0.strength,
+    )

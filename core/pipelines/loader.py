@@ -12,6 +12,7 @@ import io
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -240,6 +241,75 @@ def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call
     with torch.inference_mode():
         out = pipe(**call)
     return out, (time.perf_counter() - t0) * 1000
+
+
+def denoise_batch(
+    pipe,
+    requests: list,
+    ctxs: list[RunContext],
+    fast: FastPath | None,
+    outcomes: list,
+    entry: ModelEntry,
+    load_ms: float,
+    per_request: dict[str, list] | None = None,
+    **call,
+) -> list:
+    """Several requests of one batch key in one pipeline call: a prompt and a generator (``seed + i``) per image,
+    and ``per_request`` inputs (e.g. each request's ``image``) repeated for its images, so every image equals the
+    same request drawn alone. A request whose ``outcomes`` entry is already set (a bad input) stays out. Progress
+    goes to each job; a job canceled, past its deadline or no longer ours leaves with that outcome at the next step
+    (when none is left the call is interrupted). Returns ``outcomes``, one RunResult or error per request."""
+    from core.errors import DeadlineExceeded, JobCancelled, LeaseLost
+
+    members = [k for k, o in enumerate(outcomes) if o is None]
+    if not members:
+        return outcomes
+    r0 = requests[members[0]]
+    pipe.set_progress_bar_config(disable=True)
+    # 1. one prompt, one generator and the request's own inputs per image, and whose image it is
+    owners = [k for k in members for _ in range(requests[k].num_images)]
+    per_image = {name: [values[k] for k in owners] for name, values in (per_request or {}).items()}
+    seeds = [requests[k].seed + i for k in members for i in range(requests[k].num_images)]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+    def on_step_end(pipeline, step, timestep, kwargs):
+        total = getattr(pipeline, "_num_timesteps", None) or r0.num_inference_steps
+        for k in members:
+            if outcomes[k] is None:
+                try:
+                    ctxs[k].progress(step + 1, int(total))
+                except (JobCancelled, LeaseLost, DeadlineExceeded) as e:
+                    outcomes[k] = e
+        if all(outcomes[k] is not None for k in members):
+            pipeline._interrupt = True  # nobody is left: the pipeline stops at its next step
+        return kwargs
+
+    # 2. denoise
+    if fast is not None:
+        fastpath.per_call(pipe, fast, r0.height, r0.width, len(generators))
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            out = pipe(
+                prompt=[requests[k].prompt for k in owners],
+                negative_prompt=[requests[k].negative_prompt for k in owners] if r0.negative_prompt else None,
+                num_inference_steps=r0.num_inference_steps,
+                guidance_scale=r0.guidance_scale,
+                generator=generators,
+                callback_on_step_end=on_step_end,
+                output_type="pil",
+                **per_image,
+                **call,
+            )
+    except Exception as e:  # noqa: BLE001 - the batch failed: each job records why
+        return [o if o is not None else e for o in outcomes]
+    inference_ms = (time.perf_counter() - t0) * 1000
+    # 3. each job's images, encoded
+    for k in members:
+        if outcomes[k] is None:
+            mine = SimpleNamespace(images=[im for im, owner in zip(out.images, owners) if owner == k])
+            outcomes[k] = image_result(mine, requests[k], entry, load_ms, inference_ms)
+    return outcomes
 
 
 def image_result(

@@ -133,3 +133,53 @@ def test_diffusers_txt2img_batches_and_each_image_equals_the_request_alone(tiny_
     for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone)):
         assert np.abs(a - b).max() <= 1
     assert np.abs(_pixels(storage, done[0])[0] - _pixels(storage, done[2])[0]).mean() > 1  # prompts kept apart
+
+
+def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails_alone(tiny_models_dir, tmp_path):
+    from core import uploads
+    from core.runner import Engines
+
+    engines = Engines(ModelRegistry([tiny_models_dir]), device="cpu", torch_threads=1)
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+
+    def upload(color) -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), color).save(buf, format="PNG")
+        data = buf.getvalue()
+        return uploads.save(store, storage, "t", data, uploads.describe(data, "file", 10**6), 3600)["id"]
+
+    def i2i_job(image: str, seed: int, num_images: int = 1):
+        data = {
+            "model": "tiny-sd",
+            "prompt": "a red house",
+            "negative_prompt": "",
+            "image": image,
+            "strength": 0.6,
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 4,
+            "guidance_scale": 5.0,
+            "scheduler": "euler",
+            "seed": seed,
+            "num_images": num_images,
+            "loras": [],
+            "timeout_s": 300,
+        }
+        job, _ = lifecycle.submit(store, ListQueue(), lifecycle.new_job(JobType.img2img, data, "t"))
+        return job
+
+    red, blue = upload((220, 30, 30)), upload((30, 30, 220))
+    batch = [i2i_job(red, 1), i2i_job(blue, 5, num_images=2), i2i_job("upl_" + "0" * 32, 7), i2i_job(red, 9)]
+    done = execute_batch([j.id for j in batch], store, storage, lambda: engines, "w")
+    assert [j.status for j in done] == [JobStatus.succeeded, JobStatus.succeeded, JobStatus.failed, JobStatus.succeeded]
+    assert done[2].error.code == "invalid_dataset" and "gone" in done[2].error.message  # the missing image, alone
+    _, hists = store.limits.metrics_snapshot()
+    assert hists[("diffuserve_batch_size", (("type", "img2img"),))]["sum"] == 4  # one batch of four jobs
+    alone = execute_job(i2i_job(blue, 5, num_images=2).id, store, storage, lambda: engines, "w")
+    for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone)):
+        assert np.abs(a - b).max() <= 1  # an image amid the batch equals the request alone
+    # each image kept its own input: the red one equals red alone, and the input matters (blue, same seed, differs)
+    red_alone = _pixels(storage, execute_job(i2i_job(red, 1).id, store, storage, lambda: engines, "w"))[0]
+    blue_seed1 = _pixels(storage, execute_job(i2i_job(blue, 1).id, store, storage, lambda: engines, "w"))[0]
+    assert np.abs(_pixels(storage, done[0])[0] - red_alone).max() <= 1
+    assert np.abs(red_alone - blue_seed1).mean() > 1
