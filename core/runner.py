@@ -7,7 +7,8 @@ Models load once per process and stay warm (an LRU keyed by model id and weights
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,48 @@ def default_budget(device: str) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
 
 
+class BatchMemory:
+    """How many images of a batch key fit in a GPU's free memory: each batch's peak memory per image is measured
+    (``measure``) and the next batch of that key capped to ``headroom`` of the free memory over it (``cap``). Without
+    a measurement, or on a CPU (``free_bytes`` None), no cap beyond ``MAX_BATCH``."""
+
+    def __init__(self, free_bytes: Callable[[], int] | None = None, headroom: float = 0.8):
+        self.free_bytes = free_bytes
+        self.headroom = headroom
+        self.per_image: dict[tuple, float] = {}
+
+    @classmethod
+    def for_device(cls, device: str) -> BatchMemory:
+        if not device.startswith("cuda"):
+            return cls()
+        import torch
+
+        return cls(lambda: torch.cuda.mem_get_info(torch.device(device))[0])
+
+    def observe(self, key: tuple, images: int, peak_bytes: int) -> None:
+        if images > 0 and peak_bytes > 0:
+            self.per_image[key] = max(self.per_image.get(key, 0.0), peak_bytes / images)
+
+    def cap(self, key: tuple) -> int:
+        """Images a batch of ``key`` may hold (a very large number when nothing limits it)."""
+        per_image = self.per_image.get(key)
+        if self.free_bytes is None or not per_image:
+            return 1 << 30
+        return max(1, int(self.free_bytes() * self.headroom / per_image))
+
+    @contextmanager
+    def measure(self, key: tuple, images: int) -> Iterator[None]:
+        if self.free_bytes is None:
+            yield
+            return
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        yield
+        self.observe(key, images, torch.cuda.max_memory_allocated() - before)
+
+
 class Engines:
     """A worker's warm resources and its one door from a job to an executor: parse the typed request, resolve the
     model, look up ``EXECUTORS[(model kind, job type)]``, run it. Models load once per process and stay warm (one
@@ -88,6 +131,7 @@ class Engines:
         from core.pipelines.fastpath import FastPath
 
         self.fast = fast or FastPath.for_device(self.device, cache_dir=self.cache_dir / "inductor-cache")
+        self.memory = BatchMemory.for_device(self.device)
 
     @property
     def pipelines(self):
@@ -139,44 +183,53 @@ class Engines:
         return result
 
     # -- batching: jobs that can share one denoising loop ---------------------------------------------
+    def _batch_key(self, job: JobRecord, ctx: RunContext) -> tuple | None:
+        from core.executors import executor_module
+
+        request = parse_request(job.type, job.input)
+        model_id = getattr(request, "model", None)
+        model = self.resolve(model_id, ctx) if model_id else None
+        recheck(job.type, request, model)  # a job that fails it runs alone, and fails alone
+        module = executor_module(model.kind if model else None, job.type)
+        found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
+        return (job.type, found) if found is not None else None
+
     def group(
         self, jobs: list[JobRecord], context: Callable[[JobRecord], RunContext], max_batch: int | None = None
     ) -> list[list[JobRecord]]:
-        """Jobs grouped by the batch key of their task's executor (``batch_key``), at most ``max_batch`` a group; a job
-        whose executor has none, or whose request cannot be read, runs alone. Order is kept within a group."""
-        from core.executors import executor_module
-
+        """Jobs grouped by the batch key of their task's executor (``batch_key``), at most ``max_batch`` a group and,
+        on a GPU, no more images than fit in free memory (``self.memory``); a job whose executor has none, or whose
+        request cannot be read, runs alone. Order is kept within a group."""
         max_batch = max_batch or self.max_batch
         groups: list[list[JobRecord]] = []
-        open_group: dict[object, list[JobRecord]] = {}  # the group of each key that still has room
+        open_group: dict[object, tuple[list[JobRecord], list[int]]] = {}  # key -> (group, [its images, its cap])
         for job in jobs:
-            key = None
             try:
-                request = parse_request(job.type, job.input)
-                model_id = getattr(request, "model", None)
-                model = self.resolve(model_id, context(job)) if model_id else None
-                recheck(job.type, request, model)  # a job that fails it runs alone, and fails alone
-                module = executor_module(model.kind if model else None, job.type)
-                found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
-                key = (job.type, found) if found is not None else None
+                key = self._batch_key(job, context(job))
             except Exception:  # noqa: BLE001 - it runs alone and reports its own error there
-                pass
-            group = open_group.get(key) if key is not None else None
-            if group is None or len(group) >= max_batch:
-                group = []
+                key = None
+            images = int(job.input.get("num_images", 1) or 1)
+            group, room = open_group.get(key, (None, [0, 0])) if key is not None else (None, [0, 0])
+            if group is None or len(group) >= max_batch or room[0] + images > room[1]:
+                group, room = [], [0, self.memory.cap(key) if key is not None else 0]
                 groups.append(group)
                 if key is not None:
-                    open_group[key] = group
+                    open_group[key] = (group, room)
             group.append(job)
+            room[0] += images
         return groups
 
     def run_batch(self, jobs: list[JobRecord], ctxs: list[RunContext]) -> list:
-        """One batch of a group: each job's RunResult or the error it ends with."""
+        """One batch of a group: each job's RunResult or the error it ends with. On a GPU the batch's peak memory
+        per image is learned for its key (what ``group`` then caps by)."""
         from core.executors import executor_module
 
         requests = [parse_request(job.type, job.input) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])  # group() checked each request against it
-        outcomes = executor_module(model.kind, jobs[0].type).run_batch(requests, model, ctxs, self)
+        module = executor_module(model.kind, jobs[0].type)
+        key = (jobs[0].type, module.batch_key(requests[0], model))
+        with self.memory.measure(key, sum(r.num_images for r in requests)):
+            outcomes = module.run_batch(requests, model, ctxs, self)
         return [self._stamp(o, model) for o in outcomes]
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:

@@ -183,3 +183,27 @@ def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails
     blue_seed1 = _pixels(storage, execute_job(i2i_job(blue, 1).id, store, storage, lambda: engines, "w"))[0]
     assert np.abs(_pixels(storage, done[0])[0] - red_alone).max() <= 1
     assert np.abs(red_alone - blue_seed1).mean() > 1
+
+
+def test_on_a_gpu_a_batch_holds_only_the_images_that_fit_in_free_memory(engines, tmp_path):
+    """MAX_BATCH is 8, but the last batch of this key peaked at 400 bytes an image and 1,000 bytes are free: with
+    the 80% headroom two images fit, so five one-image jobs (and a two-image one) split by memory, not by count."""
+    from core.jobs.execute import JobContext
+    from core.runner import BatchMemory
+
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    jobs = [_job(store, "3", seed) for seed in range(5)] + [_job(store, "3", 9, num_images=2)]
+    context = lambda job: JobContext(store, job, storage, "")  # noqa: E731
+    saved = engines.memory
+    try:
+        engines.memory = BatchMemory(free_bytes=lambda: 1000)
+        assert [len(g) for g in engines.group(jobs, context)] == [6]  # nothing measured yet: MAX_BATCH alone
+        engines.memory.observe(engines._batch_key(jobs[0], context(jobs[0])), images=4, peak_bytes=1600)
+        groups = engines.group(jobs, context)
+        assert [[j.id for j in g] for g in groups] == [[j.id for j in jobs[i : i + 2]] for i in (0, 2, 4)][:2] + [
+            [jobs[4].id],
+            [jobs[5].id],
+        ]
+    finally:
+        engines.memory = saved
+    assert BatchMemory().cap(("any",)) > 1000  # on a CPU: no memory cap
