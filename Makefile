@@ -45,6 +45,8 @@ bench: setup  ## benchmark tables (see bench/)
 	$(BIN)/python bench/ddpm_quality.py
 	$(BIN)/python bench/pipelines.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/gpu.py $(if $(shell $(BIN)/python -c "import torch;print(torch.cuda.is_available())" | grep True),,--smoke)
 
 tiny-models: setup  ## tiny random pipelines of every kind into DIR (default models-tiny), then: MODELS_DIR=DIR make run
 	$(BIN)/python -m core.pipelines.tiny $(or $(DIR),models-tiny)

@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak, when not in the table")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
+    if device == "cpu" and not a.smoke:
+        print("no CUDA device here: full-size models are for a GPU; --smoke runs the tiny configs on the CPU")
+        return 2
     if a.smoke:
         a.iters, a.warmup = min(a.iters, 2), min(a.warmup, 1)
     a.compile_backend = a.compile_backend or ("aot_eager" if a.smoke else "inductor")

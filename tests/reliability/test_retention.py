@@ -21,7 +21,9 @@ def test_job_ttl_on_redis_and_s3(redis_server, moto, tmp_path, logs_dir):
         job = stack.wait(stack.submit({"prompt": "4", "num_inference_steps": 2, "num_images": 2})["id"])
         assert job["status"] == "succeeded"
         prefix = tmp_path.name
-        assert len(moto.keys(f"{prefix}/jobs/{job['id']}/")) == 3 and moto.keys(f"{prefix}/uploads/")
+        # two outputs, and the record (written just after the job turns succeeded)
+        wait_for(lambda: len(moto.keys(f"{prefix}/jobs/{job['id']}/")) == 3, 30, what="the outputs and the record")
+        assert moto.keys(f"{prefix}/uploads/")
         url = job["output"][0]["url"]
         assert httpx.get(url).status_code == 200
         wait_for(lambda: stack.http.get(f"/v1/jobs/{job['id']}", headers=A).status_code == 404, 30, what="job expired")
