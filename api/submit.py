@@ -4,6 +4,8 @@ all-or-nothing queuing, the 202 answer. HTTP only."""
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -12,6 +14,7 @@ from pydantic import BaseModel
 
 from api.deps import check_rate
 from api.state import Backends
+from api.waiters import wait_for
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.schemas import JobRecord, JobType
@@ -52,8 +55,43 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
             raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
         body_hash = hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
         idempotency = (idem_key, body_hash)
+    wait = prefer_wait(request.headers.get("prefer"), b.settings.max_wait_s)
+    if wait is not None:
+        b.waiters.check(tenant)  # a synchronous wait counts as an open wait (429 past MAX_WAITS_PER_TENANT)
     job, created = await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(job_view(job, b, str(request.base_url)), status_code=202, headers=headers)
+    status = 202
+    if wait is not None:
+        job = await wait_until_done(b, tenant, job, wait)
+        if job.status.is_terminal():
+            status = 201 if created else 200  # the finished job; 200 on an idempotent replay
+        headers["Preference-Applied"] = f"wait={wait:g}"
+    return JSONResponse(job_view(job, b, str(request.base_url)), status_code=status, headers=headers)
+
+
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+(?:\.\d+)?))?\s*(?:$|[,;])", re.IGNORECASE)
+
+
+def prefer_wait(header: str | None, max_wait_s: float) -> float | None:
+    """Seconds to wait from ``Prefer: wait[=N]`` (RFC 7240; N capped at ``max_wait_s``, bare ``wait`` means the cap),
+    or None when the client did not ask."""
+    if not header:
+        return None
+    m = PREFER_WAIT.search(header)
+    if m is None:
+        return None
+    return min(float(m.group(1)), max_wait_s) if m.group(1) is not None else max_wait_s
+
+
+async def wait_until_done(b: Backends, tenant: str, job: JobRecord, wait: float) -> JobRecord:
+    """The job once terminal, or as it is after ``wait`` seconds: woken by its status events, no thread held."""
+    deadline = time.monotonic() + wait
+    async with b.waiters.watch(tenant, job.id, every_event=False) as changed:
+        while not job.status.is_terminal():
+            changed.clear()
+            job = await run_in_threadpool(b.store.jobs.get, job.id) or job
+            if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
+                break
+    return job

@@ -89,8 +89,10 @@ def embedded_server(tmp: Path, log: Path) -> tuple[Proc, str]:
     )
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, what="embedded gateway")
-    # warm: the first job loads the model
-    wait_for(lambda: httpx.post(f"{url}/v1/txt2img", json=BODY).status_code == 202, 10, what="first job")
+    # warm: the first job starts torch and loads the model; the measurement starts once it is done
+    job = wait_for(lambda: httpx.post(f"{url}/v1/txt2img", json=BODY).json(), 10, what="first job")
+    done = httpx.get(f"{url}/v1/jobs/{job['id']}?wait=60", timeout=90).json()
+    assert done["status"] == "succeeded", done
     return proc, url
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel
 
 from api.deps import backends, tenant
@@ -12,6 +12,11 @@ from core.contract import REQUEST_MODELS
 from core.schemas import Job, JobType
 
 router = APIRouter()
+
+PREFER_DOC = (
+    "`wait` or `wait=N` (N ≤ 60 s; bare `wait`: 60): answer with the finished job (201, or 200 on an idempotent "
+    "replay) when it ends within N seconds, else 202 with `Location` as without it. `Preference-Applied` echoes it."
+)
 
 # (path, route name = operation id, job type, one-line description); the body is REQUEST_MODELS[job type]
 ROUTES: list[tuple[str, str, JobType, str]] = [
@@ -31,7 +36,13 @@ ROUTES: list[tuple[str, str, JobType, str]] = [
 
 
 def _endpoint(job_type: JobType, model: type[BaseModel], doc: str):
-    async def endpoint(request: Request, body: BaseModel, t: str = Depends(tenant), b: Backends = Depends(backends)):
+    async def endpoint(
+        request: Request,
+        body: BaseModel,
+        t: str = Depends(tenant),
+        b: Backends = Depends(backends),
+        prefer: str | None = Header(None, description=PREFER_DOC, examples=["wait=30"]),
+    ):
         return await submit(request, b, t, job_type, body)  # rate-limited there
 
     endpoint.__annotations__["body"] = model  # FastAPI validates the body against the job type's own model
@@ -47,4 +58,8 @@ for _path, _name, _type, _doc in ROUTES:
         name=_name,
         status_code=202,
         response_model=Job,
+        responses={
+            200: {"model": Job, "description": "`Prefer: wait` and an idempotent replay: the finished job"},
+            201: {"model": Job, "description": "`Prefer: wait`: the job was created and finished within the wait"},
+        },
     )
