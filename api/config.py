@@ -25,6 +25,12 @@ class Settings(ServiceSettings):
     max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
     redis_max_connections: int = Field(64, ge=4)
     metrics_token: str | None = Field(None, description="set: /metrics needs Authorization: Bearer <token>")
+    webhook_secret: str | None = Field(
+        None, description="whsec_… master key of webhook signatures; unset: DATA_DIR/webhook_secret, made once"
+    )
+    webhook_allow_private: bool = Field(False, description="webhooks to loopback and private addresses too")
+    webhook_retry_s: float = Field(3600.0, ge=0, description="how long a webhook delivery is retried")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="the first retry's delay, doubling to 10 minutes")
 
     @field_validator("broker_url", "redis_url")
     @classmethod
@@ -40,13 +46,20 @@ class Settings(ServiceSettings):
     def resolved_signing_key(self) -> str:
         """SIGNING_KEY, else a key made once and kept in DATA_DIR (so URLs survive a restart, and gateways that share
         DATA_DIR agree); gateways on separate disks must share SIGNING_KEY, and the gateway warns when it is unset."""
-        if self.signing_key:
-            return self.signing_key
-        path = self.data_dir / "signing_key"
+        return self.signing_key or self._kept_secret("signing_key", lambda: secrets.token_hex(32))
+
+    def resolved_webhook_secret(self) -> str:
+        """WEBHOOK_SECRET, else a ``whsec_`` key made once and kept in DATA_DIR (as the signing key)."""
+        from core.webhooks import new_secret
+
+        return self.webhook_secret or self._kept_secret("webhook_secret", new_secret)
+
+    def _kept_secret(self, name: str, make) -> str:
+        path = self.data_dir / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".signing_key.{secrets.token_hex(4)}")
-            tmp.write_text(secrets.token_hex(32))
+            tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
+            tmp.write_text(make())
             tmp.chmod(0o600)
             try:
                 os.link(tmp, path)  # exclusive: two gateways starting at once end up with one key

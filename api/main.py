@@ -11,7 +11,7 @@ from api import errors
 from api.config import Settings
 from api.deps import tenant
 from api.limits import BodySizeLimit
-from api.routes import files, generate, health, jobs, models, uploads
+from api.routes import files, generate, health, jobs, models, uploads, webhooks
 from api.state import build_backends
 from core import __version__
 
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(jobs.router, tags=["jobs"])
     v1.include_router(uploads.router, tags=["uploads"])
     v1.include_router(models.router, tags=["models"])
+    v1.include_router(webhooks.router, tags=["webhooks"])
     app.include_router(v1)
     app.include_router(health.router, tags=["health"])
     app.include_router(files.router)

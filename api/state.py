@@ -39,6 +39,18 @@ class Backends:
             )
         )
         self.waiters.start(self._stop)
+        from core.webhooks import Deliverer
+
+        self._threads.append(
+            Deliverer(
+                self.store,
+                s.resolved_webhook_secret(),
+                self.storage.url,
+                allow_private=s.webhook_allow_private,
+                retry_s=s.webhook_retry_s,
+                backoff_s=s.webhook_backoff_s,
+            ).start(self._stop)
+        )
 
     def close(self) -> None:
         self._stop.set()

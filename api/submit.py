@@ -33,17 +33,25 @@ def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
 
 def inputs(b: Backends) -> Inputs:
     s = b.settings
-    return Inputs(b.store, b.storage, b.registry, s.max_body_bytes, s.max_image_pixels, s.job_ttl_s)
+    return Inputs(
+        b.store, b.storage, b.registry, s.max_body_bytes, s.max_image_pixels, s.job_ttl_s, s.webhook_allow_private
+    )
 
 
 def _submit(
-    b: Backends, tenant: str, job_type: JobType, body: BaseModel, idempotency: tuple[str, str] | None
+    b: Backends,
+    tenant: str,
+    job_type: JobType,
+    body: BaseModel,
+    idempotency: tuple[str, str] | None,
+    base_url: str,
 ) -> tuple[JobRecord, bool]:
     """The blocking part, in one threadpool call: the rate limit, the inputs (uploads saved), create and enqueue."""
     check_rate(b, tenant)
     data, model, hashes = prepare(inputs(b), tenant, job_type, body)
     job = lifecycle.new_job(job_type, data, tenant, model)
     job.input_sha256 = hashes
+    job.base_url = base_url  # what output URLs in webhooks are built on (local storage)
     return lifecycle.submit(b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant)
 
 
@@ -58,7 +66,7 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
     wait = prefer_wait(request.headers.get("prefer"), b.settings.max_wait_s)
     if wait is not None:
         b.waiters.check(tenant)  # a synchronous wait counts as an open wait (429 past MAX_WAITS_PER_TENANT)
-    job, created = await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency)
+    job, created = await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency, str(request.base_url))
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

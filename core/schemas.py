@@ -74,7 +74,44 @@ class LoraRef(Strict):
     scale: float = Field(1.0, ge=-4.0, le=4.0)
 
 
-class GenerationBase(Strict):
+WebhookEvent = Literal["start", "progress", "output", "completed"]
+
+
+class Notified(Strict):
+    """What every job request may add: a webhook (see core/webhooks.py)."""
+
+    webhook: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL POSTed the job's events (Standard Webhooks signatures); public addresses only",
+        examples=["https://example.com/hooks/diffuserve"],
+    )
+    webhook_events_filter: list[WebhookEvent] = Field(
+        default_factory=lambda: ["completed"],
+        min_length=1,
+        max_length=4,
+        description="which events are sent: start, progress, output, completed",
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        return v
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _unique_events(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+class GenerationBase(Notified):
     model: str = Field("digits", pattern=NAME_PATTERN)
     prompt: str = Field("", max_length=4000)
     negative_prompt: str = Field("", max_length=4000)
@@ -122,7 +159,7 @@ class VideoRequest(GenerationBase):
     fps: int = Field(8, ge=1, le=60)
 
 
-class LoraTrainingRequest(Strict):
+class LoraTrainingRequest(Notified):
     base_model: str = Field(pattern=NAME_PATTERN)
     name: str = Field(pattern=NAME_PATTERN)
     dataset: str = Field(
@@ -147,7 +184,7 @@ class LoraTrainingRequest(Strict):
         return v
 
 
-class DDPMTrainingRequest(Strict):
+class DDPMTrainingRequest(Notified):
     name: str = Field(pattern=NAME_PATTERN)
     dataset: str = Field(
         "digits",
@@ -221,6 +258,16 @@ class ModelRef(BaseModel):
     sha256: str | None = None
 
 
+class WebhookAttempt(BaseModel):
+    webhook_id: str
+    type: str
+    attempt: int
+    status_code: int | None = None
+    error: str | None = None
+    at: datetime
+    next_attempt_at: datetime | None = None
+
+
 class Job(BaseModel):
     """The job envelope: only ``input`` and ``output`` vary by type."""
 
@@ -241,6 +288,7 @@ class Job(BaseModel):
     input_sha256: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each image input (inline images are stored as uploads)"
     )
+    webhooks: list[WebhookAttempt] = Field(default_factory=list, description="webhook delivery attempts, oldest first")
 
 
 class JobRecord(Job):
@@ -254,9 +302,12 @@ class JobRecord(Job):
     worker: str | None = None
     lease_token: str | None = None  # the owner of the current attempt; only it may report, renew or finish
     enqueued: bool = False  # the queue accepted the message; the reaper re-sends jobs that stay False
+    base_url: str | None = None  # the gateway URL the job was submitted to (local output URLs in webhooks)
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued"})
+        return self.model_dump(
+            mode="json", exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued", "base_url"}
+        )
 
 
 class JobList(BaseModel):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from core import uploads
+from core import uploads, webhooks
 from core.catalog import LIMITS, LORA_SERVABLE, LORA_TRAINABLE, MAX_VIDEO_VOLUME, ModelKind, family_of, valid_num_frames
 from core.errors import InputError
 from core.jobs.store import JobStore
@@ -34,6 +34,7 @@ class Inputs:
     max_body_bytes: int
     max_image_pixels: int
     job_ttl_s: float
+    allow_private_webhooks: bool = False
 
 
 def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) -> None:
@@ -197,6 +198,8 @@ def prepare(v: Inputs, tenant: str, job_type: JobType, body: BaseModel) -> tuple
     reproduced). Inline images are saved as uploads last, once the request is known good; the input keeps their
     ids and ``input_sha256`` their hashes. Returns (input, model, input_sha256)."""
     data = body.model_dump(mode="json")
+    if data.get("webhook"):  # http(s) to public addresses only (WEBHOOK_ALLOW_PRIVATE: private too), checked first
+        webhooks.check_target(data["webhook"], v.allow_private_webhooks)
     images = {
         f: uploads.check_image(v.storage, tenant, f, data[f], v.max_body_bytes, v.max_image_pixels)
         for f in IMAGE_FIELDS

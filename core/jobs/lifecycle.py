@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from core import webhooks
 from core.errors import Conflict, LeaseLost, Unavailable
 from core.jobs.store import JobStore
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
@@ -129,6 +130,7 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     if not claimed or job is None:
         return None
     store.events.add_event(job_id, "status", status_event(job))
+    webhooks.emit(store, job, "start")
     store.limits.observe(
         "diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS
     )
@@ -163,6 +165,7 @@ def report_progress(
     if not owned or job is None:
         raise LeaseLost(f"job {job_id} is no longer ours")
     store.events.add_event(job_id, "progress", {"step": step, "total": total, **extra})
+    webhooks.emit(store, job, "progress")  # as often as the record is written (every 0.5 s at most)
     return job.cancel_requested
 
 
@@ -212,6 +215,9 @@ def finish(
         return None
     store.events.add_event(job_id, "status", status_event(job))
     _count_finished(store, job)
+    if job.status == JobStatus.succeeded and job.output:
+        webhooks.emit(store, job, "output")
+    webhooks.emit(store, job, "completed")
     return job
 
 
@@ -248,6 +254,7 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
     if job is not None and changed == "canceled":
         store.events.add_event(job_id, "status", status_event(job))
         _count_finished(store, job)
+        webhooks.emit(store, job, "completed")
     elif job is not None and changed == "flagged":
         store.events.add_event(job_id, "cancel_requested", {"id": job_id})
     return job

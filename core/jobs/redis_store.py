@@ -5,7 +5,7 @@ Keys (prefix ``ds:``): ``job:{id}`` the record as JSON; ``job:{id}:events`` its 
 ``tenant:{t}:active`` the tenant's queued + running job ids; ``status:queued`` / ``status:running`` sets;
 ``lease:{id}`` the owner token of the running attempt (expires when its worker stops heart-beating);
 ``idem:{tenant}:{key}``; ``expiry`` a sorted set of what retention deletes when; ``metrics:*`` hashes; ``rl:*``
-rate-limit windows.
+rate-limit windows; ``webhook:{id}`` and ``webhooks:due`` webhook deliveries.
 
 Every multi-key change is atomic (a record update is one compare-and-set script; a creation one MULTI under
 WATCH), so a record and its indexes, idempotency key and lease never disagree. Connection failures surface as
@@ -69,6 +69,13 @@ end
 return 1
 """
 
+# claim up to ARGV[3] webhook deliveries due by ARGV[1]: each is made due again at ARGV[2] (its lease)
+CLAIM_WEBHOOKS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
@@ -115,6 +122,7 @@ class RedisConn:
         self.down_until = 0.0
         self.renew = self.r.register_script(RENEW)
         self.cas = self.r.register_script(CAS)
+        self.claim_webhooks = self.r.register_script(CLAIM_WEBHOOKS)
 
     def ping(self) -> bool:
         try:
@@ -439,9 +447,52 @@ class RedisRegistrations:
         return [json.loads(v) for _, v in sorted(self.c.r.hgetall(f"{P}registry:{tenant}:{kind}").items())]
 
 
+class RedisWebhooks:
+    """Webhook deliveries: ``webhook:{id}`` the delivery as JSON, ``webhooks:due`` a sorted set of when each is due."""
+
+    def __init__(self, conn: RedisConn):
+        self.c = conn
+
+    @_unavailable
+    def add(self, delivery, due):
+        pipe = self.c.r.pipeline()
+        pipe.set(f"{P}webhook:{delivery['id']}", json.dumps(delivery))
+        pipe.zadd(f"{P}webhooks:due", {delivery["id"]: due})
+        pipe.execute()
+
+    @_unavailable
+    def claim_due(self, now, lease_s, limit):
+        ids = self.c.claim_webhooks(keys=[f"{P}webhooks:due"], args=[now, now + lease_s, limit])
+        if not ids:
+            return []
+        raws = self.c.r.mget([f"{P}webhook:{i}" for i in ids])
+        return [json.loads(r) for r in raws if r]
+
+    @_unavailable
+    def reschedule(self, delivery, due):
+        pipe = self.c.r.pipeline()
+        pipe.set(f"{P}webhook:{delivery['id']}", json.dumps(delivery))
+        pipe.zadd(f"{P}webhooks:due", {delivery["id"]: due}, xx=True)
+        pipe.execute()
+
+    @_unavailable
+    def done(self, delivery_id):
+        pipe = self.c.r.pipeline()
+        pipe.zrem(f"{P}webhooks:due", delivery_id)
+        pipe.delete(f"{P}webhook:{delivery_id}")
+        pipe.execute()
+
+
 def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64) -> JobStore:
     """The store of distributed mode: the gateway and every worker share it."""
     c = RedisConn(url, job_ttl_s, max_connections)
     return JobStore(
-        RedisJobs(c), RedisEvents(c), RedisLeases(c), RedisLimits(c), RedisRetention(c), RedisRegistrations(c), c
+        RedisJobs(c),
+        RedisEvents(c),
+        RedisLeases(c),
+        RedisLimits(c),
+        RedisRetention(c),
+        RedisRegistrations(c),
+        RedisWebhooks(c),
+        c,
     )

@@ -7,6 +7,7 @@ are decided there, the adapters only make each step atomic.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
@@ -112,6 +113,21 @@ class Registrations(Protocol):
     def registrations(self, tenant: str, kind: str) -> list[dict]: ...
 
 
+class WebhookQueue(Protocol):
+    """Webhook deliveries waiting to be sent (``core/webhooks.py``): a delivery claimed and not acknowledged within
+    its lease is due again, so one that a dying gateway held is not lost."""
+
+    def add(self, delivery: dict, due: float) -> None: ...
+
+    def claim_due(self, now: float, lease_s: float, limit: int) -> list[dict]:
+        """Up to ``limit`` deliveries due at ``now``, each made due again at ``now + lease_s`` (claimed)."""
+
+    def reschedule(self, delivery: dict, due: float) -> None:
+        """Keep ``delivery`` (its attempt count, pinned address) and make it due at ``due``."""
+
+    def done(self, delivery_id: str) -> None: ...
+
+
 class Backend(Protocol):
     job_ttl_s: float
 
@@ -122,7 +138,7 @@ class Backend(Protocol):
 
 @dataclass
 class JobStore:
-    """The job store: six small protocols over one backend (one lock in memory, one connection pool in Redis), so a
+    """The job store: seven small protocols over one backend (one lock in memory, one connection pool in Redis), so a
     job, its lease and its indexes still change together. Built by :func:`memory_store` or
     :func:`core.jobs.redis_store.redis_store`."""
 
@@ -132,6 +148,7 @@ class JobStore:
     limits: Limits
     retention: Retention
     registrations: Registrations
+    webhooks: WebhookQueue
     backend: Backend
 
     @property
@@ -180,6 +197,7 @@ class MemoryState:
         self._rate: dict[tuple[str, int], int] = defaultdict(int)
         self._locks: dict[str, float] = {}
         self._registry: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+        self._deliveries: dict[str, tuple[str, float]] = {}  # webhook deliveries: id -> (JSON, due)
 
     def ping(self) -> bool:
         return True
@@ -431,9 +449,46 @@ class MemoryRegistrations:
             return [dict(r) for _, r in sorted(self.s._registry.get((tenant, kind), {}).items())]
 
 
+class MemoryWebhooks:
+    """Webhook deliveries by id, and when each is due."""
+
+    def __init__(self, state: MemoryState):
+        self.s = state
+
+    def add(self, delivery, due):
+        with self.s._lock:
+            self.s._deliveries[delivery["id"]] = (json.dumps(delivery), due)
+
+    def claim_due(self, now, lease_s, limit):
+        with self.s._lock:
+            due = sorted((t, i) for i, (_, t) in self.s._deliveries.items() if t <= now)[:limit]
+            out = []
+            for _, i in due:
+                raw, _ = self.s._deliveries[i]
+                self.s._deliveries[i] = (raw, now + lease_s)
+                out.append(json.loads(raw))
+            return out
+
+    def reschedule(self, delivery, due):
+        with self.s._lock:
+            if delivery["id"] in self.s._deliveries:
+                self.s._deliveries[delivery["id"]] = (json.dumps(delivery), due)
+
+    def done(self, delivery_id):
+        with self.s._lock:
+            self.s._deliveries.pop(delivery_id, None)
+
+
 def memory_store(job_ttl_s: float = 7 * 24 * 3600) -> JobStore:
     """The in-process store of embedded mode: dicts under one lock."""
     s = MemoryState(job_ttl_s)
     return JobStore(
-        MemoryJobs(s), MemoryEvents(s), MemoryLeases(s), MemoryLimits(s), MemoryRetention(s), MemoryRegistrations(s), s
+        MemoryJobs(s),
+        MemoryEvents(s),
+        MemoryLeases(s),
+        MemoryLimits(s),
+        MemoryRetention(s),
+        MemoryRegistrations(s),
+        MemoryWebhooks(s),
+        s,
     )
