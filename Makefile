@@ -10,10 +10,11 @@ export HOST PORT
 
 setup: $(VENV)/.installed  ## create .venv and install the pinned dependencies (idempotent)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .  # the `diffuserve` command line
 	touch $@
 
 run: setup  ## embedded mode on $(HOST):$(PORT): in-process queue, local disk, the digits model

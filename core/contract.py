@@ -56,6 +56,9 @@ class RunContext(Protocol):
     def cancelled(self) -> bool:
         """Whether a cancel was asked (for loops that stop on their own terms)."""
 
+    def preview(self, step: int, total: int, png: bytes) -> None:
+        """A step preview (a small PNG) for the job's event stream; never raises."""
+
     def save_checkpoint(self, name: str, data: bytes) -> bool:
         """Keep ``data`` for a later attempt of this job (bounded retries; False when it could not be saved)."""
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.catalog import LIMITS, MAX_TIMEOUT_S, SchedulerName
 
@@ -35,6 +35,7 @@ class JobType(str, Enum):
     video = "video"
     lora_training = "lora_training"
     ddpm_training = "ddpm_training"
+    grid = "grid"
 
     @property
     def queue(self) -> str:
@@ -127,6 +128,12 @@ class GenerationBase(Notified):
     timeout_s: int | None = Field(
         None, ge=1, le=MAX_TIMEOUT_S, description="past it the job fails deadline_exceeded; default and cap: per family"
     )
+    preview_every: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="every N steps a `preview` event (a small PNG of the first image) on the event stream; 0: none",
+    )
 
 
 class Txt2ImgRequest(GenerationBase):
@@ -209,6 +216,57 @@ class DDPMTrainingRequest(Notified):
         return v
 
 
+GridParam = Literal["guidance_scale", "scheduler", "num_inference_steps", "seed", "lora_scale"]
+MAX_GRID_CELLS = 64
+
+
+class GridAxis(Strict):
+    param: GridParam = Field(description="what varies along this axis (lora_scale: the first LoRA's scale)")
+    values: list[float | int | str] = Field(min_length=1, max_length=MAX_GRID_CELLS)
+
+
+class GridRequest(Notified):
+    """A txt2img request drawn over one or two axes (A1111's X/Y plot): one image per cell, then a labelled contact
+    sheet. Every cell is the base request with the axes' values substituted (one image each)."""
+
+    base: Txt2ImgRequest
+    x: GridAxis
+    y: GridAxis | None = None
+    timeout_s: int | None = Field(None, ge=1, le=MAX_TIMEOUT_S, description="the whole grid's; default: per family")
+
+    @property
+    def model(self) -> str:
+        return self.base.model
+
+    @model_validator(mode="after")
+    def _cells(self) -> GridRequest:
+        n = len(self.x.values) * (len(self.y.values) if self.y else 1)
+        if n > MAX_GRID_CELLS:
+            raise ValueError(f"a grid has at most {MAX_GRID_CELLS} cells; this one has {n}")
+        if self.y is not None and self.y.param == self.x.param:
+            raise ValueError("x and y must vary different parameters")
+        if "lora_scale" in (self.x.param, self.y.param if self.y else None) and not self.base.loras:
+            raise ValueError("lora_scale varies the first of base.loras: give one")
+        return self
+
+    def cells(self) -> list[tuple[int, int, Txt2ImgRequest]]:
+        """(column, row, request) of every cell, row by row."""
+        out = []
+        for row, yv in enumerate(self.y.values if self.y else [None]):
+            for col, xv in enumerate(self.x.values):
+                data = self.base.model_dump()
+                data["num_images"] = 1
+                for axis, value in ((self.x, xv), (self.y, yv)):
+                    if axis is None:
+                        continue
+                    if axis.param == "lora_scale":
+                        data["loras"][0]["scale"] = value
+                    else:
+                        data[axis.param] = value
+                out.append((col, row, Txt2ImgRequest.model_validate(data)))
+        return out
+
+
 REQUEST_MODELS: dict[JobType, type[BaseModel]] = {
     JobType.txt2img: Txt2ImgRequest,
     JobType.img2img: Img2ImgRequest,
@@ -217,6 +275,7 @@ REQUEST_MODELS: dict[JobType, type[BaseModel]] = {
     JobType.video: VideoRequest,
     JobType.lora_training: LoraTrainingRequest,
     JobType.ddpm_training: DDPMTrainingRequest,
+    JobType.grid: GridRequest,
 }
 
 

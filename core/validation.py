@@ -166,6 +166,33 @@ def _prepare_generation(
     return data, ModelRef(id=entry.id, sha256=entry.version), family
 
 
+def _prepare_grid(v: Inputs, tenant: str, data: dict) -> tuple[dict, ModelRef, str]:
+    """The base request with every default filled (one seed for all cells unless seed is an axis), then every cell
+    checked as the txt2img request it is; the default timeout grows with the number of cells."""
+    from pydantic import ValidationError
+
+    from core.schemas import GridRequest
+
+    base = data["base"]
+    if base.get("seed") is None:
+        base["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)
+    data["base"], model, family = _prepare_generation(v, tenant, JobType.txt2img, base, {})
+    try:
+        cells = GridRequest.model_validate(data).cells()
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"a grid cell is not a valid request: {err['msg']}", field="x") from None
+    for col, row, cell in cells:
+        try:
+            _prepare_generation(v, tenant, JobType.txt2img, cell.model_dump(mode="json"), {})
+        except InputError as e:
+            raise InputError(f"cell ({col}, {row}): {e.message}", field=e.field, code=e.code) from None
+    if data.get("timeout_s") is None:
+        lim = LIMITS[family]
+        data["timeout_s"] = min(lim.max_timeout_s, lim.default_timeout_s * len(cells))
+    return data, model, family
+
+
 def _check_family_limits(family: str, data: dict) -> None:
     lim = LIMITS[family]
     if data["width"] * data["height"] > lim.max_pixels:
@@ -216,10 +243,12 @@ def prepare(v: Inputs, tenant: str, job_type: JobType, body: BaseModel) -> tuple
     elif job_type == JobType.ddpm_training:
         data, model = _prepare_ddpm_training(v, tenant, data)
         family = "ddpm_training"
+    elif job_type == JobType.grid:
+        data, model, family = _prepare_grid(v, tenant, data)
     else:
         data, model, family = _prepare_generation(v, tenant, job_type, data, dims)
     _fill_timeout(data, family)
-    if data.get("seed") is None:
+    if job_type != JobType.grid and data.get("seed") is None:  # a grid's seed is its base request's
         data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # image i uses seed + i
     for f, im in images.items():
         data[f] = uploads.save_inline(v.store, v.storage, tenant, im, v.job_ttl_s)
@@ -230,4 +259,9 @@ def recheck(job_type: JobType, request: BaseModel, model: ModelEntry | None) -> 
     """The worker's second look, on the typed request and the model it resolved: the family's limits still hold."""
     if model is None or job_type in (JobType.lora_training, JobType.ddpm_training):
         return
-    _check_family_limits(family_of(model.kind, job_type == JobType.video), request.model_dump())
+    family = family_of(model.kind, job_type == JobType.video)
+    if job_type == JobType.grid:
+        for _, _, cell in request.cells():
+            _check_family_limits(family, cell.model_dump())
+        return
+    _check_family_limits(family, request.model_dump())

@@ -212,8 +212,10 @@ class Deliverer:
             ip = delivery["address"]
             netloc = f"[{ip}]:{delivery['port']}" if ":" in ip else f"{ip}:{delivery['port']}"
             pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-            # 2. signed as Standard Webhooks: the same webhook-id on every attempt
-            body = self.body(delivery)
+            # 2. signed as Standard Webhooks: the same webhook-id and the same body on every attempt (built once)
+            if "body" not in delivery:
+                delivery["body"] = self.body(delivery)
+            body = delivery["body"]
             now = datetime.now(UTC)
             signature = Webhook(tenant_secret(self.master_secret, delivery["tenant"])).sign(delivery["id"], now, body)
             host_header = parts.netloc.rpartition("@")[2]

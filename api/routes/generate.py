@@ -32,6 +32,13 @@ ROUTES: list[tuple[str, str, JobType, str]] = [
     ("/video", "video", JobType.video, "Queue a text-to-video job."),
     ("/trainings/lora", "train_lora", JobType.lora_training, "Queue a LoRA fine-tuning job on an uploaded dataset."),
     ("/trainings/ddpm", "train_ddpm", JobType.ddpm_training, "Queue a training job of the from-scratch engine."),
+    (
+        "/grids",
+        "grid",
+        JobType.grid,
+        "Queue a grid: a txt2img request over one or two axes (guidance_scale, scheduler, num_inference_steps, "
+        "seed, lora_scale; at most 64 cells); outputs are each cell, then a labelled contact sheet.",
+    ),
 ]
 
 

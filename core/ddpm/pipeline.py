@@ -166,6 +166,7 @@ class DDPMEngineModel:
         size: int | None = None,
         callback: Callable[[int, int], bool | None] | None = None,
         per_image_seeds: bool = True,
+        preview: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Draw images in [-1, 1], shape (B, C, H, W).
 
@@ -211,6 +212,7 @@ class DDPMEngineModel:
             device=self.device,
             callback=callback,
             noise=noise,
+            preview=preview,
         )
 
 
@@ -225,6 +227,7 @@ def generate_batch(
     guidance_scale: float,
     size: int,
     callback: Callable[[int, int], bool | None] | None = None,
+    preview: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> list[torch.Tensor]:
     """Several requests' draws ``(labels, num_images, seed)`` denoised together in one batch; returns one tensor per
     draw. Each image's noise comes from ``seed + i`` alone, as in :meth:`DDPMEngineModel.generate`, so an image drawn
@@ -259,6 +262,7 @@ def generate_batch(
         device=model.device,
         callback=callback,
         noise=torch.cat(noise),
+        preview=preview,
     )
     return list(x.split(counts))
 

@@ -260,14 +260,16 @@ def sample(
     callback: Callable[[int, int], bool | None] | None = None,
     noise: torch.Tensor | None = None,
     use_clipped_model_output: bool = True,
+    preview: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process and return x_0 of ``shape`` (B, C, H, W).
 
     Classifier-free guidance (Ho & Salimans 2022): eps = eps_uncond + s (eps_cond - eps_uncond), the
     unconditional branch using the learned ``null_class``. ``callback(step, total)`` after every step;
-    returning False raises :class:`Cancelled`. ``use_clipped_model_output`` (DDIM): take the DDIM direction from
-    the eps that agrees with the clipped x0, as improved-diffusion does; without it guidance above ~2 drives
-    samples out of range and they collapse (bench/ddpm_quality.py measured it).
+    returning False raises :class:`Cancelled`; ``preview(step, total, x0)`` after it with the step's predicted x0
+    (what a step preview shows, at no extra model call). ``use_clipped_model_output`` (DDIM): take the DDIM
+    direction from the eps that agrees with the clipped x0, as improved-diffusion does; without it guidance above
+    ~2 drives samples out of range and they collapse (bench/ddpm_quality.py measured it).
     """
     device = torch.device(device)
     scheduler.set_timesteps(num_inference_steps)
@@ -287,11 +289,14 @@ def sample(
             cond, uncond = out.chunk(2)
             out = uncond + guidance_scale * (cond - uncond)
         if isinstance(scheduler, DDIMScheduler):
-            x = scheduler.step(
+            stepped = scheduler.step(
                 out, t, x, eta=eta, generator=generator, use_clipped_model_output=use_clipped_model_output
-            ).prev_sample
+            )
         else:
-            x = scheduler.step(out, t, x, generator=generator).prev_sample
+            stepped = scheduler.step(out, t, x, generator=generator)
+        x = stepped.prev_sample
         if callback is not None and callback(i + 1, total) is False:
             raise Cancelled(f"sampling cancelled at step {i + 1}")
+        if preview is not None:
+            preview(i + 1, total, stepped.pred_original_sample)
     return x.clamp(-1, 1)

@@ -23,6 +23,8 @@ EXECUTORS: dict[tuple[ModelKind | None, JobType], str] = {
     (ModelKind.diffusers, JobType.video): "core.executors.video",
     (ModelKind.diffusers, JobType.lora_training): "core.training.lora_job",
     (None, JobType.ddpm_training): "core.training.ddpm_job",
+    (ModelKind.engine, JobType.grid): "core.executors.grid",
+    (ModelKind.diffusers, JobType.grid): "core.executors.grid",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 
+from core import previews
 from core.contract import Artifact, RunContext, RunResult
 from core.errors import DeadlineExceeded, JobCancelled, LeaseLost
 from core.registry import ModelEntry
@@ -32,7 +33,13 @@ def encode(
 def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
     # 1. load (0 ms when warm)
     engine, load_ms = engines.load_engine(model)
-    # 2. denoise, reporting every step (progress raises JobCancelled when asked to stop)
+    # 2. denoise, reporting every step (progress raises JobCancelled when asked to stop), previews of image 0
+    every = request.preview_every
+
+    def preview(step: int, total: int, x0) -> None:
+        if previews.due(step, total, every):
+            ctx.preview(step, total, previews.engine_png(x0[0]))
+
     t0 = time.perf_counter()
     images = engine.generate(
         labels=[request.prompt] if model.labels else None,
@@ -43,6 +50,7 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
         seed=request.seed,
         size=request.width or model.width,
         callback=ctx.progress,
+        preview=preview if every else None,
     )
     # 3. encode
     return encode(images, request, engine, model, load_ms, (time.perf_counter() - t0) * 1000, engines.versions)
@@ -100,11 +108,29 @@ def run_batch(
     draws = [
         ([requests[i].prompt] if model.labels else None, requests[i].num_images, requests[i].seed) for i in members
     ]
+    firsts, at = [], 0  # the index of each member's first image in the batch
+    for i in members:
+        firsts.append(at)
+        at += requests[i].num_images
+
+    def preview(step: int, total: int, x0) -> None:
+        for i, first in zip(members, firsts):
+            if outcomes[i] is None and previews.due(step, total, requests[i].preview_every):
+                ctxs[i].preview(step, total, previews.engine_png(x0[first]))
+
+    wants_previews = any(requests[i].preview_every for i in members)
     t0 = time.perf_counter()
     try:
         size = r0.width or model.width
         images = generate_batch(
-            engine, draws, r0.num_inference_steps, r0.scheduler, r0.guidance_scale, size, callback=progress
+            engine,
+            draws,
+            r0.num_inference_steps,
+            r0.scheduler,
+            r0.guidance_scale,
+            size,
+            callback=progress,
+            preview=preview if wants_previews else None,
         )
     except Cancelled:
         return outcomes  # every job left the batch

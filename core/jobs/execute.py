@@ -3,6 +3,7 @@ claim it, keep its lease alive, call the runner, store outputs under fixed keys,
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -32,6 +33,8 @@ from core.storage import Storage, upload_key
 
 log = logging.getLogger("diffuserve.worker")
 
+MAX_PREVIEWS = 64  # preview events per job
+MAX_PREVIEW_BYTES = 256 * 1024
 PROGRESS_RECORD_S = 0.5  # the record's progress is rewritten at most this often (events carry every step)
 
 
@@ -61,6 +64,7 @@ class JobContext:
         self.lost = lost or threading.Event()  # set by the heartbeat when the lease is no longer ours
         self._cancel = False
         self._recorded = 0.0  # when the record's progress was last rewritten
+        self._previews = 0
 
     def check(self) -> None:
         """Raise if the job must stop now: its lease is gone or its deadline passed."""
@@ -88,6 +92,18 @@ class JobContext:
 
     def cancelled(self) -> bool:
         return self._cancel
+
+    def preview(self, step: int, total: int, png: bytes) -> None:
+        """A ``preview`` event: the PNG as a data URI, at most ``MAX_PREVIEWS`` per job and ``MAX_PREVIEW_BYTES`` each
+        (what the event log holds stays bounded whatever the request)."""
+        if self._previews >= MAX_PREVIEWS or len(png) > MAX_PREVIEW_BYTES:
+            return
+        self._previews += 1
+        uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        try:
+            self.store.events.add_event(self.job.id, "preview", {"step": step, "total": total, "image": uri})
+        except Exception:  # noqa: BLE001 - a preview is a courtesy: never fails the job
+            log.debug("preview of %s dropped", self.job.id)
 
     def _owned(self) -> None:
         self.check()

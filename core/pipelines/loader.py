@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
+from core import previews
 from core.catalog import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.contract import Artifact, RunContext, RunResult
 from core.errors import JobError
@@ -220,9 +221,14 @@ def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call
     n = getattr(request, "num_images", 1)
     generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(n)]
 
+    every = getattr(request, "preview_every", 0)
+    pipeline_class = type(pipe).__name__.replace("Img2Img", "").replace("Inpaint", "").replace("ControlNet", "")
+
     def on_step_end(pipeline, step, timestep, kwargs):
-        total = getattr(pipeline, "_num_timesteps", None) or request.num_inference_steps
-        ctx.progress(step + 1, int(total))  # raises JobCancelled when asked to stop
+        total = int(getattr(pipeline, "_num_timesteps", None) or request.num_inference_steps)
+        ctx.progress(step + 1, total)  # raises JobCancelled when asked to stop
+        if previews.due(step + 1, total, every) and kwargs.get("latents") is not None:
+            ctx.preview(step + 1, total, previews.latent_png(kwargs["latents"][0], pipeline_class))
         return kwargs
 
     call.update(
@@ -272,14 +278,20 @@ def denoise_batch(
     seeds = [requests[k].seed + i for k in members for i in range(requests[k].num_images)]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
+    firsts = {k: owners.index(k) for k in members}  # each job's first image in the batch
+    pipeline_class = type(pipe).__name__.replace("Img2Img", "")
+
     def on_step_end(pipeline, step, timestep, kwargs):
-        total = getattr(pipeline, "_num_timesteps", None) or r0.num_inference_steps
+        total = int(getattr(pipeline, "_num_timesteps", None) or r0.num_inference_steps)
         for k in members:
             if outcomes[k] is None:
                 try:
-                    ctxs[k].progress(step + 1, int(total))
+                    ctxs[k].progress(step + 1, total)
                 except (JobCancelled, LeaseLost, DeadlineExceeded) as e:
                     outcomes[k] = e
+                    continue
+                if previews.due(step + 1, total, requests[k].preview_every) and kwargs.get("latents") is not None:
+                    ctxs[k].preview(step + 1, total, previews.latent_png(kwargs["latents"][firsts[k]], pipeline_class))
         if all(outcomes[k] is not None for k in members):
             pipeline._interrupt = True  # nobody is left: the pipeline stops at its next step
         return kwargs

@@ -1,0 +1,1 @@
+"""The ``diffuserve`` command line (``cli/main.py``)."""

@@ -1,0 +1,297 @@
+"""``diffuserve``: the service from a terminal, over its public HTTP API only (httpx; no internal modules).
+
+    diffuserve generate --model digits --prompt 7 --num-images 4 --out out/
+    diffuserve generate --model sd15 --prompt "a cat" --image cat.png --strength 0.6 --out out/
+    diffuserve jobs list | jobs get ID | jobs wait ID | jobs cancel ID
+    diffuserve models · diffuserve upload FILE · diffuserve train lora|ddpm ...
+
+``--url`` and ``--api-key`` default to ``DIFFUSERVE_URL`` (else http://127.0.0.1:8000) and ``DIFFUSERVE_API_KEY``.
+An error prints the service's own message and exits 1 (2 for a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+class ServiceError(Exception):
+    """An answer of the service that is not a success: its error code, message and field."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def __str__(self) -> str:
+        where = f" (field: {self.field})" if self.field else ""
+        return f"{self.code}: {self.message}{where}"
+
+
+class Client:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 90.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, **kw) -> dict:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise ServiceError(0, "unreachable", f"cannot reach {self.http.base_url}: {type(e).__name__}") from None
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                raise ServiceError(r.status_code, err.get("code", "error"), err.get("message", ""), err.get("field"))
+            except (ValueError, KeyError, TypeError):
+                raise ServiceError(r.status_code, "http_error", r.text[:300] or r.reason_phrase) from None
+        return r.json()
+
+    def upload(self, path: str) -> str:
+        p = Path(path)
+        if not p.is_file():
+            raise ServiceError(0, "no_such_file", f"{path} is not a file")
+        with p.open("rb") as f:
+            return self.call("POST", "/v1/uploads", files={"file": (p.name, f)})["id"]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 60 if deadline is None else max(0, min(60, deadline - time.monotonic()))
+            job = self.call("GET", f"/v1/jobs/{job_id}", params={"wait": int(left)})
+            if job["status"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+                return job
+
+    def follow(self, job: dict, show: bool) -> dict:
+        """Wait for the job with a progress bar fed by its event stream (SSE); falls back to long-polling."""
+        if not show:
+            return self.wait(job["id"])
+        from tqdm import tqdm
+
+        bar = tqdm(total=job["progress"].get("total") or None, unit="step", desc=job["id"][:16], file=sys.stderr)
+        try:
+            with self.http.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=None) as r:
+                event = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "progress":
+                        data = json.loads(line[6:])
+                        bar.total = data["total"]
+                        bar.n = data["step"]
+                        bar.refresh()
+                    elif line.startswith("data: ") and event == "status":
+                        if json.loads(line[6:])["status"] in TERMINAL:
+                            break
+        except httpx.HTTPError:
+            pass
+        finally:
+            bar.close()
+        return self.wait(job["id"])
+
+    def download(self, job: dict, out: Path) -> list[Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, item in enumerate(job["output"]):
+            ext = {"image/png": "png", "video/mp4": "mp4", "image/gif": "gif"}.get(item["content_type"], "bin")
+            seed = item.get("seed")
+            name = f"{job['id']}_{seed if seed is not None else i}.{ext}" if ext != "bin" else f"{job['id']}_{i}.bin"
+            if item["content_type"] == "application/octet-stream" or "url" not in item:
+                continue
+            r = httpx.get(item["url"], timeout=120)
+            if r.status_code != 200:
+                raise ServiceError(r.status_code, "download_failed", f"could not fetch output {i}")
+            path = out / name
+            path.write_bytes(r.content)
+            files.append(path)
+        return files
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+
+
+def cmd_generate(c: Client, a) -> int:
+    body: dict = {"model": a.model, "prompt": a.prompt}
+    for key, value in (
+        ("negative_prompt", a.negative_prompt),
+        ("num_images", a.num_images),
+        ("seed", a.seed),
+        ("num_inference_steps", a.steps),
+        ("scheduler", a.scheduler),
+        ("guidance_scale", a.guidance),
+        ("width", a.width),
+        ("height", a.height),
+        ("strength", a.strength),
+        ("preprocess", a.preprocess),
+        ("preview_every", a.preview_every),
+    ):
+        if value is not None:
+            body[key] = value
+    if a.lora:
+        body["loras"] = [{"name": n, "scale": float(s or 1)} for n, _, s in (x.partition(":") for x in a.lora)]
+    route = "/v1/txt2img"
+    if a.control_image:
+        route, body["control_image"] = "/v1/controlnet", c.upload(a.control_image)
+    elif a.mask:
+        if not a.image:
+            raise ServiceError(0, "usage", "--mask needs --image")
+        route, body["image"], body["mask_image"] = "/v1/inpaint", c.upload(a.image), c.upload(a.mask)
+    elif a.image:
+        route, body["image"] = "/v1/img2img", c.upload(a.image)
+    job = c.call("POST", route, json=body)
+    print(f"job {job['id']} queued", file=sys.stderr)
+    job = c.follow(job, show=not a.no_progress)
+    return finish(c, job, Path(a.out))
+
+
+def finish(c: Client, job: dict, out: Path) -> int:
+    if job["status"] != "succeeded":
+        err = job.get("error") or {}
+        print(f"error: job {job['id']} {job['status']}: {err.get('code', '')} {err.get('message', '')}".rstrip())
+        return 1
+    for path in c.download(job, out):
+        print(path)
+    return 0
+
+
+def cmd_jobs(c: Client, a) -> int:
+    if a.action == "list":
+        jobs = c.call("GET", "/v1/jobs", params={"limit": a.limit})["data"]
+        for j in jobs:
+            print(f"{j['id']}  {j['type']:<14} {j['status']:<10} {j['created_at']}")
+        return 0
+    if not a.id:
+        raise ServiceError(0, "usage", f"jobs {a.action} needs a job id")
+    if a.action == "get":
+        print(json.dumps(c.call("GET", f"/v1/jobs/{a.id}"), indent=2))
+        return 0
+    if a.action == "cancel":
+        job = c.call("POST", f"/v1/jobs/{a.id}/cancel")
+        print(f"{job['id']} {job['status']}")
+        return 0
+    job = c.wait(a.id, a.timeout)  # wait
+    print(json.dumps(job, indent=2))
+    if a.out and job["status"] == "succeeded":
+        c.download(job, Path(a.out))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_models(c: Client, a) -> int:
+    models = c.call("GET", "/v1/models")
+    for m in models["data"] if isinstance(models, dict) else models:
+        size = f"{m.get('width')}x{m.get('height')}" if m.get("width") else ""
+        print(f"{m['id']:<24} {m['kind']:<10} {size:<10} {','.join(m['tasks'])}")
+    return 0
+
+
+def cmd_upload(c: Client, a) -> int:
+    print(c.upload(a.file))
+    return 0
+
+
+def cmd_train(c: Client, a) -> int:
+    def dataset(value: str) -> str:
+        return value if value == "digits" or value.startswith("upl_") else c.upload(value)
+
+    if a.kind == "lora":
+        body = {"base_model": a.base_model, "name": a.name, "dataset": dataset(a.dataset), "rank": a.rank}
+        route = "/v1/trainings/lora"
+    else:
+        body = {"name": a.name, "dataset": dataset(a.dataset)}
+        route = "/v1/trainings/ddpm"
+        if a.resolution:
+            body["resolution"] = a.resolution
+    for key, value in (("max_train_steps", a.steps), ("train_batch_size", a.batch_size), ("learning_rate", a.lr)):
+        if value is not None:
+            body[key] = value
+    job = c.call("POST", route, json=body)
+    print(f"job {job['id']} queued", file=sys.stderr)
+    job = c.follow(job, show=not a.no_progress)
+    if job["status"] != "succeeded":
+        return finish(c, job, Path("."))
+    print(f"trained {a.kind} {a.name!r} (job {job['id']})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diffuserve",
+        description="Generate images, follow jobs and train models on a diffuserve service.",
+        epilog="URL and key default to DIFFUSERVE_URL and DIFFUSERVE_API_KEY.",
+    )
+    p.add_argument("--url", default=os.environ.get("DIFFUSERVE_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", default=os.environ.get("DIFFUSERVE_API_KEY"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="txt2img; img2img with --image; inpaint with --image and --mask")
+    g.add_argument("--model", required=True)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt")
+    g.add_argument("--num-images", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--scheduler")
+    g.add_argument("--guidance", type=float)
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--image", help="input image file (img2img, inpaint)")
+    g.add_argument("--mask", help="mask image file (inpaint: white is repainted)")
+    g.add_argument("--strength", type=float)
+    g.add_argument("--control-image", help="ControlNet control image file")
+    g.add_argument("--preprocess", help="ControlNet preprocessing of the control image (canny, depth)")
+    g.add_argument("--lora", action="append", help="NAME[:SCALE], repeatable")
+    g.add_argument("--preview-every", type=int)
+    g.add_argument("--out", default=".", help="folder for the outputs, named JOB_SEED.png")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(fn=cmd_generate)
+
+    j = sub.add_parser("jobs", help="list, get, wait for or cancel jobs")
+    j.add_argument("action", choices=["list", "get", "wait", "cancel"])
+    j.add_argument("id", nargs="?")
+    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--timeout", type=float, help="wait: give up after this many seconds")
+    j.add_argument("--out", help="wait: download the outputs here")
+    j.set_defaults(fn=cmd_jobs)
+
+    m = sub.add_parser("models", help="the models the service serves")
+    m.set_defaults(fn=cmd_models)
+
+    u = sub.add_parser("upload", help="upload an image or a dataset zip; prints its id")
+    u.add_argument("file")
+    u.set_defaults(fn=cmd_upload)
+
+    t = sub.add_parser("train", help="train a LoRA or the engine; the model is then served under --name")
+    t.add_argument("kind", choices=["lora", "ddpm"])
+    t.add_argument("--name", required=True)
+    t.add_argument("--dataset", default="digits", help="'digits' (ddpm), an upload id or a zip file")
+    t.add_argument("--base-model", help="lora: the model to adapt")
+    t.add_argument("--rank", type=int, default=4)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--resolution", type=int)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if getattr(a, "kind", None) == "lora" and not a.base_model:
+        parser().error("train lora needs --base-model")
+    c = Client(a.url, a.api_key)
+    try:
+        return a.fn(c, a)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if e.code == "usage" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
