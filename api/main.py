@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.config import Settings
@@ -14,6 +17,8 @@ from api.limits import BodySizeLimit
 from api.routes import files, generate, health, jobs, models, uploads, webhooks
 from api.state import build_backends
 from core import __version__
+
+STATIC = Path(__file__).resolve().parent / "static"  # the playground: plain HTML, CSS and JavaScript, no build step
 
 API_DESCRIPTION = """REST inference service for diffusion models with a durable job queue.
 
@@ -59,6 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(health.router, tags=["health"])
     app.include_router(files.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        """The web playground (api/static): every control talks to the public API."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_body_bytes,
