@@ -191,3 +191,8 @@ def family_of(kind: ModelKind, video: bool = False) -> str:
     if kind == ModelKind.engine:
         return "engine"
     return "video" if video else "image"
+
+
+# ControlNet preprocessing of the control image (core/pipelines/preprocess.py); those that need a model of their own
+PREPROCESSORS = ("canny", "depth", "none")
+MODEL_PREPROCESSORS = ("depth",)

@@ -9,7 +9,8 @@ A ``diffuserve.json`` beside a model may set ``width``, ``height``, ``num_infere
 and ``num_frames`` defaults. A models file (``MODELS_CONFIG``, JSON) can name hub ids for production::
 
     {"models": {"sd15": {"hub_id": "runwayml/stable-diffusion-v1-5", "pipeline": "StableDiffusionPipeline"}},
-     "controlnets": {"canny": {"hub_id": "lllyasviel/sd-controlnet-canny"}}}
+     "controlnets": {"canny": {"hub_id": "lllyasviel/sd-controlnet-canny"}},
+     "preprocessors": {"depth": {"hub_id": "depth-anything/Depth-Anything-V2-Small-hf"}}}
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._entries: dict[str, ModelEntry] = {}
         self._controlnets: dict[str, str] = {}
+        self._preprocessors: dict[str, str] = {}
         self._loras: dict[str, Path] = {}
         self._sig: tuple = ()
         self.refresh()
@@ -226,6 +228,7 @@ class ModelRegistry:
             return
         entries: dict[str, ModelEntry] = {}
         controlnets: dict[str, str] = {}
+        preprocessors: dict[str, str] = {}
         loras: dict[str, Path] = {}
         if self.config_file and self.config_file.is_file():
             cfg = _json(self.config_file)
@@ -236,6 +239,9 @@ class ModelRegistry:
             for name, spec in (cfg.get("controlnets") or {}).items():
                 if spec.get("hub_id"):
                     controlnets[name] = spec["hub_id"]
+            for name, spec in (cfg.get("preprocessors") or {}).items():
+                if spec.get("hub_id"):
+                    preprocessors[name] = spec["hub_id"]
         for root in self.roots:
             if not root.is_dir():
                 continue
@@ -247,10 +253,13 @@ class ModelRegistry:
                     entries[entry.id] = entry
                 elif _json(p / "config.json").get("_class_name") == "ControlNetModel":
                     controlnets[p.name] = str(p)
+                elif any(a.endswith("ForDepthEstimation") for a in _json(p / "config.json").get("architectures", [])):
+                    preprocessors["depth"] = str(p)  # a transformers depth model (Depth Anything, DPT)
             if (root / "loras").is_dir():
                 loras.update({f.stem: f for f in sorted((root / "loras").glob("*.safetensors"))})
         with self._lock:
             self._entries, self._controlnets, self._loras, self._sig = entries, controlnets, loras, sig
+            self._preprocessors = preprocessors
 
     def list(self) -> list[ModelEntry]:
         self.refresh()
@@ -267,6 +276,20 @@ class ModelRegistry:
         if entry is None:
             raise InputError(f"unknown model {model_id!r}; see GET /v1/models", field="model", code="unknown_model")
         return entry
+
+    def preprocessor(self, name: str) -> str:
+        """The folder or hub id of a preprocessor's model (``depth``); InputError naming ``preprocess`` when none."""
+        self.refresh()
+        with self._lock:
+            source = self._preprocessors.get(name)
+        if source is None:
+            raise InputError(
+                f"no {name} model is installed: put a transformers depth model (Depth Anything, DPT) in MODELS_DIR "
+                'or name its hub id under "preprocessors" in MODELS_CONFIG',
+                field="preprocess",
+                code="unknown_preprocessor",
+            )
+        return source
 
     def controlnet(self, name: str) -> str:
         """The folder or hub id of a ControlNet; InputError naming ``controlnet`` when unknown."""

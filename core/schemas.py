@@ -155,7 +155,9 @@ class InpaintRequest(Txt2ImgRequest):
 class ControlNetRequest(Txt2ImgRequest):
     controlnet: str = Field(pattern=NAME_PATTERN)
     control_image: ImageRef
-    preprocess: Literal["canny", "none"] = "canny"
+    preprocess: Literal["canny", "depth", "none"] = Field(
+        "canny", description="canny: OpenCV edges; depth: a depth-estimation model's map; none: as given"
+    )
     controlnet_conditioning_scale: float = Field(1.0, ge=0.0, le=5.0)
     canny_low_threshold: int = Field(100, ge=0, le=255)
     canny_high_threshold: int = Field(200, ge=0, le=255)

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from core import uploads, webhooks
-from core.catalog import LIMITS, LORA_SERVABLE, LORA_TRAINABLE, MAX_VIDEO_VOLUME, ModelKind, family_of, valid_num_frames
+from core.catalog import (
+    LIMITS,
+    LORA_SERVABLE,
+    LORA_TRAINABLE,
+    MAX_VIDEO_VOLUME,
+    MODEL_PREPROCESSORS,
+    ModelKind,
+    family_of,
+    valid_num_frames,
+)
 from core.errors import InputError
 from core.jobs.store import JobStore
 from core.registry import ModelEntry, ModelRegistry
@@ -91,6 +100,8 @@ def _check_diffusers_request(v: Inputs, tenant: str, entry: ModelEntry, data: di
             )
     if job_type == JobType.controlnet:
         v.registry.controlnet(data["controlnet"])
+        if data.get("preprocess") in MODEL_PREPROCESSORS:  # one that needs a model of its own: installed?
+            v.registry.preprocessor(data["preprocess"])
     if job_type == JobType.video:
         if data.get("num_frames") is None:
             data["num_frames"] = entry.default_num_frames or 17

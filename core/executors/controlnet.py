@@ -1,23 +1,15 @@
-"""ControlNet-conditioned generation with a diffusers pipeline; ``preprocess: canny`` turns the control image into
-its edge map (OpenCV), returned as an extra output."""
+"""ControlNet-conditioned generation with a diffusers pipeline; ``preprocess`` (``canny``: the edge map, ``depth``:
+a depth model's map; ``core/pipelines/preprocess.py``) turns the control image into the map the ControlNet reads,
+returned as an extra output."""
 
 from __future__ import annotations
-
-import numpy as np
 
 from core.catalog import FAMILIES
 from core.contract import Artifact, RunContext, RunResult
 from core.pipelines.loader import denoise, image_result, open_image, png
+from core.pipelines.preprocess import PREPROCESSORS
 from core.registry import ModelEntry
 from core.schemas import ControlNetRequest
-
-
-def canny(image, low: int, high: int):
-    import cv2
-    from PIL import Image
-
-    edges = cv2.Canny(np.asarray(image), low, high)
-    return Image.fromarray(np.stack([edges] * 3, axis=-1))
 
 
 def run(request: ControlNetRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
@@ -31,10 +23,9 @@ def run(request: ControlNetRequest, model: ModelEntry, ctx: RunContext, engines)
     scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
     cls = getattr(diffusers, FAMILIES[model.pipeline_class].controlnet_class)
     pipe = cls.from_pipe(base, controlnet=controlnet, scheduler=scheduler)
-    # 3. the control image, preprocessed
+    # 3. the control image, preprocessed (edges, depth, or as given)
     control = open_image(ctx, request.control_image, (request.width, request.height))
-    if request.preprocess == "canny":
-        control = canny(control, request.canny_low_threshold, request.canny_high_threshold)
+    control = PREPROCESSORS[request.preprocess](control, request, engines)
     # 4. denoise and encode, the control image beside the outputs
     out, inference_ms = denoise(
         pipe,

@@ -109,6 +109,19 @@ class Pipelines:
 
         return self.cache.get(("controlnet", name, source), load)
 
+    def depth_model(self):
+        """(model, image processor) of the depth preprocessor, loaded once and kept warm in the shared cache."""
+        source = self.registry.preprocessor("depth")
+
+        def load():
+            from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+            model = AutoModelForDepthEstimation.from_pretrained(source).to(self.device).eval()
+            return _Held({"model": model}, processor=AutoImageProcessor.from_pretrained(source))
+
+        held, _ = self.cache.get(("preprocessor", "depth", source), load)
+        return held.components["model"], held.processor
+
     def scheduler(self, name: str | None, base, entry: ModelEntry):
         return make_scheduler(name, base.scheduler, FAMILIES[entry.pipeline_class].flow)
 
@@ -193,6 +206,14 @@ class Pipelines:
                 name = f"slot{k}"
                 if name in m.scaling:
                     _update_scaling(m, name, units[(id(m), name)] * w)
+
+
+class _Held:
+    """A cached item that is not a pipeline: its torch modules under ``components`` (what the cache counts)."""
+
+    def __init__(self, components: dict, **extra):
+        self.components = components
+        self.__dict__.update(extra)
 
 
 def open_image(ctx: RunContext, upload_id: str, size: tuple[int, int] | None = None, mode: str = "RGB"):

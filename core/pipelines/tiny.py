@@ -5,7 +5,8 @@
 writes ``DIR/tiny-sd`` (StableDiffusionPipeline: txt2img, img2img, inpaint, controlnet), ``DIR/tiny-sd-inpaint``
 (a true 9-channel inpainting UNet), ``DIR/tiny-sdxl`` (StableDiffusionXLPipeline), ``DIR/tiny-controlnet``
 (ControlNetModel for tiny-sd), ``DIR/tiny-wan`` (WanPipeline, text-to-video), ``DIR/tiny-flux`` (FluxPipeline) and
-``DIR/tiny-sd3`` (StableDiffusion3Pipeline), each loadable with
+``DIR/tiny-sd3`` (StableDiffusion3Pipeline) and ``DIR/tiny-depth`` (a Depth Anything model: ControlNet's depth
+preprocessor), each loadable with
 ``from_pretrained``. Tokenizers are built from small vocabularies (no hub): CLIP's byte-level BPE from a
 ``vocab.json``/``merges.txt``, and a T5 tokenizer from a ``tokenizers`` Unigram model.
 """
@@ -52,6 +53,7 @@ KINDS = (
     "tiny-flux",
     "tiny-sd3",
     "tiny-cogvideox",
+    "tiny-depth",
 )
 
 
@@ -454,6 +456,37 @@ DEFAULTS = {
     "tiny-sd3": {"width": 32, "height": 32, "num_inference_steps": 2, "guidance_scale": 5.0},
 }
 
+
+def build_depth(out: Path) -> None:
+    """A Depth Anything model (a 4-layer DINOv2 backbone, 16 wide) with its image processor: the depth
+    preprocessor of ControlNet requests, found in MODELS_DIR by its ``ForDepthEstimation`` architecture."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=16,
+        patch_size=8,
+        neck_hidden_sizes=[8, 8, 8, 8],
+        fusion_hidden_size=8,
+        head_hidden_size=8,
+    )
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(config).save_pretrained(out)
+    DPTImageProcessor(
+        do_resize=True, size={"height": 32, "width": 32}, keep_aspect_ratio=False, ensure_multiple_of=8
+    ).save_pretrained(out)
+
+
 BUILDERS = {
     "tiny-sd": build_sd,
     "tiny-sd-inpaint": lambda out: build_sd(out, inpaint=True),
@@ -463,6 +496,7 @@ BUILDERS = {
     "tiny-flux": build_flux,
     "tiny-sd3": build_sd3,
     "tiny-cogvideox": build_cogvideox,
+    "tiny-depth": build_depth,
 }
 
 

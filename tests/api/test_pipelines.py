@@ -194,6 +194,45 @@ def test_controlnet_canny_returns_the_control_image(client):
     assert fetch(client, plain["output"][1]) != fetch(client, job["output"][1])
 
 
+def test_controlnet_depth_returns_the_depth_models_map(client, tiny_models_dir):
+    """``preprocess: depth``: the control image is the depth model's map (found in MODELS_DIR, kept warm), as the
+    edge map is for canny; it equals the model run directly on the same image."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    body = {"model": "tiny-sd", "controlnet": "tiny-controlnet", "prompt": "a house", "seed": 5}
+    job = run(client, "/v1/controlnet", {**body, "control_image": data_uri(rgb(seed=3)), "preprocess": "depth"})
+    assert [o.get("role") for o in job["output"]] == [None, "control_image"]
+    shown = np.asarray(Image.open(io.BytesIO(fetch(client, job["output"][1])))).astype(float)
+    assert shown.shape == (64, 64, 3) and shown.min() == 0 and shown.max() == 255  # normalised to the full range
+    # what the depth model says of the same image
+    model = AutoModelForDepthEstimation.from_pretrained(tiny_models_dir / "tiny-depth").eval()
+    processor = AutoImageProcessor.from_pretrained(tiny_models_dir / "tiny-depth")
+    image = Image.open(io.BytesIO(rgb(seed=3))).convert("RGB")
+    with torch.no_grad():
+        d = model(**processor(images=image, return_tensors="pt")).predicted_depth[:, None]
+    d = torch.nn.functional.interpolate(d, size=(64, 64), mode="bicubic", align_corners=False)[0, 0]
+    expected = ((d - d.min()) / (d.max() - d.min()) * 255).round().numpy()
+    assert np.abs(shown[..., 0] - expected).max() <= 1
+    canny = run(client, "/v1/controlnet", {**body, "control_image": data_uri(rgb(seed=3)), "preprocess": "canny"})
+    assert fetch(client, canny["output"][1]) != fetch(client, job["output"][1])
+
+
+def test_depth_without_a_depth_model_is_a_422_naming_preprocess(tmp_path):
+    from core.pipelines.tiny import build_tiny_models
+
+    build_tiny_models(tmp_path / "models", ("tiny-sd", "tiny-controlnet"))
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", rate_limit_per_minute=10_000)
+    with TestClient(create_app(settings)) as c:
+        r = c.post(
+            "/v1/controlnet",
+            json={"model": "tiny-sd", "controlnet": "tiny-controlnet", "prompt": "x", "control_image": data_uri(rgb()),
+                  "preprocess": "depth"},
+        )  # fmt: skip
+        assert r.status_code == 422 and r.json()["error"]["field"] == "preprocess", r.text
+        assert r.json()["error"]["code"] == "unknown_preprocessor"
+
+
 def test_sdxl_txt2img(client):
     job = run(client, "/v1/txt2img", {"model": "tiny-sdxl", "prompt": "a portrait", "seed": 6, "scheduler": "euler_a"})
     assert Image.open(io.BytesIO(fetch(client, job["output"][0]))).size == (64, 64)
