@@ -92,3 +92,14 @@ def test_cancel_a_running_job(service):
     assert r.returncode == 0 and job["id"] in r.stdout
     r = cli(service, "jobs", "wait", job["id"], "--timeout", "30")
     assert r.returncode == 1 and json.loads(r.stdout)["status"] == "canceled"
+
+
+def test_train_then_generate_with_the_new_model(service, tmp_path):
+    r = cli(service, "train", "ddpm", "--name", "cli-digits", "--steps", "3", "--batch-size", "8", "--no-progress")
+    assert r.returncode == 0 and "trained ddpm 'cli-digits'" in r.stdout, r.stderr
+    assert "cli-digits" in cli(service, "models").stdout
+    r = cli(service, "generate", "--model", "cli-digits", "--prompt", "4", "--steps", "3", "--seed", "1",
+            "--no-progress", "--out", str(tmp_path))  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip().endswith("_1.png"), r.stderr
+    r = cli(service, "train", "lora", "--name", "x", "--dataset", "digits")
+    assert r.returncode == 2 and "--base-model" in r.stderr  # a usage error
