@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and save it with save_pretrained")
     t.add_argument("--dataset", default="digits", help="digits | mnist | cifar10 | path to an image folder")
+    t.add_argument("--data-root", default="data", help="mnist: the folder of its IDX files (gzipped or not)")
     t.add_argument("--out", required=True, help="output model folder")
     t.add_argument("--resolution", type=int, default=16)
     t.add_argument("--channels", type=int, default=1)
@@ -84,7 +85,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    images, labels, names = load_dataset(a.dataset, a.resolution, a.channels)
+    images, labels, names = load_dataset(a.dataset, a.resolution, a.channels, a.data_root)
     if a.unconditional:
         labels, names = None, None
     unet_cfg = UNetConfig(

@@ -78,13 +78,71 @@ def load_torchvision_dataset(
     return data, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long), [str(c) for c in ds.classes]
 
 
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a numpy array: the magic number gives the element type and the rank, then
+    one big-endian uint32 per dimension (LeCun's format, what MNIST ships in)."""
+    import gzip
+
+    path = Path(path)
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"dataset: {path.name} is not an IDX file")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
+    if dtype is None:
+        raise ValueError(f"dataset: {path.name}: unknown IDX element type {raw[2]:#x}")
+    rank = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)]
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * rank)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"dataset: {path.name} holds {data.size} values, its header says {dims}")
+    return data.reshape(dims)
+
+
+def find_mnist(root: str | Path, split: str = "train") -> tuple[Path, Path]:
+    """The split's image and label files under ``root``: plain or ``.gz``, in ``root`` itself or in torchvision's
+    layout (``root/MNIST/raw``)."""
+    root = Path(root)
+    found = []
+    for stem in MNIST_FILES[split]:
+        for folder in (root, root / "MNIST" / "raw", root / "raw"):
+            hit = next((folder / (stem + ext) for ext in ("", ".gz") if (folder / (stem + ext)).is_file()), None)
+            if hit:
+                found.append(hit)
+                break
+        else:
+            raise ValueError(f"dataset: {stem}[.gz] not found under {root} (nor in MNIST/raw); see --data-root")
+    return found[0], found[1]
+
+
+def load_mnist(
+    root: str | Path, resolution: int = 28, split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """MNIST from its four original IDX files (never downloaded): 28x28 digits in [-1, 1]; ``resolution`` 32 pads
+    them with 2 pixels of background each side (the U-Net halves it three times), others resize (bilinear)."""
+    images, labels = (read_idx(p) for p in find_mnist(root, split))
+    x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]
+    if resolution == 32:
+        x = F.pad(x, (2, 2, 2, 2), value=-1.0)
+    elif resolution != 28:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(10)]
+
+
 def load_dataset(name: str, resolution: int, channels: int = 1, root: str | Path = "data"):
-    """Named factory: ``digits``, ``mnist``, ``cifar10``, or a path to an image folder."""
+    """Named factory: ``digits``, ``mnist`` (the IDX files under ``root``), ``cifar10``, or an image folder."""
     if name == "digits":
         if channels != 1:
             raise ValueError("channels: the digits data set has 1 channel")
         return load_digits_dataset(resolution)
-    if name in ("mnist", "cifar10"):
+    if name == "mnist":
+        return load_mnist(root, resolution)
+    if name == "cifar10":
         return load_torchvision_dataset(name, root, resolution)
     if Path(name).is_dir():
         return load_image_folder(name, resolution, channels)
