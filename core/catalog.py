@@ -105,7 +105,10 @@ LORA_SERVABLE = (
 
 
 # -- the engine's samplers, by objective ---------------------------------------------------------------------------
-ENGINE_SCHEDULERS: dict[str, list[str]] = {"ddpm": ["ddim", "ddpm"], "flow": ["euler"]}
+ENGINE_SCHEDULERS: dict[str, list[str]] = {
+    "ddpm": ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras"],
+    "flow": ["euler"],
+}
 
 # what each scheduler name means (GET /v1/schedulers)
 SCHEDULER_DESCRIPTIONS: dict[str, str] = {

@@ -216,7 +216,8 @@ class DDPMEngineModel:
         )
 
 
-BATCHABLE_SAMPLERS = ("ddim", "euler")  # deterministic: a batch draws exactly what each request draws alone
+# deterministic: a batch draws exactly what each request draws alone
+BATCHABLE_SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler")
 
 
 def generate_batch(
