@@ -37,6 +37,7 @@ class ModelEntry:
     width: int
     height: int
     size_multiple: int = 8
+    fixed_size: bool = False  # a DiT engine model draws only at the size it was trained at
     labels: list[str] | None = None
     schedulers: list[str] = field(default_factory=list)
     default_scheduler: str = "ddim"
@@ -87,9 +88,9 @@ def engine_entry_from_configs(
 ) -> ModelEntry | None:
     if not isinstance(config, dict) or config.get("_class_name") != ENGINE_CLASS:
         return None
-    unet = config.get("unet") or {}
-    size = int(unet.get("sample_size", 16))
-    levels = max(len(unet.get("channel_mult", [1])) - 1, 0)
+    net = config.get("unet") or config.get("dit") or {}
+    size = int(net.get("sample_size", 16))
+    levels = max(len(net.get("channel_mult", [1])) - 1, 0)
     kind = "flow" if sched.get("kind") == "flow" else "ddpm"
     return ModelEntry(
         id=model_id,
@@ -100,6 +101,7 @@ def engine_entry_from_configs(
         width=size,
         height=size,
         size_multiple=2**levels,
+        fixed_size="dit" in config,
         labels=config.get("labels"),
         schedulers=ENGINE_SCHEDULERS[kind],
         default_scheduler=ENGINE_SCHEDULERS[kind][0],

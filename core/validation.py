@@ -74,6 +74,8 @@ def _check_engine_request(entry: ModelEntry, data: dict) -> None:
         raise InputError("engine models draw square images; width must equal height", field="height")
     if data["width"] > 4 * entry.width:
         raise InputError(f"at most {4 * entry.width} for model {entry.id!r}", field="width")
+    if entry.fixed_size and data["width"] != entry.width:
+        raise InputError(f"model {entry.id!r} (a DiT) draws {entry.width}x{entry.width} only", field="width")
     if data.get("loras"):
         raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
     if data.get("negative_prompt"):

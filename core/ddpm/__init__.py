@@ -22,6 +22,8 @@ _EXPORTS = {
     "TrainConfig": "training",
     "TrainingCancelled": "training",
     "train": "training",
+    "DiT": "dit",
+    "DiTConfig": "dit",
     "UNet": "unet",
     "UNetConfig": "unet",
 }

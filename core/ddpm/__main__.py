@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-res-blocks", type=int, default=1)
     t.add_argument("--attention-resolutions", type=_ints, default=(8,))
     t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--backbone", choices=["unet", "dit"], default="unet", help="the denoising network")
+    t.add_argument("--patch-size", type=int, default=2, help="dit: pixels per patch side")
+    t.add_argument("--hidden-size", type=int, default=128, help="dit: token width")
+    t.add_argument("--depth", type=int, default=6, help="dit: transformer blocks")
+    t.add_argument("--num-heads", type=int, default=4, help="dit: attention heads")
+    t.add_argument("--pos-embed", choices=["sincos", "learned"], default="sincos", help="dit: position embedding")
     t.add_argument("--objective", choices=["ddpm", "flow"], default="ddpm")
     t.add_argument("--beta-schedule", default="linear")
     t.add_argument("--prediction-type", default="epsilon")
@@ -78,6 +84,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core.ddpm.data import load_dataset
+    from core.ddpm.dit import DiT, DiTConfig
     from core.ddpm.pipeline import DDPMEngineModel
     from core.ddpm.process import make_objective
     from core.ddpm.training import TrainConfig, train
@@ -88,16 +95,29 @@ def cmd_train(a: argparse.Namespace) -> int:
     images, labels, names = load_dataset(a.dataset, a.resolution, a.channels, a.data_root)
     if a.unconditional:
         labels, names = None, None
-    unet_cfg = UNetConfig(
-        sample_size=a.resolution,
-        in_channels=a.channels,
-        base_channels=a.base_channels,
-        channel_mult=a.channel_mult,
-        num_res_blocks=a.num_res_blocks,
-        attention_resolutions=a.attention_resolutions,
-        dropout=a.dropout,
-        num_classes=len(names) if names else None,
-    )
+    num_classes = len(names) if names else None
+    if a.backbone == "dit":
+        net_cfg = DiTConfig(
+            sample_size=a.resolution,
+            in_channels=a.channels,
+            patch_size=a.patch_size,
+            hidden_size=a.hidden_size,
+            depth=a.depth,
+            num_heads=a.num_heads,
+            num_classes=num_classes,
+            pos_embed=a.pos_embed,
+        )
+    else:
+        net_cfg = UNetConfig(
+            sample_size=a.resolution,
+            in_channels=a.channels,
+            base_channels=a.base_channels,
+            channel_mult=a.channel_mult,
+            num_res_blocks=a.num_res_blocks,
+            attention_resolutions=a.attention_resolutions,
+            dropout=a.dropout,
+            num_classes=num_classes,
+        )
     sched_cfg = (
         {"kind": "flow"}
         if a.objective == "flow"
@@ -121,7 +141,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         checkpoint_every=a.checkpoint_every,
     )
     torch.manual_seed(a.seed)
-    model = UNet(unet_cfg)
+    model = DiT(net_cfg) if a.backbone == "dit" else UNet(net_cfg)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = Path(a.state) if a.state else out / "train_state.pt"

@@ -2,7 +2,7 @@
 
 Folder layout (like a diffusers model folder)::
 
-    config.json             {"_class_name": "DDPMEngineModel", "unet": {...}, "labels": [...], ...}
+    config.json             {"_class_name": "DDPMEngineModel", "unet": {...} or "dit": {...}, "labels": [...], ...}
     model.safetensors       the EMA weights
     scheduler_config.json   {"kind": "ddpm", "num_train_timesteps", "beta_schedule", "prediction_type"}
                             or {"kind": "flow"}
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core.catalog import ENGINE_SCHEDULERS
+from core.ddpm.dit import DiT, DiTConfig
 from core.ddpm.labels import resolve_label
 from core.ddpm.samplers import make_scheduler, sample
 from core.ddpm.unet import UNet, UNetConfig
@@ -95,7 +96,7 @@ class DDPMEngineModel:
         path.mkdir(parents=True, exist_ok=True)
         config = {
             "_class_name": CLASS_NAME,
-            "unet": self.unet.config.to_dict(),
+            ("dit" if isinstance(self.unet, DiT) else "unet"): self.unet.config.to_dict(),
             "labels": self.labels,
             "default_guidance_scale": self.default_guidance_scale,
             "default_num_inference_steps": self.default_num_inference_steps,
@@ -118,10 +119,10 @@ class DDPMEngineModel:
         config = _read_json(path / CONFIG_FILE)
         if config.get("_class_name") != CLASS_NAME:
             raise ValueError(f"{CONFIG_FILE}: _class_name must be {CLASS_NAME!r}")
-        try:
-            unet_config = UNetConfig.from_dict(config["unet"])
+        try:  # the network: a U-Net ("unet") or a DiT ("dit")
+            net_config = DiTConfig.from_dict(config["dit"]) if "dit" in config else UNetConfig.from_dict(config["unet"])
         except KeyError as e:
-            raise ValueError(f"{CONFIG_FILE}: missing field 'unet'") from e
+            raise ValueError(f"{CONFIG_FILE}: missing field 'unet' (or 'dit')") from e
         except (TypeError, ValueError) as e:
             raise ValueError(f"{CONFIG_FILE}: {e}") from e
         scheduler_config = _read_json(path / SCHEDULER_FILE)
@@ -132,7 +133,7 @@ class DDPMEngineModel:
             state = load_file(str(weights))
         except (SafetensorError, OSError, RuntimeError) as e:
             raise ValueError(f"{WEIGHTS_FILE}: unreadable ({e})") from e
-        unet = UNet(unet_config)
+        unet = DiT(net_config) if isinstance(net_config, DiTConfig) else UNet(net_config)
         try:
             unet.load_state_dict(state)
         except RuntimeError as e:
