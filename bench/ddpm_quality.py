@@ -94,14 +94,14 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(f"{c}".ljust(w) for c, w in zip(r, widths)) + " |")
 
 
-def train_small(schedule: str, steps: int, seed: int = 0) -> DDPMEngineModel:
-    from core.ddpm.process import make_objective
-    from core.ddpm.training import TrainConfig, train
+def small_net(backbone: str = "unet"):
+    """The bundled model's U-Net, or a DiT of about the same parameter count (1.1 M)."""
+    from core.ddpm.dit import DiT, DiTConfig
     from core.ddpm.unet import UNet, UNetConfig
 
-    x, y, names = load_digits_dataset(16)
-    torch.manual_seed(seed)
-    unet = UNet(
+    if backbone == "dit":
+        return DiT(DiTConfig(sample_size=16, patch_size=2, hidden_size=96, depth=6, num_heads=4, num_classes=10))
+    return UNet(
         UNetConfig(
             sample_size=16,
             base_channels=32,
@@ -111,6 +111,15 @@ def train_small(schedule: str, steps: int, seed: int = 0) -> DDPMEngineModel:
             num_classes=10,
         )
     )
+
+
+def train_small(schedule: str, steps: int, seed: int = 0, backbone: str = "unet") -> DDPMEngineModel:
+    from core.ddpm.process import make_objective
+    from core.ddpm.training import TrainConfig, train
+
+    x, y, names = load_digits_dataset(16)
+    torch.manual_seed(seed)
+    unet = small_net(backbone)
     sched = {"kind": "ddpm", "num_train_timesteps": 1000, "beta_schedule": schedule, "prediction_type": "epsilon"}
     ema = train(
         unet,
@@ -201,7 +210,9 @@ def main() -> int:
     p.add_argument(
         "--schedule-steps", type=int, default=400, help="training budget of each model in the schedule table"
     )
-    p.add_argument("--skip", default="", help="comma list of tables to skip: samplers,guidance,schedules,speed")
+    p.add_argument(
+        "--skip", default="", help="comma list of tables to skip: samplers,guidance,schedules,backbones,speed"
+    )
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args()
     if a.threads:
@@ -225,6 +236,8 @@ def main() -> int:
             ("DDIM-50", "ddim", 50),
             ("DDIM-20", "ddim", 20),
             ("DDIM-10", "ddim", 10),
+            ("DPM++-20", "dpmpp_2m", 20),
+            ("DPM++-10", "dpmpp_2m", 10),
         ):
             x64, labels, spi = draw(model, a.per_label, sampler, steps, g)
             acc = judge.accuracy(x64, labels)
@@ -250,6 +263,8 @@ def main() -> int:
             f"DDIM-50 vs DDPM-1000: {speedup:.1f}x faster, accuracy {gap:+.1f} points behind "
             f"(bar: >= 15x, within 2 points; DDIM-50 accuracy >= 0.95: {results['DDIM-50'][0]:.3f})"
         )
+        dpm_gap = (results["DDIM-50"][0] - results["DPM++-10"][0]) * 100
+        print(f"DPM++-10 vs DDIM-50: accuracy {dpm_gap:+.1f} points behind (bar: within 2 points)")
 
     if "guidance" not in skip:
         rows = []
@@ -285,6 +300,31 @@ def main() -> int:
         table(
             f"Noise schedule, same budget ({a.schedule_steps} steps x 128, DDIM-50, guidance 2)",
             ["schedule", "train steps", "train s", "cond. accuracy", "FID"],
+            rows,
+        )
+
+    if "backbones" not in skip:
+        from core.ddpm.unet import count_parameters
+
+        rows = []
+        for backbone in ("unet", "dit"):
+            t0 = time.perf_counter()
+            m = train_small("linear", a.schedule_steps, backbone=backbone)
+            train_s = time.perf_counter() - t0
+            x64, labels, spi = draw(m, a.per_label, "ddim", 50, 2.0)
+            rows.append(
+                [
+                    "U-Net" if backbone == "unet" else "DiT (patch 2, 6 blocks x 96)",
+                    f"{count_parameters(m.unet):,}",
+                    f"{a.schedule_steps / train_s:.2f}",
+                    f"{spi * 1000:.1f}",
+                    f"{judge.accuracy(x64, labels):.3f}",
+                    f"{judge.fid(judge.xte, x64):.2f}",
+                ]
+            )
+        table(
+            f"Backbones at about equal parameters, same budget ({a.schedule_steps} steps x 128, DDIM-50, guidance 2)",
+            ["backbone", "parameters", "train steps / s", "ms / image", "cond. accuracy", "FID"],
             rows,
         )
 
