@@ -23,8 +23,15 @@ def test_delivery_survives_a_gateway_killed_between_attempts(redis_server, tmp_p
         stack.start_worker("hooks")
         job = stack.submit({"prompt": "2", "num_inference_steps": 4, "seed": 8, "webhook": receiver.url})
         assert stack.wait(job["id"])["status"] == "succeeded"
-        # the first attempt failed (503); the next is due 3 s later, and the gateway dies before it
-        wait_for(lambda: len(receiver.got) == 1, 30, what="the first attempt")
+        # the first attempt failed (503) and is recorded, the next due 3 s later; the gateway dies before it
+        wait_for(
+            lambda: (
+                [a["status_code"] for a in stack.http.get(f"/v1/jobs/{job['id']}", headers=A).json()["webhooks"]]
+                == [503]
+            ),
+            30,
+            what="the first attempt, recorded",
+        )
         stack.api.p.kill()
         stack.api.p.wait(10)
         assert len(receiver.got) == 1
