@@ -33,26 +33,13 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
     return image_result(out, request, model, load_ms, inference_ms)
 
 
-BATCHABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-
-
 def batch_key(request: Img2ImgRequest, model: ModelEntry) -> tuple | None:
-    """Requests with the same key share one denoising loop (each with its own image, prompt and generators)."""
-    if model.pipeline_class not in BATCHABLE_PIPELINES:
-        return None
-    loras = tuple((ref.name, ref.scale) for ref in request.loras)
-    return (
-        model.id,
-        model.version,
-        request.width,
-        request.height,
-        request.num_inference_steps,
-        request.scheduler,
-        request.guidance_scale,
-        request.strength,
-        loras,
-        bool(request.negative_prompt),
-    )
+    """txt2img's key (model, size, steps, scheduler, guidance, LoRAs) and the strength: each request keeps its own
+    image, prompt and generators."""
+    from core.executors.txt2img import batch_key as txt2img_key
+
+    key = txt2img_key(request, model)
+    return None if key is None else (*key, request.strength)
 
 
 def run_batch(
