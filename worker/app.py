@@ -46,6 +46,7 @@ class Process:
             s, self.registry, lambda model, ms: lifecycle.record_model_load(self.store, model, ms)
         )
         self._stop = threading.Event()
+        self.last_batch = 1  # jobs in the previous batch this process ran
 
     def _record_load(self, model: str, ms: float) -> None:
         lifecycle.record_model_load(self.store, model, ms)
@@ -97,12 +98,14 @@ def run_job(job_id: str) -> str | None:
     ids = [job_id]
     if s.batch_window_ms > 0 and s.max_batch > 1:
         try:
-            # gather only when compatible jobs are already queued (a lone job never pays the window): let more
-            # arrive for the window, then take them along (one denoising loop for all)
-            if len(compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)) > 1:
+            # gather when compatible jobs are already queued, or when the previous batch was shared (its clients
+            # are about to send their next jobs): let more arrive for the window, then take them along (one
+            # denoising loop for all); a lone client's job never pays the window
+            if p.last_batch > 1 or len(compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)) > 1:
                 p._stop.wait(s.batch_window_ms / 1000)
                 ids = compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)
         except Exception:  # noqa: BLE001 - batching is an optimisation; run the job alone
             log.warning("could not gather a batch for %s", job_id, exc_info=True)
+    p.last_batch = len(ids)
     jobs = execute_batch(ids, p.store, p.storage, p.runner, p.worker_id, s.lease_ttl_s, s.heartbeat_s)
     return jobs[0].status.value if jobs[0] else None

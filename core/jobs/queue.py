@@ -98,13 +98,15 @@ class InProcessQueue:
 
     def _loop(self, name: str) -> None:
         q = self._queues[name]
+        last = 1  # the size of the previous batch
         while not self._stopping.is_set():
             job_id = q.get()
             if job_id is None:
                 break
             batch = [job_id]
-            # gather only when others are already waiting: a lone job never pays the window
-            if self.handle_batch is not None and name == "inference" and not q.empty():
+            # gather when others are already waiting, or when the previous batch was shared (its clients are about
+            # to send their next jobs, a few ms apart): a lone client's job never pays the window
+            if self.handle_batch is not None and name == "inference" and (not q.empty() or last > 1):
                 deadline = time.monotonic() + self.batch_window_s
                 while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     try:
@@ -115,6 +117,7 @@ class InProcessQueue:
                         self._stopping.set()
                         break
                     batch.append(more)
+            last = len(batch)
             try:
                 if len(batch) > 1:
                     self.handle_batch(batch)

@@ -32,9 +32,10 @@ def test_first_job_after_start_accounts_for_its_time(tmp_path):
             seen_ms = (time.perf_counter() - t0) * 1000
         assert job["status"] == "succeeded", job
         m = job["metrics"]
-        # the parts add up to the total, and the total is what the client saw (less two HTTP round trips)
+        # the parts add up to the total, and the total is nearly all the client saw: the rest is HTTP and the
+        # gateway's own first request (a cold venv compiles and imports then: 280 ms of 3.3 s on a fresh CI clone)
         assert abs(sum(m[k] for k in PARTS) - m["total_ms"]) < 0.01 * m["total_ms"] + 1, m
-        assert m["total_ms"] <= seen_ms and seen_ms - m["total_ms"] < 250, (m, seen_ms)
+        assert m["total_ms"] <= seen_ms and seen_ms - m["total_ms"] < 0.15 * seen_ms, (m, seen_ms)
         # the cold start shows where it happened: the engines (torch) starting and the model loading or warming
         assert m["startup_ms"] + m["load_ms"] > 0.5 * m["total_ms"], m
         assert m["other_ms"] < 0.2 * m["total_ms"], m
