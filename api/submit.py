@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +13,6 @@ from pydantic import BaseModel
 
 from api.deps import check_rate
 from api.state import Backends
-from api.waiters import wait_for
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.schemas import JobRecord, JobType
@@ -72,7 +70,7 @@ async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, 
         headers["Idempotent-Replayed"] = "true"
     status = 202
     if wait is not None:
-        job = await wait_until_done(b, tenant, job, wait)
+        job = await b.waiters.until_terminal(tenant, job, wait, b.store.jobs.get)
         if job.status.is_terminal():
             status = 201 if created else 200  # the finished job; 200 on an idempotent replay
         headers["Preference-Applied"] = f"wait={wait:g}"
@@ -91,15 +89,3 @@ def prefer_wait(header: str | None, max_wait_s: float) -> float | None:
     if m is None:
         return None
     return min(float(m.group(1)), max_wait_s) if m.group(1) is not None else max_wait_s
-
-
-async def wait_until_done(b: Backends, tenant: str, job: JobRecord, wait: float) -> JobRecord:
-    """The job once terminal, or as it is after ``wait`` seconds: woken by its status events, no thread held."""
-    deadline = time.monotonic() + wait
-    async with b.waiters.watch(tenant, job.id, every_event=False) as changed:
-        while not job.status.is_terminal():
-            changed.clear()
-            job = await run_in_threadpool(b.store.jobs.get, job.id) or job
-            if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
-                break
-    return job

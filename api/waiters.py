@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+from fastapi.concurrency import run_in_threadpool
 
 from core.errors import QuotaExceeded
 from core.jobs.store import JobStore
@@ -63,6 +66,18 @@ class Waiters:
                 group.pop(ev, None)
                 if not group:
                     del self._events[job_id]
+
+    async def until_terminal(self, tenant: str, job, wait: float, read: Callable[[str], object]):
+        """``job`` once terminal, or as ``read(job.id)`` (blocking, run in the threadpool) last gave it after ``wait``
+        seconds: woken by its status events, no thread or connection held while waiting."""
+        deadline = time.monotonic() + wait
+        async with self.watch(tenant, job.id, every_event=False) as changed:
+            while not job.status.is_terminal():
+                changed.clear()  # before the read: a change after it wakes the wait below
+                job = await run_in_threadpool(read, job.id) or job
+                if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
+                    break
+        return job
 
 
 async def wait_for(ev: asyncio.Event, timeout: float) -> bool:

@@ -99,11 +99,11 @@ class Client:
         out.mkdir(parents=True, exist_ok=True)
         files = []
         for i, item in enumerate(job["output"]):
-            ext = {"image/png": "png", "video/mp4": "mp4", "image/gif": "gif"}.get(item["content_type"], "bin")
-            seed = item.get("seed")
-            name = f"{job['id']}_{seed if seed is not None else i}.{ext}" if ext != "bin" else f"{job['id']}_{i}.bin"
             if item["content_type"] == "application/octet-stream" or "url" not in item:
-                continue
+                continue  # checkpoints stay on the service
+            ext = {"image/png": "png", "video/mp4": "mp4", "image/gif": "gif"}.get(item["content_type"])
+            seed = item.get("seed")
+            name = f"{job['id']}_{seed if ext and seed is not None else i}.{ext or 'bin'}"
             r = httpx.get(item["url"], timeout=120)
             if r.status_code != 200:
                 raise ServiceError(r.status_code, "download_failed", f"could not fetch output {i}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -40,14 +39,7 @@ async def get_job(
     wait = min(wait, b.settings.max_wait_s)
     job = await run_in_threadpool(_own, b, t, job_id)
     if wait > 0 and not job.status.is_terminal():
-        deadline = time.monotonic() + wait
-        # waits on the loop for a status change: no thread, no connection held
-        async with b.waiters.watch(t, job_id, every_event=False) as changed:
-            while True:
-                changed.clear()
-                job = await run_in_threadpool(_own, b, t, job_id)
-                if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
-                    break
+        job = await b.waiters.until_terminal(t, job, wait, lambda i: _own(b, t, i))
     # built from the record, already valid: answered as is (response_model documents it, without re-validating)
     return JSONResponse(job_view(job, b, str(request.base_url)))
 
