@@ -21,6 +21,9 @@ class Settings(ServiceSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_wait_s: float = 60.0
+    sync_max_wait_s: float = Field(
+        900.0, gt=0, description="AUTOMATIC1111 routes answer synchronously: at most this long, then 504 with job ids"
+    )
     max_active_jobs_per_tenant: int = Field(64, ge=1, description="queued + running jobs per tenant; past it 429")
     max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
     redis_max_connections: int = Field(64, ge=4)

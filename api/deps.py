@@ -6,6 +6,8 @@ and run in the threadpool, once per request, alongside the route's own store wor
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 
 from fastapi import Depends, Request
@@ -21,24 +23,43 @@ async def backends(request: Request) -> Backends:
     return request.app.state.backends
 
 
+CHALLENGE = {"WWW-Authenticate": 'Bearer, Basic realm="diffuserve"'}
+
+
+def _key_of(auth: str) -> str:
+    """The API key of an ``Authorization`` header: ``Bearer <key>``, ``Token <key>`` (older Replicate clients) or
+    HTTP basic with the key as the password (AUTOMATIC1111's clients), any user name."""
+    scheme, _, value = auth.partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme in ("bearer", "token"):
+        return value
+    if scheme == "basic" and value:
+        try:
+            _, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return password if sep else ""
+    return ""
+
+
 async def tenant(request: Request, b: Backends = Depends(backends)) -> str:
-    """With API_KEYS set, every /v1 route needs ``Authorization: Bearer <key>``; the key names the tenant."""
+    """With API_KEYS set, every /v1 route needs ``Authorization: Bearer <key>`` (or the key as the HTTP basic
+    password); the key names the tenant."""
     if not b.tenants_by_key:
         return DEFAULT_TENANT
-    auth = request.headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    key = _key_of(request.headers.get("authorization", ""))
+    if not key:
         raise ApiError(
             401,
             "unauthorized",
-            "missing API key: send Authorization: Bearer <key>",
+            "missing API key: send Authorization: Bearer <key> (or the key as the HTTP basic password)",
             "Authorization",
-            {"WWW-Authenticate": "Bearer"},
+            CHALLENGE,
         )
     for known, name in b.tenants_by_key.items():
         if hmac.compare_digest(known.encode(), key.strip().encode()):
             return name
-    raise ApiError(401, "unauthorized", "unknown API key", "Authorization", {"WWW-Authenticate": "Bearer"})
+    raise ApiError(401, "unauthorized", "unknown API key", "Authorization", CHALLENGE)
 
 
 def check_rate(b: Backends, t: str) -> None:

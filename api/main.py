@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.compat import a1111, replicate
 from api.config import Settings
 from api.deps import tenant
 from api.limits import BodySizeLimit
@@ -62,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(models.router, tags=["models"])
     v1.include_router(webhooks.router, tags=["webhooks"])
     app.include_router(v1)
+    app.include_router(replicate.router, tags=["replicate"])
+    app.include_router(a1111.router, tags=["a1111"])
+    app.include_router(a1111.controlnet_router, tags=["a1111"])
     app.include_router(health.router, tags=["health"])
     app.include_router(files.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

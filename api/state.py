@@ -39,6 +39,7 @@ class Backends:
             )
         )
         self.waiters.start(self._stop)
+        from api.compat import replicate
         from core.webhooks import Deliverer
 
         self._threads.append(
@@ -49,6 +50,7 @@ class Backends:
                 allow_private=s.webhook_allow_private,
                 retry_s=s.webhook_retry_s,
                 backoff_s=s.webhook_backoff_s,
+                shapes={"replicate": replicate.webhook_body},  # a prediction's webhook carries the prediction
             ).start(self._stop)
         )
 

@@ -43,6 +43,7 @@ def _submit(
     body: BaseModel,
     idempotency: tuple[str, str] | None,
     base_url: str,
+    via: dict | None = None,
 ) -> tuple[JobRecord, bool]:
     """The blocking part, in one threadpool call: the rate limit, the inputs (uploads saved), create and enqueue."""
     check_rate(b, tenant)
@@ -50,17 +51,31 @@ def _submit(
     job = lifecycle.new_job(job_type, data, tenant, model)
     job.input_sha256 = hashes
     job.base_url = base_url  # what output URLs in webhooks are built on (local storage)
+    job.via = via
     return lifecycle.submit(b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant)
 
 
-async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
+def idempotency_of(request: Request, job_type: JobType, body: BaseModel) -> tuple[str, str] | None:
+    """(Idempotency-Key, hash of the typed request) when the client sent the header."""
     idem_key = request.headers.get("idempotency-key")
-    idempotency = None
-    if idem_key is not None:
-        if not 1 <= len(idem_key) <= 255:
-            raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
-        body_hash = hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
-        idempotency = (idem_key, body_hash)
+    if idem_key is None:
+        return None
+    if not 1 <= len(idem_key) <= 255:
+        raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
+    return idem_key, hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
+
+
+async def submit_job(
+    request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel, via: dict | None = None
+) -> tuple[JobRecord, bool]:
+    """Queue one job as every route does (rate limit, validation, idempotency, quotas): the compatibility adapters'
+    way in, so they never grow a second execution path."""
+    idempotency = idempotency_of(request, job_type, body)
+    return await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency, str(request.base_url), via)
+
+
+async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
+    idempotency = idempotency_of(request, job_type, body)
     wait = prefer_wait(request.headers.get("prefer"), b.settings.max_wait_s)
     if wait is not None:
         b.waiters.check(tenant)  # a synchronous wait counts as an open wait (429 past MAX_WAITS_PER_TENANT)

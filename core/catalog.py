@@ -131,6 +131,26 @@ SchedulerName = Literal[
 ]
 
 
+# -- AUTOMATIC1111's sampler and scheduler names (the /sdapi/v1 adapter) -----------------------------------------
+# A1111 sampler name -> our scheduler names in order of preference: the first one the model serves is used. The
+# engine's DDIM is the Euler method on the probability-flow ODE and its DDPM sampler the ancestral one, so "Euler"
+# and "Euler a" reach engine models too.
+A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
+    "DPM++ 2M": ("dpmpp_2m",),
+    "DPM++ 2M Karras": ("dpmpp_2m_karras",),
+    "Euler a": ("euler_a", "ddpm"),
+    "Euler": ("euler", "ddim"),
+    "LMS": ("lms",),
+    "Heun": ("heun",),
+    "DDIM": ("ddim",),
+    "DDPM": ("ddpm",),
+    "PLMS": ("pndm",),
+    "UniPC": ("unipc",),
+}
+# A1111 1.9+ splits the noise schedule out of the sampler name: these are the ones we serve
+A1111_SCHEDULERS: dict[str, str] = {"automatic": "Automatic", "karras": "Karras"}
+
+
 # -- limits --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FamilyLimits:

@@ -309,3 +309,7 @@ class ModelRegistry:
     def lora(self, name: str) -> Path | None:
         with self._lock:
             return self._loras.get(name)
+
+    def lora_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._loras)

@@ -364,10 +364,12 @@ class JobRecord(Job):
     lease_token: str | None = None  # the owner of the current attempt; only it may report, renew or finish
     enqueued: bool = False  # the queue accepted the message; the reaper re-sends jobs that stay False
     base_url: str | None = None  # the gateway URL the job was submitted to (local output URLs in webhooks)
+    via: dict[str, Any] | None = None  # the compatibility adapter it came through: {"api": "a1111" | "replicate", ...}
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(
-            mode="json", exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued", "base_url"}
+            mode="json",
+            exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued", "base_url", "via"},
         )
 
 

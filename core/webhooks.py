@@ -120,6 +120,7 @@ def emit(store: JobStore, job: JobRecord, event: str) -> None:
         "type": f"job.{event}",
         "data": job.public(),
         "base_url": job.base_url,
+        "via": job.via,  # a job from a compatibility adapter is delivered in that API's shape
         "created": time.time(),
         "attempts": 0,
     }
@@ -158,8 +159,11 @@ class Deliverer:
         backoff_s: float = 1.0,
         timeout_s: float = 10.0,
         interval_s: float = 0.2,
+        shapes: dict[str, Callable[[dict, dict], dict]] | None = None,
     ):
         self.store = store
+        # adapter name (JobRecord.via["api"]) -> (job with output URLs, delivery) -> the body sent
+        self.shapes = shapes or {}
         self.master_secret = master_secret
         self.url_for = url_for  # (storage key, base URL) -> a URL the receiver can GET
         self.allow_private = allow_private
@@ -194,6 +198,9 @@ class Deliverer:
             key = item.pop("key", None)
             if key:
                 item["url"] = self.url_for(key, delivery.get("base_url") or "")
+        shape = self.shapes.get((delivery.get("via") or {}).get("api"))
+        if shape is not None:
+            return json.dumps(shape(data, delivery), separators=(",", ":"))
         sent = datetime.fromtimestamp(delivery["created"], UTC).isoformat().replace("+00:00", "Z")
         return json.dumps({"type": delivery["type"], "timestamp": sent, "data": data}, separators=(",", ":"))
 

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--state", default=None, help="training-state file for resuming (default: OUT/train_state.pt)")
     t.add_argument("--guidance-scale", type=float, default=2.0, help="default guidance scale stored with the model")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)")
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
@@ -139,6 +140,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         grad_clip=a.grad_clip,
         seed=a.seed,
         checkpoint_every=a.checkpoint_every,
+        bf16=a.bf16,
     )
     torch.manual_seed(a.seed)
     model = DiT(net_cfg) if a.backbone == "dit" else UNet(net_cfg)
@@ -150,11 +152,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     bar = tqdm(total=cfg.max_steps, desc="train", unit="step")
     losses: list[float] = []
+    elapsed = [0.0]
 
     def progress(p) -> None:
         if bar.n == 0 and p.step > 1:
             bar.update(p.step - 1)  # resumed
         losses.append(p.loss)
+        elapsed[0] = p.elapsed_s
         bar.update(1)
         bar.set_postfix(loss=f"{p.loss:.4f}", img_s=f"{p.images_per_s:.0f}")
 
@@ -167,7 +171,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "dataset": a.dataset,
         "command": "python -m core.ddpm " + " ".join(sys.argv[1:]),
         "train": {**cfg.__dict__},
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(elapsed[0] or seconds, 1),  # all runs of a resumed training
         "final_loss_mean_last_100": sum(tail) / len(tail),
         "parameters": count_parameters(model),
         "device": str(a.device),

@@ -1,5 +1,5 @@
-"""The training loop: AdamW, linear warm-up, gradient clipping, EMA weights, class dropout for CFG,
-bf16 autocast on CUDA, resumable checkpoints, and a progress callback that can cancel."""
+"""The training loop: AdamW, linear warm-up, gradient clipping, EMA weights, class dropout for CFG, bf16 autocast
+(always on CUDA; on the CPU with ``bf16=True``), resumable checkpoints, and a progress callback that can cancel."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class TrainConfig:
     class_dropout: float = 0.1
     seed: int = 0
     checkpoint_every: int = 0  # 0: only at the end
+    bf16: bool = False  # bf16 autocast on the CPU too (about 1.5x faster where the CPU has AVX512-BF16 or AMX)
 
     def __post_init__(self) -> None:
         checks = {
@@ -51,6 +52,7 @@ class TrainProgress:
     max_steps: int
     loss: float
     images_per_s: float
+    elapsed_s: float = 0.0  # training time so far, earlier runs of a resumed training included
 
 
 class TrainingCancelled(Exception):
@@ -101,7 +103,7 @@ def train(
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     ema = EMA(model, config.ema_decay)
-    start = 0
+    start, elapsed = 0, 0.0
     state_path = Path(state_path) if state_path else None
     if state_path and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)  # never a pickle from storage
@@ -111,6 +113,7 @@ def train(
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
+        elapsed = float(state.get("elapsed_s", 0.0))
 
     def save_state(step: int) -> None:
         tmp = state_path.with_suffix(".tmp")
@@ -122,6 +125,7 @@ def train(
                 "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "step": step,
+                "elapsed_s": elapsed,
                 "config": asdict(config),
             },
             tmp,
@@ -130,7 +134,7 @@ def train(
 
     null = model.null_class
     n = images.shape[0]
-    autocast = device.type == "cuda"
+    autocast = device.type == "cuda" or config.bf16
     t_last = time.perf_counter()
     for step in range(start, config.max_steps):
         idx = torch.randint(0, n, (config.batch_size,), generator=gen)
@@ -143,7 +147,7 @@ def train(
             y = y.to(device)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, config)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = objective.loss(model, x0, y, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -152,12 +156,14 @@ def train(
         opt.step()
         ema.update(model, step)
         done = step + 1
-        if state_path and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
-            save_state(done)
         now = time.perf_counter()
         ips = config.batch_size / max(now - t_last, 1e-9)
+        elapsed += now - t_last
         t_last = now
-        if callback is not None and callback(TrainProgress(done, config.max_steps, float(loss.detach()), ips)) is False:
+        if state_path and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+            save_state(done)
+        progress = TrainProgress(done, config.max_steps, float(loss.detach()), ips, elapsed)
+        if callback is not None and callback(progress) is False:
             raise TrainingCancelled(f"training cancelled at step {done}")
     if state_path:
         save_state(config.max_steps)
