@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 
 from fastapi import FastAPI, Request
@@ -151,29 +152,45 @@ class CatchAll:
             await send({"type": "http.response.body", "body": body})
 
 
+# Replicate's routes: its clients read RFC 9457 problem details (title, detail, status) beside our error object
+PROBLEM_PATHS = re.compile(r"^/v1/(predictions|models/[^/]+/[^/]+)(/|$)")
+
+
+def _shaped(request: Request, response: JSONResponse) -> JSONResponse:
+    if not PROBLEM_PATHS.match(request.url.path):
+        return response
+    body = json.loads(response.body)
+    err = body["error"]
+    detail = f"{err['field']}: {err['message']}" if err.get("field") else err["message"]
+    body.update(title=err["code"], detail=detail, status=response.status_code)
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(body, status_code=response.status_code, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def validation(_: Request, exc: RequestValidationError):
+    async def validation(request: Request, exc: RequestValidationError):
         errs = exc.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": "invalid"}
         code = "invalid_json" if first.get("type") == "json_invalid" else "validation_error"
         msg = first.get("msg", "invalid")
         if first.get("type") == "json_invalid":
             msg = "the body is not valid JSON"
-        return error_response(422, code, msg, _field(tuple(first.get("loc", ()))))
+        return _shaped(request, error_response(422, code, msg, _field(tuple(first.get("loc", ())))))
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError):
-        return service_error_response(exc)
+    async def service_error(request: Request, exc: ServiceError):
+        return _shaped(request, service_error_response(exc))
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    async def api_error(request: Request, exc: ApiError):
+        return _shaped(request, error_response(exc.status, exc.code, exc.message, exc.field, exc.headers))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         code = HTTP_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        return _shaped(request, error_response(exc.status_code, code, str(exc.detail), None, headers))
 
     app.add_middleware(CatchAll)
 

@@ -111,9 +111,15 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "mnist"))
-    p.add_argument("--model", default=str(REPO / "models" / "mnist"))
+    p.add_argument(
+        "--model", default=str(REPO / "models" / "mnist"), help="a model folder, or several, comma-separated"
+    )
     p.add_argument("--per-label", type=int, default=100)
-    p.add_argument("--samplers", default="ddpm:1000,ddim:50,ddim:20,ddim:10,dpmpp_2m:20,dpmpp_2m:10")
+    p.add_argument(
+        "--samplers",
+        default="ddpm:1000,ddim:50,ddim:20,ddim:10,dpmpp_2m:20,dpmpp_2m:10",
+        help="sampler:steps,...; 'default:20' is the model's own sampler",
+    )
     p.add_argument("--guidance", default="1,2,3,5,8")
     p.add_argument("--smoke", action="store_true", help="a few images and a short judge: keeps the script working")
     a = p.parse_args(argv)
@@ -127,14 +133,21 @@ def main(argv: list[str] | None = None) -> int:
         f"judge: MLP 784-256-10, test accuracy (ceiling) {judge.ceiling:.4f}; "
         f"FID floor (real vs real, {n}): {floor:.2f}"
     )
-    if not Path(a.model).is_dir():
-        print(f"no model at {a.model}: train one (see models/*/README.md), then run again")
-        return 0
-    model = DDPMEngineModel.from_pretrained(a.model)
+    for path in a.model.split(","):  # several models: one judge for all
+        if not Path(path).is_dir():
+            print(f"no model at {path}: train one (see models/*/README.md), then run again")
+            continue
+        print(f"\n## {path}")
+        evaluate(DDPMEngineModel.from_pretrained(path), judge, a, per_label, n, floor)
+    return 0
+
+
+def evaluate(model, judge: Judge, a: argparse.Namespace, per_label: int, n: int, floor: float) -> None:
     g = model.default_guidance_scale
     rows = []
     for spec in a.samplers.split(","):
         sampler, steps = spec.split(":")
+        sampler = model.default_sampler if sampler == "default" else sampler
         steps = min(int(steps), 4) if a.smoke else int(steps)
         x, labels, spi = draw(model, per_label, sampler, steps, g)
         rows.append(
@@ -165,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         ["guidance", "cond. accuracy", "diversity", "real diversity", "FID"],
         rows,
     )
-    return 0
 
 
 if __name__ == "__main__":

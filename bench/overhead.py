@@ -1,12 +1,18 @@
 """Service overhead: end-to-end time of a 1-step digits job minus its inference_ms, embedded and distributed.
 
     python bench/overhead.py [--jobs 40]
+    python bench/overhead.py --adapters [--jobs 100]   # what the A1111 and Replicate adapters add (embedded)
 
 Each mode runs as real processes on this machine (embedded: uvicorn with the in-process queue and local
 disk; distributed: uvicorn + one Celery worker + redis-server + moto_server as S3). A job is timed from
 just before its POST to the answer of GET /v1/jobs/{id}?wait=30 that shows it succeeded; the table gives
 the median and p90 over --jobs jobs after 3 warm-up jobs, and how much of it the write of the output took (the job's
 ``upload_ms``): moto_server, a Python server, takes 4-9 ms per PUT on this machine where S3 or MinIO take 1-2 ms.
+
+``--adapters``: the same 1-step job through each route in turn (round-robin, so drift hits all alike), timed from
+before the request to the client holding the result: the native route and Replicate's with ``Prefer: wait`` (a job or
+prediction with the image URL), AUTOMATIC1111's synchronous txt2img (the PNG itself, base64) against the native
+route followed by a GET of the PNG. The difference of medians is what the adapter adds.
 """
 
 from __future__ import annotations
@@ -66,10 +72,60 @@ def distributed(n: int, tmp: Path) -> dict:
         return measure(stack.http, n, {})
 
 
+ROUTES = {
+    "native /v1/txt2img, Prefer: wait": lambda h: h.post("/v1/txt2img", json=BODY, headers={"Prefer": "wait"}),
+    "native + GET of the PNG": lambda h: h.get(
+        h.post("/v1/txt2img", json=BODY, headers={"Prefer": "wait"}).json()["output"][0]["url"]
+    ),
+    "Replicate POST /v1/models/acme/digits/predictions, Prefer: wait": lambda h: h.post(
+        "/v1/models/acme/digits/predictions",
+        json={"input": {"prompt": "7", "num_inference_steps": 1, "seed": 1}},
+        headers={"Prefer": "wait"},
+    ),
+    "A1111 POST /sdapi/v1/txt2img": lambda h: h.post(
+        "/sdapi/v1/txt2img", json={"prompt": "7", "steps": 1, "seed": 1, "width": 16, "height": 16, "cfg_scale": 2}
+    ),
+}
+BASELINE = {
+    "Replicate POST /v1/models/acme/digits/predictions, Prefer: wait": "native /v1/txt2img, Prefer: wait",
+    "A1111 POST /sdapi/v1/txt2img": "native + GET of the PNG",
+}
+
+
+def adapters(n: int, tmp: Path) -> None:
+    p, url = embedded_server(tmp / "embedded", tmp / "embedded.log")
+    times: dict[str, list[float]] = {name: [] for name in ROUTES}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as h:
+            for i in range(n + 3):
+                for name, call in ROUTES.items():
+                    t0 = time.perf_counter()
+                    r = call(h)
+                    dt = (time.perf_counter() - t0) * 1000
+                    assert r.status_code in (200, 201), r.text
+                    if i >= 3:
+                        times[name].append(dt)
+    finally:
+        p.stop()
+    print(f"\nAdded latency of the compatibility adapters, embedded, a 1-step digits job, {n} rounds after 3 warm-up")
+    print("| route | end-to-end p50 ms | p90 ms | added over | added p50 ms |")
+    print("|---|---|---|---|---|")
+    for name, ts in times.items():
+        p50, p90 = statistics.median(ts), statistics.quantiles(ts, n=10)[8]
+        base = BASELINE.get(name)
+        added = f"{base} | {p50 - statistics.median(times[base]):+.1f}" if base else "— | —"
+        print(f"| {name} | {p50:.1f} | {p90:.1f} | {added} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=40)
+    p.add_argument("--adapters", action="store_true", help="the A1111 and Replicate adapters against the native route")
     a = p.parse_args()
+    if a.adapters:
+        with tempfile.TemporaryDirectory() as d:
+            adapters(a.jobs, Path(d))
+        return 0
     with tempfile.TemporaryDirectory() as d:
         rows = [("embedded", embedded(a.jobs, Path(d)), 5.0), ("distributed", distributed(a.jobs, Path(d)), 15.0)]
     print(f"\nService overhead of a 1-step digits job (end-to-end minus inference_ms), {a.jobs} jobs after 3 warm-up")

@@ -124,8 +124,8 @@ IGNORED_DEFAULTS: dict[str, Any] = {
     "inpaint_full_res": True,
     "inpaint_full_res_padding": 0,
     "include_init_images": False,
-    "image_cfg_scale": None,
-    "initial_noise_multiplier": None,
+    "image_cfg_scale": 1.5,  # instruct-pix2pix only
+    "initial_noise_multiplier": 1,
     "refiner_checkpoint": None,
     "refiner_switch_at": None,
     "disable_extra_networks": False,
@@ -138,6 +138,27 @@ LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?[^>]*>")
 
 
 # -- 1. the payload -------------------------------------------------------------------------------------------------
+class AlwaysOnScript(BaseModel):
+    """One extension's entry in ``alwayson_scripts``: its positional ``args``."""
+
+    model_config = ConfigDict(extra="allow")
+    args: list[Any] = Field(default_factory=list, max_length=64)
+
+
+class ControlNetUnit(BaseModel):
+    """The ControlNet extension's unit (the fields we map; the others are the extension's own knobs)."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = True
+    image: str | None = None
+    input_image: str | None = None  # older extension versions
+    module: str | None = Field(None, max_length=64)
+    model: str | None = Field(None, max_length=256)
+    weight: float = Field(1.0, ge=0.0, le=5.0)
+    threshold_a: float = -1
+    threshold_b: float = -1
+
+
 class Txt2ImgPayload(BaseModel):
     """A1111's txt2img body: the fields mapped to the job; any other field is accepted and reported as ignored."""
 
@@ -156,7 +177,7 @@ class Txt2ImgPayload(BaseModel):
     scheduler: str | None = Field(None, max_length=64, description="automatic or karras")
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
     override_settings: dict[str, Any] = Field(default_factory=dict)
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    alwayson_scripts: dict[str, AlwaysOnScript] = Field(default_factory=dict)
 
 
 class Img2ImgPayload(Txt2ImgPayload):
@@ -236,18 +257,22 @@ def scheduler_for(sampler: str | None, schedule: str | None, entry: ModelEntry) 
 
 
 # -- 4. the jobs ----------------------------------------------------------------------------------------------------
-def _controlnet_unit(scripts: dict[str, Any]) -> dict | None:
+def _controlnet_unit(scripts: dict[str, AlwaysOnScript]) -> ControlNetUnit | None:
     """The ControlNet extension's first enabled unit (``alwayson_scripts.controlnet.args``), or None."""
-    cn = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
-    units = [u for u in (cn or {}).get("args", []) if isinstance(u, dict) and u.get("enabled", True)]
-    units = [u for u in units if u.get("image") or u.get("input_image")]
+    units = []
+    for name, script in scripts.items():
+        if name.lower() != "controlnet":
+            if script.args and script.args[0] not in (False, None):  # another extension, switched on
+                raise InputError(f"extension {name!r} is not available here", field=f"alwayson_scripts.{name}")
+            continue
+        for arg in script.args:
+            if not isinstance(arg, dict):
+                raise InputError("a ControlNet unit is an object", field="alwayson_scripts.controlnet.args")
+            unit = validate(ControlNetUnit, arg, {})
+            if unit.enabled and (unit.image or unit.input_image):
+                units.append(unit)
     if len(units) > 1:
         raise InputError("one ControlNet unit per request", field="alwayson_scripts.controlnet.args")
-    others = [k for k, v in scripts.items() if k.lower() != "controlnet" and (v or {}).get("args") not in QUIET]
-    for name in others:
-        args = scripts[name].get("args")
-        if isinstance(args, list) and args and args[0] not in (False, None):
-            raise InputError(f"extension {name!r} is not available here", field=f"alwayson_scripts.{name}")
     return units[0] if units else None
 
 
@@ -278,6 +303,7 @@ def build_requests(
         "scheduler": scheduler,
         "num_images": payload.batch_size,
         "loras": loras,
+        "preview_every": max(1, payload.steps // 16),  # GET progress shows current_image, as A1111's live preview
     }
     job_type, request_model = JobType.txt2img, Txt2ImgRequest
     unit = _controlnet_unit(payload.alwayson_scripts)
@@ -291,17 +317,16 @@ def build_requests(
             base["mask_image"] = data_uri(payload.mask, "mask")
             job_type, request_model = JobType.inpaint, InpaintRequest
     elif unit is not None:
-        pre = _preprocess(unit.get("module"))
+        pre = _preprocess(unit.module)
         base.update(
-            controlnet=model_id(str(unit.get("model") or "")),
-            control_image=data_uri(str(unit.get("image") or unit.get("input_image")), "image"),
+            controlnet=model_id(unit.model or ""),
+            control_image=data_uri(unit.image or unit.input_image or "", "image"),
             preprocess=pre,
-            controlnet_conditioning_scale=float(unit.get("weight", 1.0)),
+            controlnet_conditioning_scale=unit.weight,
         )
-        if pre == "canny":  # the extension's threshold_a/b are canny's low/high thresholds
-            low, high = unit.get("threshold_a", -1), unit.get("threshold_b", -1)
-            base["canny_low_threshold"] = int(low) if low >= 0 else 100  # -1: the extension's "module default"
-            base["canny_high_threshold"] = int(high) if high >= 0 else 200
+        if pre == "canny":  # the extension's threshold_a/b are canny's thresholds (-1: the module's default)
+            base["canny_low_threshold"] = int(unit.threshold_a) if 0 <= unit.threshold_a <= 255 else 100
+            base["canny_high_threshold"] = int(unit.threshold_b) if 0 <= unit.threshold_b <= 255 else 200
         job_type, request_model = JobType.controlnet, ControlNetRequest
     requests = [
         validate(request_model, {**base, "seed": seed + k * payload.batch_size}, NAMES) for k in range(payload.n_iter)
@@ -355,9 +380,12 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
     ignored += [f"override_settings.{k}" for k in payload.override_settings if k != "sd_model_checkpoint"]
     try:
         entry = await run_in_threadpool(entry_for, b, t, model)
-        sampler_name = payload.sampler_name or (payload.model_extra or {}).get("sampler_index")  # the older name
-        scheduler, sampler = scheduler_for(sampler_name, payload.scheduler, entry)
-        seed = payload.seed if payload.seed >= 0 else secrets.randbelow(MAX_SEED + 1 - 64)
+    except InputError as e:
+        raise renamed(e, NAMES) from None
+    sampler_name = payload.sampler_name or (payload.model_extra or {}).get("sampler_index")  # the older name
+    scheduler, sampler = scheduler_for(sampler_name, payload.scheduler, entry)  # its errors name A1111's fields
+    seed = payload.seed if payload.seed >= 0 else secrets.randbelow(MAX_SEED + 1 - 64)
+    try:
         job_type, requests, built = build_requests(payload, model, scheduler, seed)
     except InputError as e:
         raise renamed(e, NAMES) from None

@@ -143,7 +143,8 @@ def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s
     ignored += [THEIR_NAMES.get(k, k) for k in list(data) if k not in allowed]
     data = {k: v for k, v in data.items() if k in allowed}
     if timeout_s is not None:
-        data["timeout_s"] = min(timeout_s, data.get("timeout_s") or timeout_s)
+        given = data.get("timeout_s")
+        data["timeout_s"] = min(timeout_s, given) if isinstance(given, int) and given > 0 else timeout_s
     webhook = body.webhook or body.webhook_completed
     if webhook:
         data["webhook"] = webhook
@@ -163,7 +164,7 @@ async def create(request: Request, b: Backends, t: str, owner: str, model_id: st
     try:
         entry = await run_in_threadpool(entry_for, b, t, model_id)
         job_type, req, ignored = to_request(model_id, entry, body, timeout_s)
-        via = {"api": "replicate", "owner": owner, "ignored": ignored}
+        via = {"api": "replicate", "owner": owner, "ignored": ignored, "cancel_after": timeout_s}
         job, created = await submit_job(request, b, t, job_type, req, via=via)
     except InputError as e:
         raise renamed(e, {k: f"input.{v}" for k, v in THEIR_NAMES.items()}) from None
@@ -194,6 +195,9 @@ def prediction(data: dict, via: dict | None, base_url: str) -> dict:
     model = (data.get("model") or {}).get("id") or data.get("type")
     base = base_url.rstrip("/")
     status = STATUS[JobStatus(data["status"])]
+    err = data.get("error")
+    if status == "failed" and err and err["code"] == "deadline_exceeded" and via.get("cancel_after"):
+        status = "canceled"  # Cancel-After passed: Replicate calls that canceled
     metrics = data.get("metrics") or {}
     urls = {
         "get": f"{base}/v1/predictions/{data['id']}",
@@ -201,7 +205,6 @@ def prediction(data: dict, via: dict | None, base_url: str) -> dict:
         "stream": f"{base}/v1/predictions/{data['id']}/stream",
         "web": f"{base}/v1/jobs/{data['id']}",
     }
-    err = data.get("error")
     return {
         "id": data["id"],
         "model": f"{via.get('owner', OWNER)}/{model}",

@@ -168,8 +168,11 @@ class DDPMEngineModel:
         callback: Callable[[int, int], bool | None] | None = None,
         per_image_seeds: bool = True,
         preview: Callable[[int, int, torch.Tensor], None] | None = None,
+        sampler_options: dict | None = None,
     ) -> torch.Tensor:
         """Draw images in [-1, 1], shape (B, C, H, W).
+
+        ``sampler_options``: the sampler's own settings (e.g. ``{"clip_sample": False}``), for studies.
 
         ``labels``: one label per image (or one for all). With ``per_image_seeds`` image i's noise comes from
         ``seed + i`` alone, so any single image can be drawn again by itself.
@@ -198,7 +201,7 @@ class DDPMEngineModel:
             )
         else:
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-        scheduler = make_scheduler(sampler, self.scheduler_config)
+        scheduler = make_scheduler(sampler, self.scheduler_config, **(sampler_options or {}))
         dtype = next(self.unet.parameters()).dtype
         return sample(
             lambda x, t, yy: self.unet(x.to(dtype), t, yy).float(),

@@ -10,6 +10,7 @@ jobs are accepted and stay queued, so this holds the HTTP boundary (real HTTP, r
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import random
@@ -56,6 +57,7 @@ def fuzz(redis_server, tiny_models_dir, tmp_path_factory, logs_dir):
             "MAX_ACTIVE_JOBS_PER_TENANT": "1000000",
             "MAX_WAITS_PER_TENANT": "1000000",
             "MAX_WAIT_S": "0.05",
+            "SYNC_MAX_WAIT_S": "0.05",  # AUTOMATIC1111's synchronous routes: 504 with the job ids (no worker here)
             "MAX_BODY_BYTES": "262144",
             "MAX_UPLOAD_BYTES": "262144",
         },
@@ -86,6 +88,12 @@ def _target(case, fuzz: dict) -> None:
         body.pop("mask_image", None) if path != "/v1/inpaint" else None
         if path == "/v1/controlnet":
             body["controlnet"] = "tiny-controlnet"
+    elif path in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img"):
+        body["override_settings"] = {"sd_model_checkpoint": random.Random(str(body)).choice(["digits", "tiny-sd"])}
+        body.update(width=64, height=64, n_iter=1)
+        if "init_images" in body:
+            body["init_images"] = [base64.b64encode(png_bytes(64, 64)).decode()]
+            body.pop("mask", None)
     elif path == "/v1/trainings/lora":
         body.update(base_model="tiny-sd", dataset=fuzz["dataset"])
     elif path == "/v1/trainings/ddpm":
@@ -110,9 +118,11 @@ def test_no_server_errors(case, fuzz):
     op = TALLY["by_operation"].setdefault(case.operation.label, [0, 0])
     op[0] += 1
     op[1] += response.status_code < 400
-    if response.status_code >= 500:
+    # the one 5xx a client may get by design: an A1111 call that waited its bound (SYNC_MAX_WAIT_S), jobs queued
+    timed_out = response.status_code == 504 and case.path.startswith("/sdapi/") and "still_running" in response.text
+    if response.status_code >= 500 and not timed_out:
         TALLY["server_errors"].append((case.method, case.formatted_path, response.status_code, response.text[:200]))
-    assert response.status_code < 500, response.text
+    assert response.status_code < 500 or timed_out, response.text
     if response.status_code >= 400:
         assert set(response.json()["error"]) >= {"code", "message"}  # every failure is the JSON envelope
 
