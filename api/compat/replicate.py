@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.compat.common import entry_for, renamed, validate
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
+from api.routes.jobs import cancel_own, own_job
 from api.state import Backends
 from api.submit import prefer_wait, submit_job
 from core.contract import REQUEST_MODELS
 from core.errors import InputError
-from core.jobs import lifecycle
 from core.registry import ModelEntry
 from core.schemas import MAX_TIMEOUT_S, NAME_PATTERN, JobRecord, JobStatus, JobType
 
@@ -239,6 +239,13 @@ def webhook_body(data: dict, delivery: dict) -> dict:
 
 
 # -- routes ---------------------------------------------------------------------------------------------------------
+async def creation_headers(
+    prefer: str | None = Header(None, description="wait or wait=N (N ≤ 60): answer the finished prediction"),
+    cancel_after: str | None = Header(None, alias="Cancel-After", description="30s, 5m, 1h: the job's timeout_s"),
+) -> None:
+    """Documents the headers a creation reads (``create`` reads them from the request itself)."""
+
+
 @router.post("/models/{owner}/{name}/predictions", status_code=201, name="replicate_create_model_prediction")
 async def create_model_prediction(
     request: Request,
@@ -247,8 +254,7 @@ async def create_model_prediction(
     body: PredictionBody,
     t: str = Depends(tenant),
     b: Backends = Depends(backends),
-    prefer: str | None = Header(None, description="wait or wait=N (N ≤ 60)"),
-    cancel_after_: str | None = Header(None, alias="Cancel-After", description="30s, 5m, 1h: the job's timeout_s"),
+    _: None = Depends(creation_headers),
 ):
     """Replicate's ``replicate.run("owner/name", input)``: any owner; ``name`` is our model id."""
     return await create(request, b, t, owner[:64], name, body)
@@ -260,8 +266,7 @@ async def create_prediction(
     body: PredictionBody,
     t: str = Depends(tenant),
     b: Backends = Depends(backends),
-    prefer: str | None = Header(None, description="wait or wait=N (N ≤ 60)"),
-    cancel_after_: str | None = Header(None, alias="Cancel-After", description="30s, 5m, 1h: the job's timeout_s"),
+    _: None = Depends(creation_headers),
 ):
     """A prediction of ``version`` (a model id, ``owner/name:id`` or a model's sha256) or ``model`` (owner/name)."""
     ref = body.version or body.model
@@ -272,18 +277,11 @@ async def create_prediction(
     return await create(request, b, t, owner[:64], model_id, body)
 
 
-def _own(b: Backends, t: str, prediction_id: str) -> JobRecord:
-    job = b.store.jobs.get(prediction_id) if len(prediction_id) <= 64 else None
-    if job is None or job.tenant != t:
-        raise ApiError(404, "not_found", f"no prediction {prediction_id!r}", "id")
-    return job
-
-
 @router.get("/predictions/{prediction_id}", name="replicate_get_prediction")
 async def get_prediction(
     request: Request, prediction_id: str, t: str = Depends(tenant), b: Backends = Depends(backends)
 ):
-    job = await run_in_threadpool(_own, b, t, prediction_id)
+    job = await run_in_threadpool(own_job, b, t, prediction_id, "prediction")
     return view(job, b, str(request.base_url))
 
 
@@ -309,8 +307,7 @@ async def list_predictions(
 async def cancel_prediction(
     request: Request, prediction_id: str, t: str = Depends(tenant), b: Backends = Depends(backends)
 ):
-    await run_in_threadpool(_own, b, t, prediction_id)
-    job = await run_in_threadpool(lifecycle.cancel, b.store, prediction_id)
+    job = await run_in_threadpool(cancel_own, b, t, prediction_id, "prediction")
     return view(job, b, str(request.base_url))
 
 
@@ -324,7 +321,7 @@ async def stream_prediction(
     request: Request, prediction_id: str, t: str = Depends(tenant), b: Backends = Depends(backends)
 ):
     """Replicate's server-sent events: ``logs`` as progress changes, each output URL as ``output``, then ``done``."""
-    job = await run_in_threadpool(_own, b, t, prediction_id)
+    job = await run_in_threadpool(own_job, b, t, prediction_id, "prediction")
     base = str(request.base_url)
     b.waiters.check(t)
 

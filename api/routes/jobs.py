@@ -20,11 +20,18 @@ router = APIRouter()
 KEEPALIVE_S = 15.0
 
 
-def _own(b: Backends, t: str, job_id: str) -> JobRecord:
+def own_job(b: Backends, t: str, job_id: str, noun: str = "job") -> JobRecord:
+    """The tenant's job ``job_id`` (blocking); 404 when unknown or another tenant's (never told apart)."""
     job = b.store.jobs.get(job_id) if len(job_id) <= 64 else None
     if job is None or job.tenant != t:
-        raise ApiError(404, "not_found", f"no job {job_id!r}", "id")  # another tenant's job is not found either
+        raise ApiError(404, "not_found", f"no {noun} {job_id!r}", "id")
     return job
+
+
+def cancel_own(b: Backends, t: str, job_id: str, noun: str = "job") -> JobRecord:
+    """Cancel the tenant's job (blocking): a queued job never starts, a running one stops at its next step."""
+    own_job(b, t, job_id, noun)
+    return lifecycle.cancel(b.store, job_id)
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
@@ -37,9 +44,9 @@ async def get_job(
 ):
     """Read a job; with ?wait=N, answer as soon as it is terminal or after N seconds."""
     wait = min(wait, b.settings.max_wait_s)
-    job = await run_in_threadpool(_own, b, t, job_id)
+    job = await run_in_threadpool(own_job, b, t, job_id)
     if wait > 0 and not job.status.is_terminal():
-        job = await b.waiters.until_terminal(t, job, wait, lambda i: _own(b, t, i))
+        job = await b.waiters.until_terminal(t, job, wait, lambda i: own_job(b, t, i))
     # built from the record, already valid: answered as is (response_model documents it, without re-validating)
     return JSONResponse(job_view(job, b, str(request.base_url)))
 
@@ -64,8 +71,7 @@ async def list_jobs(
 @router.post("/jobs/{job_id}/cancel", response_model=Job)
 async def cancel_job(request: Request, job_id: str, t: str = Depends(tenant), b: Backends = Depends(backends)):
     """Cancel: a queued job never starts; a running one stops at its next step. Terminal jobs stay as they are."""
-    await run_in_threadpool(_own, b, t, job_id)
-    job = await run_in_threadpool(lifecycle.cancel, b.store, job_id)
+    job = await run_in_threadpool(cancel_own, b, t, job_id)
     return job_view(job, b, str(request.base_url))
 
 
@@ -81,7 +87,7 @@ async def job_events(
     last_event_id: int | None = Header(None, description="resume after this event id"),
 ):
     """Server-Sent Events: status and per-step progress, replayed from the start for a late subscriber."""
-    await run_in_threadpool(_own, b, t, job_id)
+    await run_in_threadpool(own_job, b, t, job_id)
     start = 0 if last_event_id is None else last_event_id + 1
 
     async def stream():
