@@ -104,7 +104,11 @@ def engine_entry_from_configs(
         fixed_size="dit" in config,
         labels=config.get("labels"),
         schedulers=ENGINE_SCHEDULERS[kind],
-        default_scheduler=ENGINE_SCHEDULERS[kind][0],
+        default_scheduler=(
+            config["default_sampler"]
+            if config.get("default_sampler") in ENGINE_SCHEDULERS[kind]
+            else ENGINE_SCHEDULERS[kind][0]
+        ),
         default_num_inference_steps=int(config.get("default_num_inference_steps", 50)),
         default_guidance_scale=float(config.get("default_guidance_scale", 1.0)),
         version=version,

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--state", default=None, help="training-state file for resuming (default: OUT/train_state.pt)")
     t.add_argument("--guidance-scale", type=float, default=2.0, help="default guidance scale stored with the model")
+    t.add_argument("--default-steps", type=int, default=50, help="default sampling steps stored with the model")
+    t.add_argument("--default-sampler", default=None, help="default sampler stored with the model (e.g. dpmpp_2m)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)")
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -177,7 +179,15 @@ def cmd_train(a: argparse.Namespace) -> int:
         "device": str(a.device),
         "torch": torch.__version__,
     }
-    engine = DDPMEngineModel(ema.model.cpu(), sched_cfg, names, default_guidance_scale=a.guidance_scale, metadata=meta)
+    engine = DDPMEngineModel(
+        ema.model.cpu(),
+        sched_cfg,
+        names,
+        default_guidance_scale=a.guidance_scale,
+        default_num_inference_steps=a.default_steps,
+        metadata=meta,
+        default_sampler=a.default_sampler,
+    )
     engine.save_pretrained(out)
     print(json.dumps({"out": str(out), "seconds": meta["train_seconds"], "loss": meta["final_loss_mean_last_100"]}))
     return 0

@@ -52,6 +52,7 @@ class DDPMEngineModel:
         default_guidance_scale: float = 1.0,
         default_num_inference_steps: int = 50,
         metadata: dict | None = None,
+        default_sampler: str | None = None,
     ):
         if (labels is None) != (unet.config.num_classes is None) or (
             labels is not None and len(labels) != unet.config.num_classes
@@ -64,6 +65,9 @@ class DDPMEngineModel:
         self.default_num_inference_steps = default_num_inference_steps
         self.metadata = metadata or {}
         self.sha256: str | None = None
+        if default_sampler is not None and default_sampler not in self.samplers:
+            raise ValueError(f"default_sampler: {default_sampler!r} is not one of {self.samplers}")
+        self._default_sampler = default_sampler
 
     @property
     def components(self) -> dict:
@@ -76,7 +80,8 @@ class DDPMEngineModel:
 
     @property
     def default_sampler(self) -> str:
-        return self.samplers[0]
+        """The model's own choice (config ``default_sampler``), else its objective's first sampler."""
+        return self._default_sampler or self.samplers[0]
 
     @property
     def samplers(self) -> list[str]:
@@ -100,6 +105,7 @@ class DDPMEngineModel:
             "labels": self.labels,
             "default_guidance_scale": self.default_guidance_scale,
             "default_num_inference_steps": self.default_num_inference_steps,
+            **({"default_sampler": self._default_sampler} if self._default_sampler else {}),
             "metadata": self.metadata,
         }
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -146,6 +152,7 @@ class DDPMEngineModel:
             default_guidance_scale=float(config.get("default_guidance_scale", 1.0)),
             default_num_inference_steps=int(config.get("default_num_inference_steps", 50)),
             metadata=config.get("metadata") or {},
+            default_sampler=config.get("default_sampler"),
         )
         model.sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
         return model

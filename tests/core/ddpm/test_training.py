@@ -121,6 +121,22 @@ def test_save_load_round_trip(digits8, tmp_path):
     assert torch.equal(a, b)
 
 
+def test_default_sampler_is_kept_with_the_model_and_served_as_its_default(digits8, tmp_path):
+    from core.registry import read_engine_entry
+
+    _, ema, _ = _train(digits8, steps=1)
+    labels = [str(i) for i in range(10)]
+    m = DDPMEngineModel(ema.model, {"kind": "ddpm", "num_train_timesteps": 100}, labels, default_sampler="dpmpp_2m")
+    m.save_pretrained(tmp_path / "m")
+    n = DDPMEngineModel.from_pretrained(tmp_path / "m")
+    assert n.default_sampler == "dpmpp_2m" and read_engine_entry(tmp_path / "m").default_scheduler == "dpmpp_2m"
+    a = n.generate(["3"], num_inference_steps=4, seed=1)  # the default: DPM++, not DDIM
+    assert torch.equal(a, n.generate(["3"], num_inference_steps=4, seed=1, sampler="dpmpp_2m"))
+    assert not torch.equal(a, n.generate(["3"], num_inference_steps=4, seed=1, sampler="ddim"))
+    with pytest.raises(ValueError, match="default_sampler"):
+        DDPMEngineModel(ema.model, {"kind": "ddpm"}, labels, default_sampler="euler")  # a flow sampler
+
+
 @pytest.mark.parametrize(
     "broken,field",
     [
