@@ -148,6 +148,8 @@ def evaluate(model, judge: Judge, a: argparse.Namespace, per_label: int, n: int,
     for spec in a.samplers.split(","):
         sampler, steps = spec.split(":")
         sampler = model.default_sampler if sampler == "default" else sampler
+        if sampler not in model.samplers:  # e.g. dpmpp_2m for a flow model
+            continue
         steps = min(int(steps), 4) if a.smoke else int(steps)
         x, labels, spi = draw(model, per_label, sampler, steps, g)
         rows.append(
