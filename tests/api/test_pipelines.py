@@ -111,8 +111,13 @@ def test_seeds_reproduce_and_image_i_is_seed_plus_i(client):
     a = run(client, "/v1/txt2img", body)
     b = run(client, "/v1/txt2img", body)
     c = run(client, "/v1/txt2img", {**body, "num_images": 1, "seed": 11})
-    assert fetch(client, a["output"][0]) == fetch(client, b["output"][0])
-    assert fetch(client, a["output"][1]) == fetch(client, c["output"][0])
+    assert fetch(client, a["output"][0]) == fetch(client, b["output"][0])  # the same request: the same bytes
+    # image 1 of a two-image job is seed 11's image: equal to seed 11 drawn alone up to float rounding (a batch of
+    # two and a batch of one take different GEMM blockings on some CPUs), at most one level in a pixel
+    pair, alone = (
+        np.asarray(Image.open(io.BytesIO(fetch(client, x)))).astype(int) for x in (a["output"][1], c["output"][0])
+    )
+    assert np.abs(pair - alone).max() <= 1, np.abs(pair - alone).max()
     assert fetch(client, a["output"][0]) != fetch(client, a["output"][1])
     assert b["metrics"]["load_ms"] == 0  # warm
 
