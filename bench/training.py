@@ -2,6 +2,7 @@
 the engine's own command line (the job wrapper's cost: progress events, checkpoints to storage).
 
     python bench/training.py [--lora-steps 30] [--ddpm-steps 100]
+    python bench/training.py --precision      # the engine's step time in fp32 and in bf16 autocast, MNIST-sized
 
 The LoRA rows train on the tiny Stable Diffusion pipeline (core/pipelines/tiny.py) at 64x64 on 8 images.
 Peak memory is the peak RSS of this process sampled every 10 ms (torch.cuda.max_memory_allocated on CUDA).
@@ -60,12 +61,51 @@ def run_job(runner, store, storage, job_type, params, tenant="bench"):
     return json.loads(storage.get(card.key))
 
 
+def precision(steps: int = 8, batch: int = 128) -> None:
+    """The bundled mnist model's U-Net (28x28, base 32, mult 1-2-2, attention at 7x7) trained on random digits-shaped
+    data for ``steps`` steps with and without bf16 autocast (``TrainConfig.bf16``); the median step time of all but
+    the first two steps."""
+    import statistics
+
+    import torch
+
+    from core.ddpm.process import make_objective
+    from core.ddpm.training import TrainConfig, train
+    from core.ddpm.unet import UNet, UNetConfig
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand((1024, 1, 28, 28), generator=g) * 2 - 1, torch.randint(0, 10, (1024,), generator=g)
+    rows = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        net = UNet(UNetConfig(sample_size=28, channel_mult=(1, 2, 2), attention_resolutions=(7,), num_classes=10))
+        times: list[float] = []
+        train(
+            net,
+            make_objective({"kind": "flow"}),
+            x,
+            y,
+            TrainConfig(max_steps=steps, batch_size=batch, warmup_steps=1, bf16=bf16),
+            callback=lambda p: times.append(batch / p.images_per_s),
+        )
+        rows.append(("bf16 autocast" if bf16 else "fp32", statistics.median(times[2:])))
+    print(f"\nEngine training step, MNIST-sized U-Net, batch {batch}, {torch.get_num_threads()} threads")
+    print("| precision | s / step | speed-up |")
+    print("|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t:.3f} | {rows[0][1] / t:.2f}x |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lora-steps", type=int, default=30)
     p.add_argument("--ddpm-steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", action="store_true", help="only the fp32 vs bf16 engine training table")
     a = p.parse_args()
+    if a.precision:
+        precision()
+        return 0
     from core.pipelines.tiny import build_tiny_models
     from tests.api.test_lora import dataset_zip
 

@@ -106,6 +106,25 @@ def test_resume_matches_uninterrupted(digits8, tmp_path):
     train(resumed, obj, x, y, TrainConfig(max_steps=8, checkpoint_every=4, **cfg), state_path=state)
     for p, q in zip(full.parameters(), resumed.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+    first = torch.load(state, weights_only=True)["elapsed_s"]
+    seen: list[float] = []
+    more = TrainConfig(max_steps=10, checkpoint_every=4, **cfg)
+    train(resumed, obj, x, y, more, callback=lambda p: seen.append(p.elapsed_s), state_path=state)
+    assert seen[0] > first > 0  # the training time of earlier runs carries over a resume
+
+
+def test_bf16_autocast_on_the_cpu_trains(digits8):
+    x, y, _ = digits8
+    obj = make_objective({"kind": "flow"})
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(num_classes=10, **TINY))
+    before = [p.detach().clone() for p in net.parameters()]
+    losses: list[float] = []
+    cfg = TrainConfig(max_steps=30, batch_size=32, learning_rate=3e-3, warmup_steps=2, bf16=True)
+    train(net, obj, x, y, cfg, callback=lambda p: losses.append(p.loss))
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast: fp32 master weights
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert sum(losses[-5:]) < sum(losses[:5])  # it learns
 
 
 def test_save_load_round_trip(digits8, tmp_path):
