@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: setup run test lint format openapi smoke worker bench tiny-models tiny-digits clean
+.PHONY: setup run test lint format openapi smoke worker bench tiny-models tiny-digits mnist clean
 
 setup: $(VENV)/.installed  ## create .venv and install the pinned dependencies (idempotent)
 
@@ -55,6 +55,16 @@ tiny-models: setup  ## tiny random pipelines of every kind into DIR (default mod
 tiny-digits: setup  ## retrain the bundled digits model (the command in models/digits/README.md)
 	$(BIN)/python -m core.ddpm train --dataset digits --out models/digits --max-steps 3500 --batch-size 128 \
 	  --learning-rate 1e-3 --warmup-steps 200 --seed 0 --threads 2 --guidance-scale 2.0
+
+MNIST_DATA ?= ../shared/data/mnist
+MNIST_STEPS ?= 4500
+MNIST_ARGS = --dataset mnist --data-root $(MNIST_DATA) --resolution 28 --attention-resolutions 7 --objective flow \
+	  --out models/mnist --batch-size 128 --learning-rate 1e-3 --warmup-steps 200 --seed 0 --bf16 --guidance-scale 2.0
+
+mnist: setup  ## retrain the bundled mnist model (models/mnist/README.md): 600 steps, then resumed to MNIST_STEPS
+	$(BIN)/python -m core.ddpm train $(MNIST_ARGS) --max-steps 600 --checkpoint-every 200 --threads 1
+	$(BIN)/python -m core.ddpm train $(MNIST_ARGS) --max-steps $(MNIST_STEPS) --checkpoint-every 250 --threads 2 \
+	  --default-steps 20
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -168,6 +168,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     ema = train(model, objective, images, labels, cfg, callback=progress, state_path=state, device=a.device)
     bar.close()
     seconds = time.perf_counter() - t0
+    if not losses and state.exists():  # resumed with nothing left to train: the state knows the time spent
+        elapsed[0] = float(torch.load(state, map_location="cpu", weights_only=True).get("elapsed_s", 0.0))
     tail = losses[-100:] or [float("nan")]
     meta = {
         "dataset": a.dataset,
