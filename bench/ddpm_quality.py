@@ -32,6 +32,14 @@ from core.ddpm.data import load_digits_dataset, to_digits_features  # noqa: E402
 from core.ddpm.pipeline import DDPMEngineModel  # noqa: E402
 
 
+def frechet(fa: np.ndarray, fb: np.ndarray) -> float:
+    """The Fréchet distance between Gaussians fitted to two sets of feature vectors (rows)."""
+    mu1, mu2 = fa.mean(0), fb.mean(0)
+    s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
 class Judge:
     def __init__(self):
         from sklearn.datasets import load_digits
@@ -53,12 +61,7 @@ class Judge:
         return float((self.svc.predict(x64) == labels).mean())
 
     def fid(self, a64: np.ndarray, b64: np.ndarray) -> float:
-        fa, fb = self.features(a64), self.features(b64)
-        mu1, mu2 = fa.mean(0), fb.mean(0)
-        s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
-        covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-        covmean = covmean.real
-        return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+        return frechet(self.features(a64), self.features(b64))
 
     def fid_floor(self) -> float:
         n = len(self.xte)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.ddpm_quality import frechet  # noqa: E402
 from core.ddpm.data import load_mnist  # noqa: E402
 
 
@@ -62,14 +63,7 @@ class Judge:
         return float((self.clf.predict(x) == labels).mean())
 
     def fid(self, a: np.ndarray, b: np.ndarray) -> float:
-        from scipy import linalg
-
-        fa, fb = self.features(a), self.features(b)
-        m1, m2 = fa.mean(0), fb.mean(0)
-        s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
-        covmean = linalg.sqrtm(s1 @ s2)
-        covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-        return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+        return frechet(self.features(a), self.features(b))
 
     def floor(self, n: int, seed: int = 0) -> float:
         """Real vs real at ``n`` images a side: two disjoint random halves of the test set."""

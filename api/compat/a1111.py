@@ -36,6 +36,7 @@ from api.compat.common import (
 )
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
+from api.routes.models import model_entries
 from api.state import Backends
 from api.submit import submit_job
 from core import __version__
@@ -53,7 +54,6 @@ from core.schemas import (
     JobType,
     Txt2ImgRequest,
 )
-from core.tenant_models import entry_from_record
 
 router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(tenant)], responses=ERROR_RESPONSES)
 controlnet_router = APIRouter(prefix="/controlnet", dependencies=[Depends(tenant)], responses=ERROR_RESPONSES)
@@ -211,7 +211,7 @@ def _extras(payload: Txt2ImgPayload) -> tuple[list[str], list[str]]:
                 ignored.append(name)
         elif value not in QUIET:
             ignored.append(name)
-    if isinstance(payload, Img2ImgPayload) is False and payload.denoising_strength not in (None, 0.7, 0.75):
+    if not isinstance(payload, Img2ImgPayload) and payload.denoising_strength not in (None, 0.7, 0.75):
         ignored.append("denoising_strength")  # txt2img: only hires fix uses it
     return refused, ignored
 
@@ -232,8 +232,7 @@ def _current_model(b: Backends, t: str) -> str:
 
 
 def _entries(b: Backends, t: str) -> list[ModelEntry]:
-    own = [e for r in b.store.registrations.registrations(t, "model") if (e := entry_from_record(r))]
-    return [e for e in b.registry.list() + own if {"txt2img", "img2img"} & set(e.tasks)]
+    return [e for e in model_entries(b, t) if {"txt2img", "img2img"} & set(e.tasks)]
 
 
 # -- 3. the sampler -------------------------------------------------------------------------------------------------
@@ -284,10 +283,8 @@ def _preprocess(module: str | None) -> str:
     raise InputError(f"ControlNet module {module!r} is not served; use one of {list(PREPROCESSORS)}", field="module")
 
 
-def build_requests(
-    payload: Txt2ImgPayload, model: str, scheduler: str | None, seed: int
-) -> tuple[JobType, list[Any], dict]:
-    """The typed v1 requests of one A1111 call (one per ``n_iter``) and what goes into ``info``."""
+def build_requests(payload: Txt2ImgPayload, model: str, scheduler: str | None, seed: int) -> tuple[JobType, list[Any]]:
+    """The job type and the typed v1 requests of one A1111 call (one per ``n_iter``)."""
     prompt, loras = payload.prompt, []
     for m in LORA_TAG.finditer(payload.prompt):  # A1111's <lora:name:weight> prompt tags
         loras.append({"name": model_id(m.group(1)), "scale": float(m.group(2) or 1.0)})
@@ -331,7 +328,7 @@ def build_requests(
     requests = [
         validate(request_model, {**base, "seed": seed + k * payload.batch_size}, NAMES) for k in range(payload.n_iter)
     ]
-    return job_type, requests, {"loras": loras, "prompt": prompt}
+    return job_type, requests
 
 
 def _info(payload, model: str, entry: ModelEntry, sampler: str, seed: int, jobs, ignored, notes) -> str:
@@ -386,7 +383,7 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
     scheduler, sampler = scheduler_for(sampler_name, payload.scheduler, entry)  # its errors name A1111's fields
     seed = payload.seed if payload.seed >= 0 else secrets.randbelow(MAX_SEED + 1 - 64)
     try:
-        job_type, requests, built = build_requests(payload, model, scheduler, seed)
+        job_type, requests = build_requests(payload, model, scheduler, seed)
     except InputError as e:
         raise renamed(e, NAMES) from None
     jobs: list[JobRecord] = []

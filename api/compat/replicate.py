@@ -27,7 +27,7 @@ from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routes.jobs import cancel_own, own_job
 from api.state import Backends
-from api.submit import prefer_wait, submit_job
+from api.submit import job_view, prefer_wait, submit_job
 from core.contract import REQUEST_MODELS
 from core.errors import InputError
 from core.registry import ModelEntry
@@ -66,6 +66,9 @@ SCHEDULERS = {
     "HeunDiscrete": "heun",
     "UniPCMultistep": "unipc",
 }
+# each job type's request fields, and every field any of them takes (computed once)
+FIELDS = {t: set(m.model_fields) for t, m in REQUEST_MODELS.items()}
+KNOWN = set().union(*(FIELDS[t] for t in (JobType.controlnet, JobType.inpaint, JobType.video)))
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -115,13 +118,11 @@ def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s
     """(job type, typed request, input names ignored)."""
     data: dict[str, Any] = {"model": model_id}
     ignored = []
-    fields_of = {t: set(m.model_fields) for t, m in REQUEST_MODELS.items()}
-    known = set().union(*(fields_of[t] for t in (JobType.controlnet, JobType.inpaint, JobType.video)))
     for name, value in body.input.items():
         ours = INPUT_NAMES.get(name, name)
         if ours in ("model", "webhook", "webhook_events_filter"):
             ignored.append(name)
-        elif ours in known:
+        elif ours in KNOWN:
             data[ours] = value
         else:
             ignored.append(name)
@@ -139,7 +140,7 @@ def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s
         job_type = JobType.img2img
     else:
         job_type = JobType.txt2img
-    allowed = fields_of[job_type]
+    allowed = FIELDS[job_type]
     ignored += [THEIR_NAMES.get(k, k) for k in list(data) if k not in allowed]
     data = {k: v for k, v in data.items() if k in allowed}
     if timeout_s is not None:
@@ -228,8 +229,6 @@ def prediction(data: dict, via: dict | None, base_url: str) -> dict:
 
 
 def view(job: JobRecord, b: Backends, base_url: str) -> dict:
-    from api.submit import job_view
-
     return prediction(job_view(job, b, base_url), job.via, base_url)
 
 

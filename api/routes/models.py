@@ -8,20 +8,24 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import backends, tenant
 from api.state import Backends
 from core.catalog import SCHEDULER_DESCRIPTIONS
+from core.registry import ModelEntry
 from core.schemas import ModelInfo
 from core.tenant_models import entry_from_record
 
 router = APIRouter()
 
 
+def model_entries(b: Backends, t: str) -> list[ModelEntry]:
+    """Every model the tenant may use: the registry's, then those it trained. Blocking."""
+    own = [e for r in b.store.registrations.registrations(t, "model") if (e := entry_from_record(r))]
+    return b.registry.list() + own
+
+
 @router.get("/models", response_model=list[ModelInfo])
 async def list_models(t: str = Depends(tenant), b: Backends = Depends(backends)):
     """Every model found in the bundled folder and MODELS_DIR, and those the caller trained, with tasks, sizes, labels."""  # noqa: E501
 
-    def own() -> list:
-        return [e for r in b.store.registrations.registrations(t, "model") if (e := entry_from_record(r))]
-
-    entries = await run_in_threadpool(b.registry.list) + await run_in_threadpool(own)
+    entries = await run_in_threadpool(model_entries, b, t)
     controlnets = [
         ModelInfo(id=name, kind="controlnet", tasks=["controlnet"]) for name in b.registry.controlnet_names()
     ]
