@@ -1,6 +1,6 @@
 """Why guided `digits` samples are too alike: each suspect varied alone, FID measured at equal sample sizes.
 
-    python bench/digits_diversity.py [--model models/digits] [--per-label 40]
+    python bench/digits_diversity.py [--model models/digits[,OTHER,...]] [--per-label 40]
 
 The judge is ``bench/ddpm_quality.py``'s (SVC accuracy, FID in the hidden layer of an MLP trained on half of the real
 digits, diversity = mean pairwise L2 distance within a label). Two things differ from its tables, on purpose:
@@ -8,8 +8,9 @@ digits, diversity = mean pairwise L2 distance within a label). Two things differ
 1. FID is taken between ``n`` generated images and ``n`` held-out real ones, and the floor between ``n`` held-out and
    ``n`` training-half real digits, the same ``n`` (the Fréchet distance is biased upward at small ``n``; a floor at
    899 against a model at 200 overstates the gap). The old floor (899 vs 899) is printed beside it.
-2. The reference: real digits also pass through the 8 -> 16 (bilinear, the training data) -> 8 (area, the judge)
-   round trip the model's images pass through; FID against both is printed.
+2. The reference: real digits also pass through the 8 -> 16 (bilinear: the training data of the model shipped
+   before the fix) -> 8 (area, the judge) round trip; FID against both is printed. A model trained on
+   nearest-neighbour upsampling (the default now) has no such round trip: 8 -> 16 -> 8 gives the digits back.
 3. The suspects that need no retraining are varied one at a time from the shipped default (DDIM-50, guidance 2,
    x0 clipped to [-1, 1]): the guidance scale, x0 clipping, DDIM's eta (0: deterministic, 1: ancestral-like), the
    sampler (DPM++ 2M). Class dropout and EMA decay need a model each; see models/digits/README.md.
@@ -43,7 +44,7 @@ def draw(model, per_label: int, sampler: str, steps: int, guidance: float, eta: 
 
 
 def round_trip(x64: np.ndarray) -> np.ndarray:
-    """Real 8x8 digits (0..16) as the model sees them and as generated ones are judged: bilinear to 16x16 (the
+    """Real 8x8 digits (0..16) as the earlier model saw them and as generated ones are judged: bilinear to 16x16 (its
     training data), then area back to 8x8 (``to_digits_features``)."""
     x = torch.from_numpy(x64.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0)
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).clamp(0, 1) * 2 - 1
@@ -52,18 +53,23 @@ def round_trip(x64: np.ndarray) -> np.ndarray:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "models" / "digits"))
+    p.add_argument(
+        "--model",
+        default=str(Path(__file__).resolve().parent.parent / "models" / "digits"),
+        help="a model folder, or a comma list of them (each gets every row)",
+    )
     p.add_argument("--per-label", type=int, default=40)
+    p.add_argument("--rows", default="", help="comma list of row numbers (1-based) to draw; default all")
     a = p.parse_args()
     judge = Judge()
-    model = engine.DDPMEngineModel.from_pretrained(a.model)
+    models = [(m, engine.DDPMEngineModel.from_pretrained(m)) for m in a.model.split(",")]
     n = 10 * a.per_label
     rng = np.random.default_rng(0)
     held = rng.permutation(len(judge.xte))[:n]
     real = judge.xte[held]
     train_n = rng.permutation(len(judge.xtr))[:n]
     floor = judge.fid(real, judge.xtr[train_n])
-    # what the model is trained on: the 8x8 digits upsampled (bilinear) to 16x16; judged after the same area
+    # what the earlier model was trained on: the 8x8 digits upsampled (bilinear) to 16x16; judged after the same area
     # downsampling as generated images. Real digits through that round trip are the model's own target.
     trip, trip_train = round_trip(real), round_trip(judge.xtr[train_n])
     trip_floor = judge.fid(trip, trip_train)
@@ -86,7 +92,11 @@ def main() -> int:
         ("eta 1, guidance 1.5", dict(sampler="ddim", steps=50, guidance=1.5, eta=1.0)),
         ("DPM++ 2M-20, guidance 2", dict(sampler="dpmpp_2m", steps=20, guidance=2.0)),
     ]
-    for name, cfg in configs:
+    if a.rows:
+        configs = [configs[int(i) - 1] for i in a.rows.split(",")]
+    jobs = [(f"{Path(path).name}: {name}" if len(models) > 1 else name, model, cfg)
+            for path, model in models for name, cfg in configs]  # fmt: skip
+    for name, model, cfg in jobs:
         x, y, dt = draw(model, a.per_label, **cfg)
         fid, fid_trip = judge.fid(real, x), judge.fid(trip, x)
         rows.append(

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and save it with save_pretrained")
     t.add_argument("--dataset", default="digits", help="digits | mnist | cifar10 | path to an image folder")
     t.add_argument("--data-root", default="data", help="mnist: the folder of its IDX files (gzipped or not)")
+    t.add_argument(
+        "--upsample", choices=["nearest", "bilinear"], default="nearest", help="digits: how 8x8 becomes --resolution"
+    )
     t.add_argument("--out", required=True, help="output model folder")
     t.add_argument("--resolution", type=int, default=16)
     t.add_argument("--channels", type=int, default=1)
@@ -95,7 +98,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    images, labels, names = load_dataset(a.dataset, a.resolution, a.channels, a.data_root)
+    images, labels, names = load_dataset(a.dataset, a.resolution, a.channels, a.data_root, a.upsample)
     if a.unconditional:
         labels, names = None, None
     num_classes = len(names) if names else None
@@ -173,6 +176,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     tail = losses[-100:] or [float("nan")]
     meta = {
         "dataset": a.dataset,
+        **({"upsample": a.upsample} if a.dataset == "digits" else {}),
         "command": "python -m core.ddpm " + " ".join(sys.argv[1:]),
         "train": {**cfg.__dict__},
         "train_seconds": round(elapsed[0] or seconds, 1),  # all runs of a resumed training

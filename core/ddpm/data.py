@@ -15,14 +15,27 @@ import torch.nn.functional as F
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
 
-def load_digits_dataset(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The 1,797 real 8x8 digits of ``sklearn.datasets.load_digits``, upsampled (bilinear) to ``resolution``."""
+DIGITS_UPSAMPLE = ("nearest", "bilinear")
+
+
+def load_digits_dataset(
+    resolution: int = 16, upsample: str = "nearest"
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The 1,797 real 8x8 digits of ``sklearn.datasets.load_digits``, upsampled to ``resolution``.
+
+    ``nearest`` (the default) repeats each pixel, so area downsampling back to 8x8 (``to_digits_features``, what
+    the quality benchmarks judge) gives the digits back exactly; ``bilinear`` (what the bundled ``digits`` model
+    used before) blurs them, and a model trained on it learns the blur (models/digits/README.md).
+    """
     from sklearn.datasets import load_digits
 
+    if upsample not in DIGITS_UPSAMPLE:
+        raise ValueError(f"upsample: expected one of {DIGITS_UPSAMPLE}, got {upsample!r}")
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8) in [0, 1]
     if resolution != 8:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+        kw = {"align_corners": False} if upsample == "bilinear" else {}
+        x = F.interpolate(x, size=(resolution, resolution), mode=upsample, **kw)
     x = x.clamp(0, 1) * 2 - 1
     return x, torch.from_numpy(d.target.astype(np.int64)), [str(i) for i in range(10)]
 
@@ -134,12 +147,14 @@ def load_mnist(
     return x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(10)]
 
 
-def load_dataset(name: str, resolution: int, channels: int = 1, root: str | Path = "data"):
+def load_dataset(
+    name: str, resolution: int, channels: int = 1, root: str | Path = "data", digits_upsample: str = "nearest"
+):
     """Named factory: ``digits``, ``mnist`` (the IDX files under ``root``), ``cifar10``, or an image folder."""
     if name == "digits":
         if channels != 1:
             raise ValueError("channels: the digits data set has 1 channel")
-        return load_digits_dataset(resolution)
+        return load_digits_dataset(resolution, digits_upsample)
     if name == "mnist":
         return load_mnist(root, resolution)
     if name == "cifar10":
