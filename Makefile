@@ -54,7 +54,7 @@ tiny-models: setup  ## tiny random pipelines of every kind into DIR (default mod
 
 tiny-digits: setup  ## retrain the bundled digits model (the command in models/digits/README.md)
 	$(BIN)/python -m core.ddpm train --dataset digits --upsample nearest --out models/digits --max-steps 3500 \
-	  --batch-size 128 --learning-rate 1e-3 --warmup-steps 200 --seed 0 --threads 1 --guidance-scale 2.0 \
+	  --batch-size 128 --learning-rate 1e-3 --warmup-steps 200 --seed 0 --threads 1 --guidance-scale 1.5 \
 	  --checkpoint-every 250
 
 MNIST_DATA ?= ../shared/data/mnist
