@@ -24,14 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ddpm_quality import Judge, diversity, table  # noqa: E402
 from core.ddpm import pipeline as engine  # noqa: E402
-from core.ddpm.data import to_digits_features  # noqa: E402
+from core.ddpm.data import to_digits_features, upsample_digits  # noqa: E402
 
 
 def draw(model, per_label: int, sampler: str, steps: int, guidance: float, eta: float = 0.0, clip: bool = True):
@@ -46,9 +44,7 @@ def draw(model, per_label: int, sampler: str, steps: int, guidance: float, eta: 
 def round_trip(x64: np.ndarray) -> np.ndarray:
     """Real 8x8 digits (0..16) as the earlier model saw them and as generated ones are judged: bilinear to 16x16 (its
     training data), then area back to 8x8 (``to_digits_features``)."""
-    x = torch.from_numpy(x64.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0)
-    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).clamp(0, 1) * 2 - 1
-    return to_digits_features(x)
+    return to_digits_features(upsample_digits(x64, 16, "bilinear"))
 
 
 def main() -> int:

@@ -29,15 +29,20 @@ def load_digits_dataset(
     """
     from sklearn.datasets import load_digits
 
+    d = load_digits()
+    x = upsample_digits(d.images, resolution, upsample)
+    return x, torch.from_numpy(d.target.astype(np.int64)), [str(i) for i in range(10)]
+
+
+def upsample_digits(x16: np.ndarray, resolution: int = 16, upsample: str = "nearest") -> torch.Tensor:
+    """8x8 digits in ``load_digits``' 0..16 scale (any shape of N x 64 values) -> (N, 1, R, R) in [-1, 1]."""
     if upsample not in DIGITS_UPSAMPLE:
         raise ValueError(f"upsample: expected one of {DIGITS_UPSAMPLE}, got {upsample!r}")
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8) in [0, 1]
+    x = torch.from_numpy(np.asarray(x16, dtype=np.float32).reshape(-1, 1, 8, 8) / 16.0)  # in [0, 1]
     if resolution != 8:
         kw = {"align_corners": False} if upsample == "bilinear" else {}
         x = F.interpolate(x, size=(resolution, resolution), mode=upsample, **kw)
-    x = x.clamp(0, 1) * 2 - 1
-    return x, torch.from_numpy(d.target.astype(np.int64)), [str(i) for i in range(10)]
+    return x.clamp(0, 1) * 2 - 1
 
 
 def to_digits_features(images: torch.Tensor) -> np.ndarray:
