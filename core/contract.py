@@ -68,6 +68,10 @@ class RunContext(Protocol):
     def open_input(self, upload_id: str) -> bytes:
         """The bytes of one of the tenant's uploads (images, datasets); InvalidDataset when it is gone."""
 
+    def registration(self, kind: str, name: str) -> dict | None:
+        """The record of the tenant's ``kind`` named ``name`` (its ``version`` is the sha256 of its files), or None;
+        no file is read."""
+
     def registered(self, kind: str, name: str) -> tuple[dict, Path] | None:
         """A model or LoRA the tenant trained (``kind`` ``model`` | ``lora``): its record and a local folder of its
         files; None when the tenant has none by that name."""

@@ -184,15 +184,21 @@ class Engines:
 
     # -- batching: jobs that can share one denoising loop ---------------------------------------------
     def _batch_key(self, job: JobRecord, ctx: RunContext) -> tuple | None:
+        """Everything that changes a job's pixels beyond its own prompt and seed, resolved for its tenant: the
+        executor's key (size, steps, scheduler, guidance, ...), whose model and which weights, and each LoRA's owner,
+        weights version and scale. Two tenants' LoRAs of one name never share a key. None: the job runs alone."""
         from core.executors import executor_module
 
         request = parse_request(job.type, job.input)
         model_id = getattr(request, "model", None)
-        model = self.resolve(model_id, ctx) if model_id else None
+        model, owner = self._resolve(model_id, ctx) if model_id else (None, None)
         recheck(job.type, request, model)  # a job that fails it runs alone, and fails alone
         module = executor_module(model.kind if model else None, job.type)
         found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
-        return (job.type, found) if found is not None else None
+        if found is None:
+            return None
+        loras = tuple((self.pipelines.lora_identity(ref.name, ctx), ref.scale) for ref in getattr(request, "loras", ()))
+        return (job.type, owner, model.id, model.version, loras, found)
 
     def group(
         self, jobs: list[JobRecord], context: Callable[[JobRecord], RunContext], max_batch: int | None = None
@@ -224,8 +230,16 @@ class Engines:
         per image is learned for its key (what ``group`` then caps by)."""
         from core.executors import executor_module
 
+        # 1. the keys again as the batch starts: a LoRA or model registered since grouping splits the batch
+        try:
+            keys = [self._batch_key(job, ctx) for job, ctx in zip(jobs, ctxs)]
+        except Exception:  # noqa: BLE001 - each job then runs alone and reports its own error
+            keys = [None]
+        if keys[0] is None or any(key != keys[0] for key in keys):
+            return [_outcome(lambda job=job, ctx=ctx: self.run(job, ctx)) for job, ctx in zip(jobs, ctxs)]
+        # 2. one denoising loop: the model and LoRAs resolved as the first job's tenant are every job's (same key)
         requests = [parse_request(job.type, job.input) for job in jobs]
-        model = self.resolve(requests[0].model, ctxs[0])  # group() checked each request against it
+        model = self.resolve(requests[0].model, ctxs[0])
         module = executor_module(model.kind, jobs[0].type)
         key = (jobs[0].type, module.batch_key(requests[0], model))
         with self.memory.measure(key, sum(r.num_images for r in requests)):
@@ -233,12 +247,23 @@ class Engines:
         return [self._stamp(o, model) for o in outcomes]
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
+        return self._resolve(model_id, ctx)[0]
+
+    def _resolve(self, model_id: str, ctx: RunContext) -> tuple[ModelEntry, str | None]:
+        """(entry, owner): the tenant's own model of that name (owner: the tenant), else a served one (None)."""
         from core import tenant_models
 
         own = ctx.registered("model", model_id)
         if own is None:
-            return self.registry.get(model_id)
+            return self.registry.get(model_id), None
         record, folder = own
         entry = tenant_models.entry_from_record(record)
         entry.path = folder
-        return entry
+        return entry, ctx.tenant
+
+
+def _outcome(fn: Callable[[], RunResult]) -> RunResult | BaseException:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the outcome of one job, recorded by the caller
+        return e

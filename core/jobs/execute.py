@@ -132,10 +132,13 @@ class JobContext:
         except KeyError:
             raise InvalidDataset(f"upload {upload_id!r} is gone") from None
 
+    def registration(self, kind: str, name: str) -> dict | None:
+        return self.store.registrations.registration(self.tenant, kind, name)
+
     def registered(self, kind: str, name: str) -> tuple[dict, Path] | None:
         from core import tenant_models
 
-        record = self.store.registrations.registration(self.tenant, kind, name)
+        record = self.registration(kind, name)
         if record is None:
             return None
         return record, tenant_models.materialize(self.storage, record, self.cache_dir)

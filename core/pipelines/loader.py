@@ -126,6 +126,19 @@ class Pipelines:
         return make_scheduler(name, base.scheduler, FAMILIES[entry.pipeline_class].flow)
 
     # -- LoRA adapters ------------------------------------------------------------------------------
+    def lora_identity(self, name: str, ctx: RunContext) -> tuple[str | None, str, str]:
+        """What a LoRA reference resolves to for this tenant, without reading its files: (owner, name, weights
+        version); owner is the tenant for one it trained, None for one in MODELS_DIR/loras. Two references draw the
+        same pixels only when these are equal (the batch key holds them)."""
+        record = ctx.registration("lora", name)
+        if record is not None:
+            return ctx.tenant, name, record["version"]
+        path = self.registry.lora(name)
+        if path is None:
+            raise JobError("unknown_lora", f"unknown LoRA {name!r}")
+        stat = path.stat()
+        return None, name, f"{stat.st_size}-{stat.st_mtime_ns}"
+
     def lora_file(self, name: str, ctx: RunContext) -> tuple[str, Path]:
         """(adapter id, file) of a LoRA: the tenant's own (trained by a job) or one in MODELS_DIR/loras."""
         own = ctx.registered("lora", name)
