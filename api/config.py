@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 import secrets
 
 from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from core.settings import ServiceSettings
+
+WEBHOOK_SECRET_MIN_BYTES = 24
 
 
 class Settings(ServiceSettings):
     """The gateway's settings: the shared ones (``core/settings.py``) and what only HTTP needs."""
+
+    # they hold secrets (API_KEYS, SIGNING_KEY, WEBHOOK_SECRET): a refusal names the setting, never echoes its value
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     broker_url: str | None = Field(None, description="Redis URL: distributed mode (Celery + Redis job store)")
     signing_key: str | None = Field(None, description="HMAC key of local URLs; unset: DATA_DIR/signing_key, made once")
@@ -34,6 +43,20 @@ class Settings(ServiceSettings):
     webhook_allow_private: bool = Field(False, description="webhooks to loopback and private addresses too")
     webhook_retry_s: float = Field(3600.0, ge=0, description="how long a webhook delivery is retried")
     webhook_backoff_s: float = Field(1.0, gt=0, description="the first retry's delay, doubling to 10 minutes")
+    webhook_concurrency: int = Field(8, ge=1, le=64, description="webhook attempts in flight per gateway")
+    webhook_per_tenant: int = Field(
+        2, ge=1, description="webhook attempts in flight per tenant (and per receiving host)"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="wall-clock deadline of one webhook attempt")
+    grid_max_total_steps: int = Field(
+        2000, ge=1, description="sum of num_inference_steps x num_images over a grid's cells"
+    )
+    host: str | None = Field(None, description="the address `make run` binds (HOST); a Host the gateway answers to")
+    allowed_hosts: str | None = Field(
+        None,
+        description="Host names the gateway answers to, comma-separated (*.example.com: its subdomains; *: any); "
+        "default: HOST, localhost, 127.0.0.1, [::1]. The address a connection arrived on is always allowed",
+    )
 
     @field_validator("broker_url", "redis_url")
     @classmethod
@@ -41,6 +64,48 @@ class Settings(ServiceSettings):
         if v and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis:// URL")
         return v or None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v: str | None) -> str | None:
+        # every tenant's key is an HMAC under it (core/webhooks.py): a short or garbled master weakens them all
+        if not v:
+            return None
+        body = v.removeprefix("whsec_")
+        raw = None
+        if v.startswith("whsec_") and re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", body):
+            bare = body.rstrip("=")
+            try:
+                raw = base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
+            except binascii.Error:
+                raw = None
+        if raw is None or len(raw) < WEBHOOK_SECRET_MIN_BYTES:
+            raise ValueError(
+                f"WEBHOOK_SECRET must be whsec_ followed by the base64 of at least {WEBHOOK_SECRET_MIN_BYTES} random "
+                "bytes (e.g. python -c \"import base64, secrets; print('whsec_' + "
+                'base64.b64encode(secrets.token_bytes(32)).decode())"), or unset'
+            )
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: str | None) -> str | None:
+        for name in filter(None, (s.strip() for s in (v or "").split(","))):
+            if not re.fullmatch(r"\*|(\*\.)?[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]", name):
+                raise ValueError(f"ALLOWED_HOSTS: {name[:100]!r} is not a host name (no scheme, port or path)")
+        return v if v and v.strip() else None  # empty: the default
+
+    def allowed_host_names(self) -> list[str] | None:
+        """The Host names the gateway answers to, lower case; None: any (``*``)."""
+        if self.allowed_hosts is None:
+            names = [self.host or "", "localhost", "127.0.0.1", "[::1]"]
+        else:
+            names = self.allowed_hosts.split(",")
+        names = [n.strip().lower().rstrip(".") for n in names if n.strip()]
+        if "*" in names:
+            return None
+        # a bare IPv6 address (HOST=::1) is written in brackets in a Host header
+        return sorted({f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names})
 
     @property
     def distributed(self) -> bool:

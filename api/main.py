@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.browser import BrowserGuard, SecurityHeaders, playground_csp, url_origin
 from api.compat import a1111, replicate
 from api.config import Settings
 from api.deps import tenant
@@ -55,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation ids: txt2img, get_job, ...
     )
+    # inside CatchAll (errors.install): its refusals carry X-Request-ID like every other answer
+    app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_host_names())
     errors.install(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(tenant)], responses=errors.ERROR_RESPONSES)
     v1.include_router(generate.router, tags=["generate"])
@@ -80,4 +83,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=settings.max_body_bytes,
         limits_by_prefix={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
     )
+    app.add_middleware(SecurityHeaders, csp=lambda: playground_csp(output_origins(app)))  # outermost: every answer
     return app
+
+
+def output_origins(app: FastAPI) -> list[str]:
+    """The origin that serves outputs when it is not the service's own (an S3 endpoint signs its URLs), which the
+    playground shows as images and videos."""
+    origins = getattr(app.state, "output_origins", None)
+    if origins is None:
+        backends = getattr(app.state, "backends", None)
+        if backends is None:  # the lifespan has not run: nothing is served yet
+            return []
+        try:
+            origin = url_origin(backends.storage.url("csp-probe", ""))  # signing is local: no request to storage
+        except Exception:  # noqa: BLE001 - no credentials yet, say: outputs are not shown either; asked again
+            return []
+        origins = app.state.output_origins = [origin] if origin else []
+    return origins

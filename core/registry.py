@@ -11,21 +11,36 @@ and ``num_frames`` defaults. A models file (``MODELS_CONFIG``, JSON) can name hu
     {"models": {"sd15": {"hub_id": "runwayml/stable-diffusion-v1-5", "pipeline": "StableDiffusionPipeline"}},
      "controlnets": {"canny": {"hub_id": "lllyasviel/sd-controlnet-canny"}},
      "preprocessors": {"depth": {"hub_id": "depth-anything/Depth-Anything-V2-Small-hf"}}}
+
+Served names (models, ControlNets, LoRAs) follow the rule of tenants' models (``NAME_PATTERN``): a folder, file or
+key named otherwise is skipped with a warning, so no name with markup or a path in it reaches a client.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.catalog import ENGINE_SCHEDULERS, FAMILIES, ModelKind, scheduler_names
 from core.errors import InputError
-from core.schemas import JobType, ModelInfo
+from core.schemas import NAME_PATTERN, JobType, ModelInfo
 
 ENGINE_CLASS = "DDPMEngineModel"
+SERVED_NAME = re.compile(NAME_PATTERN)
+log = logging.getLogger("diffuserve.registry")
+
+
+def served_name(name: str, what: str, where: object) -> bool:
+    """``name`` may be served (the name rule of tenants' models); a warning names what was skipped otherwise."""
+    if SERVED_NAME.fullmatch(name):
+        return True
+    log.warning("skipped %s %r (%s): a served name is %s", what, name[:200], where, NAME_PATTERN)
+    return False
 
 
 @dataclass
@@ -239,11 +254,13 @@ class ModelRegistry:
         if self.config_file and self.config_file.is_file():
             cfg = _json(self.config_file)
             for mid, spec in (cfg.get("models") or {}).items():
+                if not served_name(mid, "model", self.config_file):
+                    continue
                 e = diffusers_entry(mid, spec.get("pipeline", ""), spec.get("hub_id", ""), None, spec)
                 if e is not None and spec.get("hub_id"):
                     entries[mid] = e
             for name, spec in (cfg.get("controlnets") or {}).items():
-                if spec.get("hub_id"):
+                if spec.get("hub_id") and served_name(name, "ControlNet", self.config_file):
                     controlnets[name] = spec["hub_id"]
             for name, spec in (cfg.get("preprocessors") or {}).items():
                 if spec.get("hub_id"):
@@ -252,7 +269,9 @@ class ModelRegistry:
             if not root.is_dir():
                 continue
             for p in sorted(root.iterdir()):
-                if not p.is_dir():
+                if not p.is_dir() or not any((p / f).is_file() for f in ("config.json", "model_index.json")):
+                    continue
+                if not served_name(p.name, "model folder", root):  # before its weights are hashed
                     continue
                 entry = read_engine_entry(p) or read_diffusers_entry(p)
                 if entry is not None:
@@ -262,7 +281,9 @@ class ModelRegistry:
                 elif any(a.endswith("ForDepthEstimation") for a in _json(p / "config.json").get("architectures", [])):
                     preprocessors["depth"] = str(p)  # a transformers depth model (Depth Anything, DPT)
             if (root / "loras").is_dir():
-                loras.update({f.stem: f for f in sorted((root / "loras").glob("*.safetensors"))})
+                for f in sorted((root / "loras").glob("*.safetensors")):
+                    if served_name(f.stem, "LoRA", f):
+                        loras[f.stem] = f
         with self._lock:
             self._entries, self._controlnets, self._loras, self._sig = entries, controlnets, loras, sig
             self._preprocessors = preprocessors

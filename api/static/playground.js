@@ -1,8 +1,23 @@
 // The playground: plain JavaScript over the public API (no build step). Every call goes through api(), which sends
 // the API key kept in localStorage; the event stream is read with fetch (EventSource cannot send a key).
+// What the server sends (ids, labels, names, messages, URLs) is only ever text or a property: never HTML. The page is
+// served under a strict CSP (api/browser.py): no inline script, handler or style.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+// an element with properties set (never markup), and its children appended
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "dataset") Object.assign(node.dataset, v);
+    else node[k] = v;
+  }
+  node.append(...children);
+  return node;
+}
+
+function options(select, items) { select.replaceChildren(...items.map(([value, text]) => new Option(text, value))); }
 const state = { models: [], job: null, abort: null, imageBlob: null };
 
 function key() { return localStorage.getItem("diffuserve.apiKey") || ""; }
@@ -32,9 +47,8 @@ async function loadModels() {
   try {
     const models = await api("GET", "/v1/models");
     state.models = models.filter((m) => m.kind !== "controlnet");
-    $("model").innerHTML = state.models.map((m) => `<option value="${m.id}">${m.id} (${m.kind})</option>`).join("");
-    $("controlnet").innerHTML = models.filter((m) => m.kind === "controlnet")
-      .map((m) => `<option value="${m.id}">${m.id}</option>`).join("");
+    options($("model"), state.models.map((m) => [m.id, `${m.id} (${m.kind})`]));
+    options($("controlnet"), models.filter((m) => m.kind === "controlnet").map((m) => [m.id, m.id]));
     onModel();
   } catch (e) { $("error").textContent = e.message; }
 }
@@ -44,8 +58,8 @@ function currentModel() { return state.models.find((m) => m.id === $("model").va
 function onModel() {
   const m = currentModel();
   if (!m) return;
-  $("scheduler").innerHTML = `<option value="">default (${m.default_scheduler || "model's"})</option>` +
-    (m.schedulers || []).map((s) => `<option value="${s}">${s}</option>`).join("");
+  options($("scheduler"), [["", `default (${m.default_scheduler || "model's"})`],
+    ...(m.schedulers || []).map((s) => [s, s])]);
   for (const opt of $("task").options) opt.disabled = !m.tasks.includes(opt.value);
   if (!m.tasks.includes($("task").value)) $("task").value = m.tasks[0];
   $("prompt").placeholder = m.labels ? `a label: ${m.labels.slice(0, 10).join(", ")}` : "a prompt";
@@ -146,8 +160,8 @@ function curlOf(task, body) {
 async function generate(ev) {
   ev.preventDefault();
   $("error").textContent = "";
-  $("result").innerHTML = "";
-  $("preview").innerHTML = "";
+  $("result").replaceChildren();
+  $("preview").replaceChildren();
   $("progress").value = 0;
   try {
     const { task, body } = await buildRequest();
@@ -193,7 +207,9 @@ async function follow(jobId) {
       const d = JSON.parse(data);
       if (event === "progress") { $("progress").max = d.total; $("progress").value = d.step; }
       if (event === "preview") {
-        $("preview").innerHTML = `<figure><img src="${d.image}" alt="preview at step ${d.step}" data-testid="preview-image"><figcaption>step ${d.step}/${d.total}</figcaption></figure>`;
+        $("preview").replaceChildren(el("figure", {},
+          el("img", { src: d.image, alt: `preview at step ${d.step}`, dataset: { testid: "preview-image" } }),
+          el("figcaption", {}, `step ${d.step}/${d.total}`)));
       }
       if (event === "status") {
         $("status").textContent = `${jobId.slice(0, 16)}… ${d.status}`;
@@ -209,13 +225,13 @@ function show(job) {
     $("error").textContent = job.error ? `${job.error.code}: ${job.error.message}` : `job ${job.status}`;
     return;
   }
-  $("result").innerHTML = job.output.map((o) => {
+  $("result").replaceChildren(...job.output.map((o) => {
     const caption = o.role ? o.role.replace("_", " ") : `seed ${o.seed}`;
     const media = o.content_type.startsWith("video/")
-      ? `<video src="${o.url}" controls autoplay loop muted></video>`
-      : `<img src="${o.url}" alt="${caption}">`;
-    return `<figure>${media}<figcaption>${caption}</figcaption></figure>`;
-  }).join("");
+      ? el("video", { src: o.url, controls: true, autoplay: true, loop: true, muted: true })
+      : el("img", { src: o.url, alt: caption });
+    return el("figure", {}, media, el("figcaption", {}, caption));
+  }));
 }
 
 async function cancel() {
