@@ -50,6 +50,9 @@ class Backends:
                 allow_private=s.webhook_allow_private,
                 retry_s=s.webhook_retry_s,
                 backoff_s=s.webhook_backoff_s,
+                timeout_s=s.webhook_timeout_s,
+                concurrency=s.webhook_concurrency,
+                per_tenant=s.webhook_per_tenant,
                 shapes={"replicate": replicate.webhook_body},  # a prediction's webhook carries the prediction
             ).start(self._stop)
         )

@@ -6,11 +6,13 @@
 2. A job transition that the request's ``webhook_events_filter`` names (``start``, ``progress``, ``output``,
    ``completed``) becomes a delivery in the job store (``store.webhooks``: Redis in distributed mode), so it
    survives a restart of any process.
-3. The gateway's deliverer thread claims due deliveries under a lease (a gateway that dies mid-delivery leaves it
-   to another after ``LEASE_S``), resolves the host once per delivery, checks the address again and pins it (a DNS
-   answer that changes between the check and the request cannot redirect it), and POSTs
-   ``{"type": "job.<event>", "timestamp": ..., "data": <the job envelope>}`` with the ``webhook-id``,
-   ``webhook-timestamp`` and ``webhook-signature`` headers of Standard Webhooks (the ``standardwebhooks`` package).
+3. The gateway's deliverer (one asyncio loop) claims due deliveries under a lease (a gateway that dies mid-delivery
+   leaves it to another after ``LEASE_S``; an attempt in flight keeps renewing it), resolves the host once per
+   delivery, checks the address again and pins it (a DNS answer that changes between the check and the request
+   cannot redirect it), and POSTs ``{"type": "job.<event>", "timestamp": ..., "data": <the job envelope>}`` with the
+   ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers of Standard Webhooks (the
+   ``standardwebhooks`` package). Each attempt has a wall-clock deadline, reads the status and never the body, and
+   takes a slot of a small pool shared fairly: a tenant (and a receiving host) holds at most ``per_tenant`` slots.
 4. A non-2xx answer, a timeout or a refused connection is retried with exponential backoff under the same
    ``webhook-id`` until ``WEBHOOK_RETRY_S`` has passed since the event; every attempt is recorded on the job
    (``webhooks``).
@@ -21,6 +23,7 @@ that knows its key cannot forge deliveries to another tenant's receiver.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -47,12 +50,23 @@ log = logging.getLogger("diffuserve.webhooks")
 EVENTS = ("start", "progress", "output", "completed")
 LEASE_S = 30.0  # a claimed delivery comes back to the queue after this long unless acknowledged
 MAX_ATTEMPTS_SHOWN = 50  # attempts kept on the job record
+CLAIM_BATCH = 32  # deliveries claimed per look at the queue
 ALWAYS_REFUSED = [
     ipaddress.ip_network("169.254.0.0/16"),  # link-local, cloud metadata (169.254.169.254)
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),  # AWS metadata over IPv6
     ipaddress.ip_network("0.0.0.0/8"),
     ipaddress.ip_network("::/128"),
+]
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the well-known prefix, IPv4 in the last 32 bits
+# IPv6 forms that carry an IPv4 address some relay or stack would reach: refused outright (deprecated or relayed,
+# never a real receiver's address); NAT64's well-known prefix and IPv4-mapped are unwrapped to the IPv4 rule instead
+TRANSITION_REFUSED = [
+    ipaddress.ip_network("2002::/16"),  # 6to4
+    ipaddress.ip_network("2001::/32"),  # Teredo
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (::a.b.c.d), deprecated
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (::ffff:0:a.b.c.d), RFC 2765
+    ipaddress.ip_network("64:ff9b:1::/48"),  # NAT64 local-use prefix (IPv4 split around the u octet)
 ]
 
 
@@ -63,10 +77,26 @@ def _refused(message: str) -> InputError:
     return InputError(message, field="webhook", code="webhook_refused")
 
 
+def _ipv4_inside(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that an IPv4-mapped (::ffff:a.b.c.d) or NAT64 (64:ff9b::a.b.c.d) address reaches."""
+    if addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    if addr in NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
 def check_address(ip: str, allow_private: bool) -> None:
+    """Refuse an address a webhook must never reach: link-local and metadata, unroutable, multicast; loopback and
+    private ones unless ``allow_private``; IPv6 transition forms are judged by the IPv4 address they carry (NAT64,
+    IPv4-mapped) or refused (6to4, Teredo, IPv4-compatible, IPv4-translated)."""
     addr = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        if int(addr) > 1 and any(addr in net for net in TRANSITION_REFUSED):  # :: and ::1 are judged below
+            raise _refused(
+                f"webhook address {addr} is an IPv6 transition form (6to4, Teredo, IPv4 inside): never allowed"
+            )
+        addr = _ipv4_inside(addr) or addr
     if any(addr in net for net in ALWAYS_REFUSED) or addr.is_multicast or addr.is_unspecified:
         raise _refused(f"webhook address {addr} is link-local, metadata or unroutable: never allowed")
     if addr.is_global:
@@ -147,7 +177,14 @@ def new_secret() -> str:
 
 
 class Deliverer:
-    """The loop that delivers due webhooks (one per gateway; several gateways share the queue through the store)."""
+    """Delivers due webhooks: one asyncio loop per gateway (several gateways share the queue through the store).
+
+    Every outbound attempt is bounded: a wall-clock deadline (``timeout_s``, connect to status line included, so a
+    receiver that drips a byte every few seconds is cut off), the response body never read (only the status), at most
+    ``concurrency`` attempts in flight per gateway and ``per_tenant`` per tenant and per receiving host. A slow or
+    hostile receiver costs its own tenant's slots, never another tenant's. A delivery that must wait for its
+    tenant's or host's slot goes back to the queue (due again when a slot is expected free), and the lease of an
+    attempt in flight is renewed, so no other gateway claims it meanwhile."""
 
     def __init__(
         self,
@@ -160,6 +197,8 @@ class Deliverer:
         timeout_s: float = 10.0,
         interval_s: float = 0.2,
         shapes: dict[str, Callable[[dict, dict], dict]] | None = None,
+        concurrency: int = 8,
+        per_tenant: int = 2,
     ):
         self.store = store
         # adapter name (JobRecord.via["api"]) -> (job with output URLs, delivery) -> the body sent
@@ -171,25 +210,83 @@ class Deliverer:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.interval_s = interval_s
+        self.concurrency = concurrency
+        self.per_tenant = per_tenant
+        self.in_flight: dict[str, tuple[dict, float]] = {}  # delivery id -> (delivery, when its lease was renewed)
 
     def start(self, stop: threading.Event) -> threading.Thread:
-        t = threading.Thread(target=self._loop, args=(stop,), name="webhooks", daemon=True)
+        t = threading.Thread(target=lambda: asyncio.run(self.run(stop)), name="webhooks", daemon=True)
         t.start()
         return t
 
-    def _loop(self, stop: threading.Event) -> None:
+    async def run(self, stop: threading.Event) -> None:
         import httpx
 
-        with httpx.Client(timeout=self.timeout_s, follow_redirects=False, trust_env=False) as http:
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            timeout=self.timeout_s, follow_redirects=False, trust_env=False, limits=limits
+        ) as http:
+            tasks: set[asyncio.Task] = set()
             while not stop.is_set():
-                try:
-                    due = self.store.webhooks.claim_due(time.time(), LEASE_S, 16)
-                except Exception:  # noqa: BLE001 - the store is away: try again
-                    due = []
-                for delivery in due:
-                    self.deliver(http, delivery)
-                if not due:
-                    stop.wait(self.interval_s)
+                self._renew_leases()
+                claimed = self._claim(http, tasks)
+                if claimed < CLAIM_BATCH:  # a full claim means more are due: go on at once
+                    await asyncio.sleep(self.interval_s)
+                else:
+                    await asyncio.sleep(0)
+            for task in tasks:
+                task.cancel()  # their leases bring them back to another gateway (or this one, restarted)
+
+    def _claim(self, http, tasks: set[asyncio.Task]) -> int:
+        """Start what the free slots allow; hand the rest back. Returns how many deliveries were claimed."""
+        if len(self.in_flight) >= self.concurrency:
+            return 0
+        now = time.time()
+        try:
+            due = self.store.webhooks.claim_due(now, LEASE_S, CLAIM_BATCH)
+        except Exception:  # noqa: BLE001 - the store is away: try again
+            return 0
+        for delivery in due:
+            tenant, host = self._slots(delivery)
+            busy_tenant = sum(self._slots(d)[0] == tenant for d, _ in self.in_flight.values()) >= self.per_tenant
+            busy_host = sum(self._slots(d)[1] == host for d, _ in self.in_flight.values()) >= self.per_tenant
+            if busy_tenant or busy_host or len(self.in_flight) >= self.concurrency:
+                # its tenant's (or host's) slots are held by attempts that end within timeout_s: due again then
+                later = now + (self.timeout_s if busy_tenant or busy_host else self.interval_s)
+                self._reschedule(delivery, later)
+                continue
+            self.in_flight[delivery["id"]] = (delivery, time.monotonic())
+            task = asyncio.get_running_loop().create_task(self._attempt(http, delivery))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return len(due)
+
+    @staticmethod
+    def _slots(delivery: dict) -> tuple[str, str]:
+        """Whose share an attempt takes: its tenant's, and its receiver's (host and port)."""
+        parts = urlsplit(delivery.get("url") or "")
+        return delivery.get("tenant") or "", f"{(parts.hostname or '').lower()}:{parts.port}"
+
+    def _renew_leases(self) -> None:
+        """Attempts in flight keep their claim: re-leased every third of LEASE_S (an attempt may outlast it)."""
+        now = time.monotonic()
+        for delivery_id, (delivery, renewed) in list(self.in_flight.items()):
+            if now - renewed >= LEASE_S / 3:
+                self._reschedule(delivery, time.time() + LEASE_S)
+                self.in_flight[delivery_id] = (delivery, now)
+
+    def _reschedule(self, delivery: dict, due: float) -> None:
+        try:
+            self.store.webhooks.reschedule(delivery, due)
+        except Exception:  # noqa: BLE001 - its lease brings it back anyway
+            log.warning("could not reschedule webhook delivery %s", delivery["id"])
+
+    async def _attempt(self, http, delivery: dict) -> None:
+        try:
+            status, error, refused = await self._post(http, delivery)
+        finally:
+            self.in_flight.pop(delivery["id"], None)
+        self._settle(delivery, status, error, refused)
 
     def body(self, delivery: dict) -> str:
         data = dict(delivery["data"])
@@ -204,45 +301,55 @@ class Deliverer:
         sent = datetime.fromtimestamp(delivery["created"], UTC).isoformat().replace("+00:00", "Z")
         return json.dumps({"type": delivery["type"], "timestamp": sent, "data": data}, separators=(",", ":"))
 
-    def deliver(self, http, delivery: dict) -> None:
+    async def _post(self, http, delivery: dict) -> tuple[int | None, str | None, bool]:
+        """One attempt: (status code, error, refused). Its whole run, the DNS lookup included, is under
+        ``timeout_s``; only the status line and headers are read, never the body."""
         from standardwebhooks import Webhook
 
-        attempt = delivery["attempts"] + 1
-        status, error, refused = None, None, False
         try:
-            # 1. the address, resolved once per delivery and checked again, then pinned for every attempt
-            if "address" not in delivery:
-                host, port, address = resolve(delivery["url"], self.allow_private)
-                delivery.update(address=address, host=host, port=port)
-            check_address(delivery["address"], self.allow_private)
-            parts = urlsplit(delivery["url"])
-            ip = delivery["address"]
-            netloc = f"[{ip}]:{delivery['port']}" if ":" in ip else f"{ip}:{delivery['port']}"
-            pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-            # 2. signed as Standard Webhooks: the same webhook-id and the same body on every attempt (built once)
-            if "body" not in delivery:
-                delivery["body"] = self.body(delivery)
-            body = delivery["body"]
-            now = datetime.now(UTC)
-            signature = Webhook(tenant_secret(self.master_secret, delivery["tenant"])).sign(delivery["id"], now, body)
-            host_header = parts.netloc.rpartition("@")[2]
-            headers = {
-                "content-type": "application/json",
-                "host": host_header,
-                "user-agent": "diffuserve-webhooks",
-                "webhook-id": delivery["id"],
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": signature,
-            }
-            extensions = {"sni_hostname": delivery["host"]} if parts.scheme == "https" else {}
-            r = http.post(pinned, content=body.encode(), headers=headers, extensions=extensions)
-            status = r.status_code
+            async with asyncio.timeout(self.timeout_s):
+                # 1. the address, resolved once per delivery and checked again, then pinned for every attempt
+                if "address" not in delivery:
+                    host, port, address = await asyncio.to_thread(resolve, delivery["url"], self.allow_private)
+                    delivery.update(address=address, host=host, port=port)
+                check_address(delivery["address"], self.allow_private)
+                parts = urlsplit(delivery["url"])
+                ip = delivery["address"]
+                netloc = f"[{ip}]:{delivery['port']}" if ":" in ip else f"{ip}:{delivery['port']}"
+                pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+                # 2. signed as Standard Webhooks: the same webhook-id and body on every attempt (built once)
+                if "body" not in delivery:
+                    delivery["body"] = self.body(delivery)
+                body = delivery["body"]
+                now = datetime.now(UTC)
+                signer = Webhook(tenant_secret(self.master_secret, delivery["tenant"]))
+                headers = {
+                    "content-type": "application/json",
+                    "host": parts.netloc.rpartition("@")[2],
+                    "user-agent": "diffuserve-webhooks",
+                    "webhook-id": delivery["id"],
+                    "webhook-timestamp": str(int(now.timestamp())),
+                    "webhook-signature": signer.sign(delivery["id"], now, body),
+                }
+                extensions = {"sni_hostname": delivery["host"]} if parts.scheme == "https" else {}
+                request = http.build_request(
+                    "POST", pinned, content=body.encode(), headers=headers, extensions=extensions
+                )
+                # 3. the status line and headers only: the body (however large or slow) is never read
+                response = await http.send(request, stream=True)
+                await response.aclose()
+                return response.status_code, None, False
         except InputError as e:  # the address is not allowed (any more): not retried
-            error, refused = e.message, True
-        except Exception as e:  # noqa: BLE001 - a timeout or a refused connection: retried
-            error = type(e).__name__
+            return None, e.message, True
+        except TimeoutError:
+            return None, f"no answer within {self.timeout_s:g} s", False
+        except Exception as e:  # noqa: BLE001 - a refused connection or a protocol error: retried
+            return None, type(e).__name__, False
+
+    def _settle(self, delivery: dict, status: int | None, error: str | None, refused: bool) -> None:
+        """Done, retried later with backoff, or given up; the attempt is recorded on the job either way."""
+        attempt = delivery["attempts"] + 1
         ok = status is not None and 200 <= status < 300
-        # 3. done, retried later, or given up; the attempt is recorded on the job either way
         delivery["attempts"] = attempt
         next_at = None
         if not ok:

@@ -1,0 +1,250 @@
+"""Attacks through webhooks: a receiver that floods its answer or drips it (findings 2 and 3), and targets written in
+IPv6 forms that carry an IPv4 address (finding 6). Every outbound attempt is bounded: a wall-clock deadline, the body
+never read, a per-tenant and per-host share of a small pool, and the lease renewed while an attempt runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from core import webhooks
+from core.errors import InputError
+from core.jobs.store import memory_store
+from tests.api.test_webhooks import Receiver
+from tests.conftest import Proc, free_port, gateway_cmd, wait_for
+
+FLOOD_BYTES = 200 * 2**20
+
+
+class Hostile:
+    """A receiver on loopback that reads each request, then answers 200 with a 200 MB body (``flood``) or sends its
+    answer one byte every ``drip_s`` seconds (``drip``). Counts connections and bytes it got out."""
+
+    def __init__(self, mode: str, drip_s: float = 5.0):
+        self.mode, self.drip_s = mode, drip_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.stop = threading.Event()
+        self.connections = 0
+        self.sent = 0
+        self.ids: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"webhook-id:"):
+                    self.ids.append(line.split(b":", 1)[1].strip().decode())
+            if self.mode == "flood":
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % FLOOD_BYTES)
+                chunk = b"x" * 2**20
+                while self.sent < FLOOD_BYTES and not self.stop.is_set():
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            else:
+                for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n":
+                    conn.sendall(bytes([byte]))
+                    self.sent += 1
+                    if self.stop.wait(self.drip_s):
+                        break
+        except OSError:
+            pass  # the deliverer hung up: what the attack meets
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, logs_dir):
+    """The embedded gateway as `make run` starts it, with two tenants and loopback receivers allowed."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
+    env.update(
+        DATA_DIR=str(tmp_path_factory.mktemp("hostile-webhooks")),
+        TORCH_THREADS="1",
+        API_KEYS="mallory:key-m,alice:key-a",
+        WEBHOOK_ALLOW_PRIVATE="1",
+        WEBHOOK_BACKOFF_S="0.5",
+    )
+    proc = Proc(gateway_cmd(port), logs_dir / "hostile-webhooks.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(url + "/readyz").status_code == 200, 30, what="gateway")
+    yield url, psutil.Process(proc.pid)
+    proc.stop()
+
+
+def job(url: str, key: str, webhook: str | None, seed: int) -> dict:
+    body = {"prompt": "4", "num_inference_steps": 2, "seed": seed, **({"webhook": webhook} if webhook else {})}
+    r = httpx.post(url + "/v1/txt2img", json=body, headers={"Authorization": f"Bearer {key}", "Prefer": "wait=60"})
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["status"] == "succeeded", r.json()
+    return r.json()
+
+
+def test_a_flooding_and_a_dripping_receiver_cost_no_memory_and_do_not_delay_another_tenant(gateway):
+    url, proc = gateway
+    job(url, "key-a", None, 0)  # torch and digits loaded: what follows is the webhooks' cost alone
+    job(url, "key-m", None, 0)
+    baseline = proc.memory_info().rss
+    peak = [baseline]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            sampling.wait(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    flood, drip, honest = Hostile("flood"), Hostile("drip", drip_s=5.0), Receiver()
+    try:
+        # mallory: two receivers, three jobs each, every attempt slow or huge
+        for seed in range(3):
+            job(url, "key-m", flood.url, seed)
+            job(url, "key-m", drip.url, seed)
+        wait_for(lambda: flood.connections >= 1 and drip.connections >= 1, 15, what="both hostile receivers called")
+        # alice, meanwhile: her webhook arrives within 5 s of her job's event
+        mine = job(url, "key-a", honest.url, 9)
+        got = wait_for(lambda: honest.got, 15, what="alice's webhook")
+        finished = time.time() if not mine["finished_at"] else _epoch(mine["finished_at"])
+        delay = got[0]["at"] - finished
+        print(f"\nalice's webhook arrived {delay:.2f} s after her job finished")
+        assert delay < 5.0
+        # the flood: its body was never read (what got out is what the sockets buffer, not 200 MB)
+        wait_for(lambda: flood.connections >= 2, 20, what="the flood retried")
+        assert flood.sent < 32 * 2**20, flood.sent
+        # the drip: each attempt cut at its wall-clock deadline (10 s), not after the whole answer
+        wait_for(lambda: drip.connections >= 3, 40, what="drip attempts cut off and retried")
+        assert drip.sent < 10  # a handful of bytes per attempt: never the whole status line
+        growth = (peak[0] - baseline) / 2**20
+        print(f"gateway RSS: baseline {baseline / 2**20:.1f} MB, peak {peak[0] / 2**20:.1f} MB (+{growth:.1f} MB)")
+        assert growth < 20.0
+        # mallory's attempts are on her jobs, each with its error
+        jobs = httpx.get(url + "/v1/jobs?limit=10", headers={"Authorization": "Bearer key-m"}).json()["data"]
+        errors = [a["error"] for j in jobs for a in j["webhooks"] if a["error"]]
+        assert any("no answer within" in e for e in errors), errors
+    finally:
+        sampling.set()
+        flood.close()
+        drip.close()
+        honest.close()
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_an_attempt_in_flight_keeps_its_lease_so_a_second_gateway_does_not_send_it_again(monkeypatch):
+    """Two gateways (two deliverers on one store); an attempt outlasts the lease: renewed, so it is sent once."""
+    monkeypatch.setattr(webhooks, "LEASE_S", 0.6)
+    store = memory_store()
+    drip = Hostile("drip", drip_s=0.5)
+    stop = threading.Event()
+    try:
+        store.webhooks.add(_delivery("msg_slow", "mallory", drip.url), time.time())
+        for _ in range(2):
+            webhooks.Deliverer(store, webhooks.new_secret(), lambda k, b: k, allow_private=True, timeout_s=3.0).start(
+                stop
+            )
+        wait_for(lambda: drip.connections >= 1, 10, what="the first attempt")
+        t0 = time.monotonic()
+        wait_for(lambda: time.monotonic() - t0 > 2.5, 5, interval=0.1, what="five leases' time")
+        assert drip.connections == 1 and drip.ids == ["msg_slow"]  # nobody claimed it meanwhile
+    finally:
+        stop.set()
+        drip.close()
+
+
+def test_a_tenant_at_its_share_waits_while_another_tenant_is_delivered_at_once():
+    """The pool's share: mallory's four slow deliveries hold two slots; alice's is sent in the same instant."""
+    store = memory_store()
+    drip = Hostile("drip", drip_s=1.0)
+    honest = Receiver()
+    stop = threading.Event()
+    try:
+        now = time.time()
+        for i in range(4):
+            store.webhooks.add(_delivery(f"msg_m{i}", "mallory", drip.url), now)
+        store.webhooks.add(_delivery("msg_a", "alice", honest.url), now + 0.001)
+        webhooks.Deliverer(
+            store, webhooks.new_secret(), lambda k, b: k, allow_private=True, timeout_s=5.0, per_tenant=2
+        ).start(stop)
+        got = wait_for(lambda: honest.got, 3, what="alice's delivery")
+        assert got[0]["headers"]["webhook-id"] == "msg_a"
+        assert drip.connections == 2  # mallory's share, the other two wait for a free slot
+    finally:
+        stop.set()
+        drip.close()
+        honest.close()
+
+
+def _delivery(delivery_id: str, tenant: str, url: str) -> dict:
+    return {
+        "id": delivery_id,
+        "job_id": f"job_{delivery_id}",
+        "tenant": tenant,
+        "url": url,
+        "type": "job.completed",
+        "data": {"id": f"job_{delivery_id}", "output": []},
+        "created": time.time(),
+        "attempts": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of the metadata address 169.254.169.254
+        "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+        "http://[64:ff9b::7f00:1]/",  # NAT64 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/",  # 6to4 of 169.254.169.254
+        "http://[2002:808:808::1]/",  # 6to4, even of a public address: relayed, never a receiver
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
+        "http://[::169.254.169.254]/",  # IPv4-compatible
+        "http://[::a00:1]/",
+        "http://[::ffff:0:a9fe:a9fe]/",  # IPv4-translated
+        "http://[64:ff9b:1::a9fe:a9fe]/",  # NAT64 local-use prefix
+        "http://[::ffff:10.0.0.1]/",  # IPv4-mapped private
+    ],
+)
+def test_ipv6_forms_that_carry_an_ipv4_address_are_refused(url):
+    with pytest.raises(InputError) as e:
+        webhooks.check_target(url, allow_private=False)
+    assert e.value.field == "webhook"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[64:ff9b::a9fe:a9fe]/", "http://[2002:a9fe:a9fe::1]/", "http://[::a9fe:a9fe]/"]
+)
+def test_metadata_through_ipv6_forms_is_refused_even_where_private_addresses_are_allowed(url):
+    with pytest.raises(InputError):
+        webhooks.check_target(url, allow_private=True)
+
+
+def test_nat64_of_a_public_address_is_judged_as_that_address():
+    webhooks.check_target("http://[64:ff9b::808:808]/", allow_private=False)  # 8.8.8.8 behind DNS64/NAT64
