@@ -66,7 +66,7 @@ class RunContext(Protocol):
         """What an earlier attempt saved under ``name``, or None."""
 
     def open_input(self, upload_id: str) -> bytes:
-        """The bytes of one of the tenant's uploads (images, datasets); InvalidDataset when it is gone."""
+        """The bytes of one of the tenant's uploads (images, datasets); InputExpired when retention deleted it."""
 
     def registration(self, kind: str, name: str) -> dict | None:
         """The record of the tenant's ``kind`` named ``name`` (its ``version`` is the sha256 of its files), or None;

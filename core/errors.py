@@ -87,6 +87,13 @@ class InvalidDataset(JobError):
         super().__init__("invalid_dataset", message)
 
 
+class InputExpired(JobError):
+    """An upload the job reads was deleted by retention before the job read it."""
+
+    def __init__(self, message: str):
+        super().__init__("input_expired", message)
+
+
 class DeadlineExceeded(JobError):
     def __init__(self, message: str):
         super().__init__("deadline_exceeded", message)

@@ -18,7 +18,7 @@ from typing import Protocol
 from core.contract import RunResult
 from core.errors import (
     DeadlineExceeded,
-    InvalidDataset,
+    InputExpired,
     JobCancelled,
     LeaseLost,
     OutOfMemory,
@@ -130,7 +130,7 @@ class JobContext:
         try:
             return self.storage.get(upload_key(self.tenant, upload_id))
         except KeyError:
-            raise InvalidDataset(f"upload {upload_id!r} is gone") from None
+            raise InputExpired(f"upload {upload_id!r} expired before the job read it; upload it again") from None
 
     def registration(self, kind: str, name: str) -> dict | None:
         return self.store.registrations.registration(self.tenant, kind, name)

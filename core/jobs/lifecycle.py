@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from core import webhooks
 from core.errors import Conflict, LeaseLost, Unavailable
 from core.jobs.store import JobStore
-from core.schemas import JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
+from core.schemas import UPLOAD_ID_PATTERN, JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
 from core.storage import Storage, upload_key
 
 log = logging.getLogger("diffuserve.jobs")
@@ -67,6 +67,7 @@ def submit(
     When the queue refuses the message the job is failed (``unavailable``), its idempotency key released so that a
     retry makes a new job, and :class:`Unavailable` raised. When even that write fails (the store went down with the
     broker), the job stays ``queued`` with ``enqueued`` False and the reaper sends it once the store is back."""
+    keep_inputs(store, job)
     job, created, stored_hash = store.jobs.create(job, idempotency, max_active)
     if not created:
         if stored_hash != idempotency[1]:
@@ -96,6 +97,15 @@ def submit(
             pass  # the reaper sends it later (enqueued stays False)
         raise Unavailable("the job queue is unavailable; retry shortly", code="queue_unavailable") from e
     return store.jobs.update(job.id, _mark_enqueued) or job, True
+
+
+def keep_inputs(store: JobStore, job: JobRecord) -> None:
+    """The uploads a job reads (images, datasets) live at least as long as the job: each one's retention is pushed
+    to a job TTL from now, at submit and again when an attempt starts (never made earlier)."""
+    at = time.time() + store.job_ttl_s
+    for value in job.input.values():
+        if isinstance(value, str) and UPLOAD_ID_PATTERN.match(value):
+            store.retention.extend_expiry(f"upload:{job.tenant}/{value}", at)
 
 
 def _mark_enqueued(job: JobRecord) -> JobRecord | None:
@@ -129,6 +139,7 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     job = store.jobs.update(job_id, fn, lease=(token, lease_ttl))
     if not claimed or job is None:
         return None
+    keep_inputs(store, job)  # the uploads it reads outlive this attempt, however long it waited
     store.events.add_event(job_id, "status", status_event(job))
     webhooks.emit(store, job, "start")
     store.limits.observe(

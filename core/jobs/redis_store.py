@@ -419,6 +419,10 @@ class RedisRetention:
         self.c.r.zadd(f"{P}expiry", {member: at})
 
     @_unavailable
+    def extend_expiry(self, member, at):
+        self.c.r.zadd(f"{P}expiry", {member: at}, gt=True)
+
+    @_unavailable
     def due_expiries(self, now, limit=100):
         return self.c.r.zrangebyscore(f"{P}expiry", "-inf", now, start=0, num=limit)
 

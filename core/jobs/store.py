@@ -98,6 +98,9 @@ class Retention(Protocol):
 
     def schedule_expiry(self, member: str, at: float) -> None: ...
 
+    def extend_expiry(self, member: str, at: float) -> None:
+        """Make ``member`` due no earlier than ``at`` (a later time already set stays)."""
+
     def due_expiries(self, now: float, limit: int = 100) -> list[str]: ...
 
     def forget_expiry(self, member: str) -> None: ...
@@ -419,6 +422,10 @@ class MemoryRetention:
     def schedule_expiry(self, member, at):
         with self.s._lock:
             self.s._expiry[member] = at
+
+    def extend_expiry(self, member, at):
+        with self.s._lock:
+            self.s._expiry[member] = max(at, self.s._expiry.get(member, at))
 
     def due_expiries(self, now, limit=100):
         with self.s._lock:

@@ -172,7 +172,7 @@ def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails
     batch = [i2i_job(red, 1), i2i_job(blue, 5, num_images=2), i2i_job("upl_" + "0" * 32, 7), i2i_job(red, 9)]
     done = execute_batch([j.id for j in batch], store, storage, lambda: engines, "w")
     assert [j.status for j in done] == [JobStatus.succeeded, JobStatus.succeeded, JobStatus.failed, JobStatus.succeeded]
-    assert done[2].error.code == "invalid_dataset" and "gone" in done[2].error.message  # the missing image, alone
+    assert done[2].error.code == "input_expired" and "expired" in done[2].error.message  # the missing image, alone
     _, hists = store.limits.metrics_snapshot()
     assert hists[("diffuserve_batch_size", (("type", "img2img"),))]["sum"] == 4  # one batch of four jobs
     alone = execute_job(i2i_job(blue, 5, num_images=2).id, store, storage, lambda: engines, "w")
