@@ -75,8 +75,12 @@ def service_error_response(exc: ServiceError) -> JSONResponse:
     return error_response(status, exc.code, exc.message, exc.field, headers)
 
 
+MAX_FIELD_PART = 64  # a location may hold a key the client chose (an unknown field): never echoed whole
+
+
 def _field(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [p if len(p) <= MAX_FIELD_PART else p[:MAX_FIELD_PART] + "..." for p in parts[:8]]
     return ".".join(parts) or None
 
 
@@ -173,7 +177,7 @@ def install(app: FastAPI) -> None:
         errs = exc.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": "invalid"}
         code = "invalid_json" if first.get("type") == "json_invalid" else "validation_error"
-        msg = first.get("msg", "invalid")
+        msg = str(first.get("msg", "invalid"))[:500]
         if first.get("type") == "json_invalid":
             msg = "the body is not valid JSON"
         return _shaped(request, error_response(422, code, msg, _field(tuple(first.get("loc", ())))))

@@ -32,7 +32,14 @@ def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
 def inputs(b: Backends) -> Inputs:
     s = b.settings
     return Inputs(
-        b.store, b.storage, b.registry, s.max_body_bytes, s.max_image_pixels, s.job_ttl_s, s.webhook_allow_private
+        b.store,
+        b.storage,
+        b.registry,
+        s.max_body_bytes,
+        s.max_image_pixels,
+        s.job_ttl_s,
+        s.webhook_allow_private,
+        s.grid_max_total_steps,
     )
 
 

@@ -224,7 +224,7 @@ MAX_GRID_CELLS = 64
 
 class GridAxis(Strict):
     param: GridParam = Field(description="what varies along this axis (lora_scale: the first LoRA's scale)")
-    values: list[float | int | str] = Field(min_length=1, max_length=MAX_GRID_CELLS)
+    values: list[float | int | Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=MAX_GRID_CELLS)
 
 
 class GridRequest(Notified):
@@ -239,6 +239,13 @@ class GridRequest(Notified):
     @property
     def model(self) -> str:
         return self.base.model
+
+    @field_validator("base")
+    @classmethod
+    def _base_sends_nothing(cls, v: Txt2ImgRequest) -> Txt2ImgRequest:
+        if v.webhook is not None:
+            raise ValueError("a grid's cells send no webhooks: set webhook on the grid itself")
+        return v
 
     @model_validator(mode="after")
     def _cells(self) -> GridRequest:

@@ -44,6 +44,7 @@ class Inputs:
     max_image_pixels: int
     job_ttl_s: float
     allow_private_webhooks: bool = False
+    grid_max_total_steps: int = 2000  # denoising steps over all of a grid's cells
 
 
 def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) -> None:
@@ -195,6 +196,14 @@ def _prepare_grid(v: Inputs, tenant: str, data: dict) -> tuple[dict, ModelRef, s
     except ValidationError as e:
         err = e.errors()[0]
         raise InputError(f"a grid cell is not a valid request: {err['msg']}", field="x") from None
+    total = sum(cell.num_inference_steps for _, _, cell in cells)
+    if total > v.grid_max_total_steps:
+        raise InputError(
+            f"the grid's cells add up to {total:,} denoising steps, over the limit of {v.grid_max_total_steps:,}; "
+            "fewer cells or steps",
+            field="x",
+            code="too_expensive",
+        )
     for col, row, cell in cells:
         try:
             _prepare_generation(v, tenant, JobType.txt2img, cell.model_dump(mode="json"), {})
