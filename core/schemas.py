@@ -116,8 +116,18 @@ class GenerationBase(Notified):
     model: str = Field("digits", pattern=NAME_PATTERN)
     prompt: str = Field("", max_length=4000)
     negative_prompt: str = Field("", max_length=4000)
-    width: int | None = Field(None, ge=8, le=2048, multiple_of=8, description="default: the model's native size")
-    height: int | None = Field(None, ge=8, le=2048, multiple_of=8, description="default: the model's native size")
+    width: int | None = Field(
+        None,
+        ge=8,
+        le=2048,
+        description="default: the model's native size; a multiple of its size step (8 for SD and SDXL, 16 for SD3 and Flux)",
+    )
+    height: int | None = Field(
+        None,
+        ge=8,
+        le=2048,
+        description="default: the model's native size; a multiple of its size step (8 for SD and SDXL, 16 for SD3 and Flux)",
+    )
     num_inference_steps: int | None = Field(None, ge=1, le=1000, description="default: the model's")
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description="default: the model's")
     scheduler: SchedulerName | None = Field(
