@@ -32,7 +32,11 @@ XSS = "<img src=x onerror=alert(localStorage.getItem('diffuserve.apiKey'))>"
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("data"), api_keys=f"acme:{KEY}", rate_limit_per_minute=10_000, torch_threads=1
+        data_dir=tmp_path_factory.mktemp("data"),
+        api_keys=f"acme:{KEY}",
+        rate_limit_per_minute=10_000,
+        torch_threads=1,
+        allowed_hosts=None,  # the default, whatever the environment says
     )
     with TestClient(create_app(settings)) as c:
         yield c
@@ -141,7 +145,9 @@ def test_a_rebound_host_name_is_refused(client, path):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
 
 
-def test_allowed_hosts_default_and_setting(tmp_path):
+def test_allowed_hosts_default_and_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("HOST", raising=False)
+    monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
     assert Settings().allowed_host_names() == ["127.0.0.1", "[::1]", "localhost"]
     assert "0.0.0.0" in Settings(host="0.0.0.0").allowed_host_names()
     assert Settings(allowed_hosts="*").allowed_host_names() is None
