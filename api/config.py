@@ -49,7 +49,7 @@ class Settings(ServiceSettings):
     )
     webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="wall-clock deadline of one webhook attempt")
     grid_max_total_steps: int = Field(
-        2000, ge=1, description="sum of num_inference_steps x num_images over a grid's cells"
+        4096, ge=1, description="denoising steps a grid's cells add up to at most (64 cells x 64 steps)"
     )
     host: str | None = Field(None, description="the address `make run` binds (HOST); a Host the gateway answers to")
     allowed_hosts: str | None = Field(

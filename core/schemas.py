@@ -14,6 +14,7 @@ from core.catalog import LIMITS, MAX_TIMEOUT_S, SchedulerName
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 UPLOAD_ID_PATTERN = re.compile(r"^upl_[0-9a-f]{32}$")
 MAX_SEED = 2**32 - 1
+SIZE_RULE = "default: the model's native size; a multiple of its size step (8 for SD and SDXL, 16 for SD3 and Flux)"
 
 
 class JobStatus(str, Enum):
@@ -120,13 +121,13 @@ class GenerationBase(Notified):
         None,
         ge=8,
         le=2048,
-        description="default: the model's native size; a multiple of its size step (8 for SD and SDXL, 16 for SD3 and Flux)",
+        description=SIZE_RULE,
     )
     height: int | None = Field(
         None,
         ge=8,
         le=2048,
-        description="default: the model's native size; a multiple of its size step (8 for SD and SDXL, 16 for SD3 and Flux)",
+        description=SIZE_RULE,
     )
     num_inference_steps: int | None = Field(None, ge=1, le=1000, description="default: the model's")
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description="default: the model's")
