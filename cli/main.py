@@ -7,6 +7,10 @@
 
 ``--url`` and ``--api-key`` default to ``DIFFUSERVE_URL`` (else http://127.0.0.1:8000) and ``DIFFUSERVE_API_KEY``.
 An error prints the service's own message and exits 1 (2 for a usage error).
+
+Files are written only inside ``--out``, named from parts checked here, never from the service's text as given: the
+job id (``job_`` and letters or digits), the seed (an integer) or the output's index, and an extension from the
+content type's allow-list; a path that would leave ``--out``, or a symlink in its place, is refused (exit 1).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +26,46 @@ from pathlib import Path
 import httpx
 
 TERMINAL = ("succeeded", "failed", "canceled")
+JOB_ID = re.compile(r"^job_[A-Za-z0-9]{1,64}$")  # the service's ids: job_ and a uuid4's hex
+EXTENSIONS = {"image/png": "png", "image/gif": "gif", "video/mp4": "mp4", "application/json": "json"}
+MAX_SEED = 2**32 - 1
+
+
+def printable(text: object, limit: int = 300) -> str:
+    """What the service sent, as a terminal may show it: no control characters (escape sequences), cut short."""
+    s = str(text)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in s)
+
+
+def job_id_of(job: dict) -> str:
+    """The id of a job the service answered, checked before it names a URL or a file."""
+    job_id = job.get("id") if isinstance(job, dict) else None
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise ServiceError(0, "bad_answer", f"the service answered an invalid job id: {printable(repr(job_id), 80)}")
+    return job_id
+
+
+def output_name(job_id: str, i: int, item: dict) -> str:
+    """``JOB_SEED.ext`` (``JOB_INDEX.ext`` when the output has no seed): only checked parts."""
+    ext = EXTENSIONS.get(item.get("content_type"))
+    seed = item.get("seed")
+    if ext and type(seed) is int and 0 <= seed <= MAX_SEED:
+        return f"{job_id}_{seed}.{ext}"
+    return f"{job_id}_{i}.{ext or 'bin'}"
+
+
+def open_inside(out: Path, name: str):
+    """A new file ``name`` inside ``out``, opened for writing: refused when the path leaves ``out`` (``..``, an
+    absolute name, a separator, NUL) or when a symlink stands in its place."""
+    root = out.resolve()
+    path = root / name
+    if os.sep in name or "\0" in name or name in (".", "..") or path.parent != root or path.resolve() != path:
+        raise ServiceError(0, "bad_answer", f"refusing to write {printable(repr(name), 120)} outside {root}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise ServiceError(0, "write_failed", f"cannot write {path}: {e.strerror}") from None
+    return path, os.fdopen(fd, "wb")
 
 
 class ServiceError(Exception):
@@ -31,8 +76,8 @@ class ServiceError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
     def __str__(self) -> str:
-        where = f" (field: {self.field})" if self.field else ""
-        return f"{self.code}: {self.message}{where}"
+        where = f" (field: {printable(self.field, 120)})" if self.field else ""
+        return f"{printable(self.code, 60)}: {printable(self.message)}{where}"
 
 
 class Client:
@@ -49,9 +94,12 @@ class Client:
             try:
                 err = r.json()["error"]
                 raise ServiceError(r.status_code, err.get("code", "error"), err.get("message", ""), err.get("field"))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise ServiceError(r.status_code, "http_error", r.text[:300] or r.reason_phrase) from None
-        return r.json()
+        try:
+            return r.json()
+        except ValueError:
+            raise ServiceError(r.status_code, "bad_answer", "the service answered something that is not JSON") from None
 
     def upload(self, path: str) -> str:
         p = Path(path)
@@ -70,13 +118,14 @@ class Client:
 
     def follow(self, job: dict, show: bool) -> dict:
         """Wait for the job with a progress bar fed by its event stream (SSE); falls back to long-polling."""
+        job_id = job_id_of(job)
         if not show:
-            return self.wait(job["id"])
+            return self.wait(job_id)
         from tqdm import tqdm
 
-        bar = tqdm(total=job["progress"].get("total") or None, unit="step", desc=job["id"][:16], file=sys.stderr)
+        bar = tqdm(total=job["progress"].get("total") or None, unit="step", desc=job_id[:16], file=sys.stderr)
         try:
-            with self.http.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=None) as r:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as r:
                 event = None
                 for line in r.iter_lines():
                     if line.startswith("event: "):
@@ -93,22 +142,26 @@ class Client:
             pass
         finally:
             bar.close()
-        return self.wait(job["id"])
+        return self.wait(job_id)
 
     def download(self, job: dict, out: Path) -> list[Path]:
+        """Each output (checkpoints excepted) fetched into ``out`` under a name made of checked parts only."""
+        job_id = job_id_of(job)
+        items = job.get("output")
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ServiceError(0, "bad_answer", "the service answered outputs that are not a list of objects")
         out.mkdir(parents=True, exist_ok=True)
         files = []
-        for i, item in enumerate(job["output"]):
-            if item["content_type"] == "application/octet-stream" or "url" not in item:
+        for i, item in enumerate(items):
+            url = item.get("url")
+            if item.get("content_type") == "application/octet-stream" or not isinstance(url, str):
                 continue  # checkpoints stay on the service
-            ext = {"image/png": "png", "video/mp4": "mp4", "image/gif": "gif"}.get(item["content_type"])
-            seed = item.get("seed")
-            name = f"{job['id']}_{seed if ext and seed is not None else i}.{ext or 'bin'}"
-            r = httpx.get(item["url"], timeout=120)
-            if r.status_code != 200:
-                raise ServiceError(r.status_code, "download_failed", f"could not fetch output {i}")
-            path = out / name
-            path.write_bytes(r.content)
+            path, f = open_inside(out, output_name(job_id, i, item))
+            with f, httpx.stream("GET", url, timeout=120) as r:
+                if r.status_code != 200:
+                    raise ServiceError(r.status_code, "download_failed", f"could not fetch output {i}")
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
             files.append(path)
         return files
 
@@ -145,7 +198,7 @@ def cmd_generate(c: Client, a) -> int:
     elif a.image:
         route, body["image"] = "/v1/img2img", c.upload(a.image)
     job = c.call("POST", route, json=body)
-    print(f"job {job['id']} queued", file=sys.stderr)
+    print(f"job {job_id_of(job)} queued", file=sys.stderr)
     job = c.follow(job, show=not a.no_progress)
     return finish(c, job, Path(a.out))
 
@@ -153,7 +206,8 @@ def cmd_generate(c: Client, a) -> int:
 def finish(c: Client, job: dict, out: Path) -> int:
     if job["status"] != "succeeded":
         err = job.get("error") or {}
-        print(f"error: job {job['id']} {job['status']}: {err.get('code', '')} {err.get('message', '')}".rstrip())
+        what = f"{job_id_of(job)} {printable(job['status'], 20)}: {err.get('code', '')} {err.get('message', '')}"
+        print(f"error: job {printable(what)}".rstrip())
         return 1
     for path in c.download(job, out):
         print(path)
@@ -164,7 +218,7 @@ def cmd_jobs(c: Client, a) -> int:
     if a.action == "list":
         jobs = c.call("GET", "/v1/jobs", params={"limit": a.limit})["data"]
         for j in jobs:
-            print(f"{j['id']}  {j['type']:<14} {j['status']:<10} {j['created_at']}")
+            print(printable(f"{j['id']}  {j['type']:<14} {j['status']:<10} {j['created_at']}", 200))
         return 0
     if not a.id:
         raise ServiceError(0, "usage", f"jobs {a.action} needs a job id")
@@ -173,7 +227,7 @@ def cmd_jobs(c: Client, a) -> int:
         return 0
     if a.action == "cancel":
         job = c.call("POST", f"/v1/jobs/{a.id}/cancel")
-        print(f"{job['id']} {job['status']}")
+        print(printable(f"{job['id']} {job['status']}", 200))
         return 0
     job = c.wait(a.id, a.timeout)  # wait
     print(json.dumps(job, indent=2))
@@ -186,12 +240,12 @@ def cmd_models(c: Client, a) -> int:
     models = c.call("GET", "/v1/models")
     for m in models["data"] if isinstance(models, dict) else models:
         size = f"{m.get('width')}x{m.get('height')}" if m.get("width") else ""
-        print(f"{m['id']:<24} {m['kind']:<10} {size:<10} {','.join(m['tasks'])}")
+        print(printable(f"{m['id']:<24} {m['kind']:<10} {size:<10} {','.join(m['tasks'])}", 200))
     return 0
 
 
 def cmd_upload(c: Client, a) -> int:
-    print(c.upload(a.file))
+    print(printable(c.upload(a.file), 80))
     return 0
 
 
@@ -211,11 +265,11 @@ def cmd_train(c: Client, a) -> int:
         if value is not None:
             body[key] = value
     job = c.call("POST", route, json=body)
-    print(f"job {job['id']} queued", file=sys.stderr)
+    print(f"job {job_id_of(job)} queued", file=sys.stderr)
     job = c.follow(job, show=not a.no_progress)
     if job["status"] != "succeeded":
         return finish(c, job, Path("."))
-    print(f"trained {a.kind} {a.name!r} (job {job['id']})")
+    print(f"trained {a.kind} {a.name!r} (job {job_id_of(job)})")
     return 0
 
 
@@ -291,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if e.code == "usage" else 1
+    except (KeyError, TypeError, AttributeError) as e:  # an answer without the fields every answer has
+        print(f"error: bad_answer: the service answered in an unexpected shape ({type(e).__name__})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ A ``txt2img`` / ``img2img`` call is answered as A1111 answers it, synchronously:
 of ``batch_size`` images (seeds ``seed + i``, as A1111's ``all_seeds``), submitted as the native routes submit them,
 waited for on the event loop, and answered with the images as base64 PNG, the parameters, and ``info`` (a JSON
 string: seeds, sampler, model, and what was ``ignored``). Fields are mapped, ignored (listed in ``info``) or refused
-(422, naming the A1111 field) by the tables below.
+(422, naming the A1111 field) by the tables below. A call is all or nothing: its wait slot is taken before it
+submits, its jobs are canceled when the wait fails (429, an error, the client gone), and one ``Idempotency-Key``
+covers the call (job ``i`` is keyed ``{key}#{i}``).
 
-1. The payload: A1111's field names; unknown fields are kept to be reported, not executed.
+1. The payload: A1111's field names; unknown fields are reported by name (at most 32 names), never executed or kept.
 2. The model: ``override_settings.sd_model_checkpoint``, else the tenant's ``options``, else the default model.
 3. The sampler: A1111's name -> the first of our schedulers the model serves (``core.catalog.A1111_SAMPLERS``).
 4. The jobs: typed v1 requests (txt2img, img2img, inpaint, controlnet), submitted, waited for, answered.
@@ -26,19 +28,24 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.compat.common import (
-    cancel_all,
+    abandon,
     data_uri,
     entry_for,
     image_bytes,
+    kept_names,
     renamed,
+    seed_of_key,
+    shown,
+    submit_all,
     until_terminal,
     validate,
+    wait_slot,
+    while_connected,
 )
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routes.models import model_entries
 from api.state import Backends
-from api.submit import submit_job
 from core import __version__
 from core.catalog import A1111_SAMPLERS, A1111_SCHEDULERS, PREPROCESSORS
 from core.errors import InputError
@@ -240,14 +247,14 @@ def scheduler_for(sampler: str | None, schedule: str | None, entry: ModelEntry) 
     """(our scheduler name or None for the model's default, the A1111 sampler name reported back)."""
     schedule = (schedule or "automatic").lower()
     if schedule not in A1111_SCHEDULERS:
-        raise InputError(f"unknown scheduler {schedule!r}; known: {sorted(A1111_SCHEDULERS)}", field="scheduler")
+        raise InputError(f"unknown scheduler {shown(schedule)!r}; known: {sorted(A1111_SCHEDULERS)}", field="scheduler")
     if not sampler:
         return None, entry.default_scheduler
     name = sampler.strip()
     if schedule == "karras" and not name.endswith("Karras"):
         name += " Karras"
     if name not in A1111_SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; see GET /sdapi/v1/samplers", field="sampler_name")
+        raise InputError(f"unknown sampler {shown(sampler)!r}; see GET /sdapi/v1/samplers", field="sampler_name")
     for ours in A1111_SAMPLERS[name]:
         if ours in entry.schedulers:
             return ours, name
@@ -262,7 +269,9 @@ def _controlnet_unit(scripts: dict[str, AlwaysOnScript]) -> ControlNetUnit | Non
     for name, script in scripts.items():
         if name.lower() != "controlnet":
             if script.args and script.args[0] not in (False, None):  # another extension, switched on
-                raise InputError(f"extension {name!r} is not available here", field=f"alwayson_scripts.{name}")
+                raise InputError(
+                    f"extension {shown(name)!r} is not available here", field=f"alwayson_scripts.{shown(name)}"
+                )
             continue
         for arg in script.args:
             if not isinstance(arg, dict):
@@ -280,7 +289,9 @@ def _preprocess(module: str | None) -> str:
     for name in PREPROCESSORS:
         if m == name or m.startswith(name + "_"):
             return name
-    raise InputError(f"ControlNet module {module!r} is not served; use one of {list(PREPROCESSORS)}", field="module")
+    raise InputError(
+        f"ControlNet module {shown(module)!r} is not served; use one of {list(PREPROCESSORS)}", field="module"
+    )
 
 
 def build_requests(payload: Txt2ImgPayload, model: str, scheduler: str | None, seed: int) -> tuple[JobType, list[Any]]:
@@ -368,37 +379,53 @@ def _info(payload, model: str, entry: ModelEntry, sampler: str, seed: int, jobs,
     )
 
 
+async def _run(request: Request, b: Backends, t: str, job_type: JobType, requests: list) -> list[JobRecord]:
+    """Submit the call's jobs and wait for them: the wait slot is taken before anything is submitted (a call refused
+    for too many waits leaves no job), and when the wait fails (429, an error, the client gone) the jobs this call
+    made are canceled. Past ``SYNC_MAX_WAIT_S`` they go on (504 ``still_running`` names them)."""
+    async with wait_slot(b, t):
+        try:
+            submitted = await submit_all(request, b, t, job_type, requests, {"api": "a1111"})
+        except InputError as e:
+            raise renamed(e, NAMES) from None
+    # no await between leaving the slot and the first wait taking it again (see wait_slot)
+    try:
+        deadline = time.monotonic() + b.settings.sync_max_wait_s
+        return [await until_terminal(b, t, job, deadline) for job, _ in submitted]
+    except BaseException:
+        await abandon(b, t, submitted, request.headers.get("idempotency-key"))
+        raise
+
+
 async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayload) -> dict:
     refused, ignored = _extras(payload)
     if refused:
         raise InputError(f"not served here: {refused} (leave them at A1111's defaults)", field=refused[0])
     title = payload.override_settings.get("sd_model_checkpoint")
-    model = model_id(str(title)) if title else await run_in_threadpool(_current_model, b, t)
+    if title is not None and not (isinstance(title, str) and len(title) <= 256):
+        raise InputError("a checkpoint title of at most 256 characters", field="override_settings.sd_model_checkpoint")
+    model = model_id(title) if title else await run_in_threadpool(_current_model, b, t)
     ignored += [f"override_settings.{k}" for k in payload.override_settings if k != "sd_model_checkpoint"]
     try:
         entry = await run_in_threadpool(entry_for, b, t, model)
     except InputError as e:
         raise renamed(e, NAMES) from None
     sampler_name = payload.sampler_name or (payload.model_extra or {}).get("sampler_index")  # the older name
+    if sampler_name is not None and not isinstance(sampler_name, str):
+        raise InputError("a sampler name", field="sampler_index")
     scheduler, sampler = scheduler_for(sampler_name, payload.scheduler, entry)  # its errors name A1111's fields
-    seed = payload.seed if payload.seed >= 0 else secrets.randbelow(MAX_SEED + 1 - 64)
+    key = request.headers.get("idempotency-key")
+    if payload.seed >= 0:
+        seed = payload.seed
+    elif key:  # a retry of the call draws the same seed, so it is the same call (its jobs come back)
+        seed = seed_of_key(t, key, MAX_SEED + 1 - 64)
+    else:
+        seed = secrets.randbelow(MAX_SEED + 1 - 64)
     try:
         job_type, requests = build_requests(payload, model, scheduler, seed)
     except InputError as e:
         raise renamed(e, NAMES) from None
-    jobs: list[JobRecord] = []
-    try:
-        for req in requests:
-            job, _ = await submit_job(request, b, t, job_type, req, via={"api": "a1111"})
-            jobs.append(job)
-    except InputError as e:
-        await cancel_all(b, jobs)
-        raise renamed(e, NAMES) from None
-    except BaseException:
-        await cancel_all(b, jobs)
-        raise
-    deadline = time.monotonic() + b.settings.sync_max_wait_s
-    done = [await until_terminal(b, t, job, deadline) for job in jobs]
+    done = await while_connected(request, _run(request, b, t, job_type, requests))
     if not all(j.status.is_terminal() for j in done):
         raise ApiError(
             504,
@@ -415,12 +442,23 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
     notes = []
     if any(j.status == JobStatus.canceled for j in done):
         notes.append("interrupted: the images of the jobs that finished")
-    params = payload.model_dump(exclude={"init_images", "mask"})
+    names, more = kept_names(ignored)
+    if more:
+        notes.append(f"{more} more ignored fields not listed")
     return {
         "images": images,
-        "parameters": params,
-        "info": _info(payload, model, entry, sampler, seed, done, ignored, notes),
+        "parameters": _parameters(payload, title),
+        "info": _info(payload, model, entry, sampler, seed, done, names, notes),
     }
+
+
+def _parameters(payload: Txt2ImgPayload, title: str | None) -> dict:
+    """The call's A1111 fields as answered: the declared ones only (unknown fields are counted in ``info``, never
+    echoed), without the images (A1111 drops ``init_images`` and ``mask`` too) or the extensions' args."""
+    fields = set(type(payload).model_fields) - {"init_images", "mask", "alwayson_scripts", "override_settings"}
+    params = payload.model_dump(include=fields)
+    params["override_settings"] = {"sd_model_checkpoint": title} if title else {}
+    return params
 
 
 @router.post("/txt2img", response_model=A1111Response, name="a1111_txt2img")
@@ -497,7 +535,8 @@ async def set_options(body: OptionsBody, t: str = Depends(tenant), b: Backends =
         opts = {**await run_in_threadpool(_options, b, t), "sd_model_checkpoint": model}
         await run_in_threadpool(b.store.registrations.register, t, OPTIONS_KIND, "options", opts)
         applied.append("sd_model_checkpoint")
-    return {"applied": applied, "ignored": sorted(body.model_extra or {})}
+    names, more = kept_names(sorted(body.model_extra or {}))
+    return {"applied": applied, "ignored": names, **({"ignored_more": more} if more else {})}
 
 
 @router.get("/scripts", name="a1111_scripts")

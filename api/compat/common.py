@@ -1,26 +1,63 @@
 """What both adapters need: the model entry a request names, waiting for jobs without holding a thread, the bytes
-of a finished job's images, and the field names of a foreign API in our errors."""
+of a finished job's images, the field names of a foreign API in our errors, and the bounds on what a client's
+request may leave behind (names kept, keys per call, a wait slot taken before anything is submitted)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import re
+import secrets
 import time
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
+from api.errors import ApiError
 from api.state import Backends
+from api.submit import _submit
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.registry import ModelEntry
-from core.schemas import JobRecord
+from core.schemas import NAME_PATTERN, JobRecord, JobType
 from core.tenant_models import tenant_model_entry
 
 SNIFF = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+# what a call may leave in a record or echo back of the names it sent and we did not use: a prediction's record and
+# every read of it stay a few KB however many unknown inputs the body held (values are never kept)
+MAX_NAMES = 32
+MAX_NAME_CHARS = 64
+T = TypeVar("T")
+
+
+def shown(value: object, limit: int = MAX_NAME_CHARS) -> str:
+    """A client's value as an error message or a log line may quote it: printable, at most ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return cut + ("…" if len(text) > limit else "")
+
+
+def kept_names(names: Iterable[str]) -> tuple[list[str], int]:
+    """(at most MAX_NAMES distinct names, each :func:`shown`, how many more there were)."""
+    kept: list[str] = []
+    more = 0
+    for name in dict.fromkeys(names):
+        if len(kept) < MAX_NAMES:
+            kept.append(shown(name))
+        else:
+            more += 1
+    return kept, more
 
 
 def entry_for(b: Backends, tenant: str, model_id: str) -> ModelEntry:
     """The registry entry of ``model_id`` (the tenant's own trained models first). Blocking."""
+    if not re.match(NAME_PATTERN, model_id):  # before any lookup: never a path, never quoted whole
+        raise InputError(f"unknown model {shown(model_id)!r}", field="model", code="unknown_model")
     return tenant_model_entry(b.store, tenant, model_id) or b.registry.get(model_id)
 
 
@@ -49,12 +86,76 @@ def validate(model: type[BaseModel], data: dict, names: dict[str, str]) -> BaseM
     except ValidationError as e:
         err = e.errors()[0]
         ours = ".".join(str(p) for p in err.get("loc", ()))
-        raise InputError(err.get("msg", "invalid"), field=names.get(ours.split(".")[0], ours)) from None
+        raise InputError(err.get("msg", "invalid"), field=names.get(ours.split(".")[0], shown(ours, 128))) from None
 
 
 def renamed(e: InputError, names: dict[str, str]) -> InputError:
     field = names.get((e.field or "").split(".")[0], e.field) if e.field else None
     return type(e)(e.message, field=field, code=e.code)
+
+
+# -- one call, several jobs: a wait slot first, one idempotency key each, nothing left running when the call fails --
+@asynccontextmanager
+async def wait_slot(b: Backends, tenant: str) -> AsyncIterator[None]:
+    """Hold one of the tenant's open waits (429 ``too_many_waits`` past the cap) while a call submits its jobs, so
+    that a call refused for waits has submitted nothing. Leave it and start the wait with no ``await`` in between
+    (:func:`until_terminal`): on the event loop nothing else runs there, so the slot passes to the wait untaken."""
+    async with b.waiters.watch(tenant, f"call_{secrets.token_hex(8)}", every_event=False):
+        yield
+
+
+def call_idempotency(request: Request, job_type: JobType, bodies: list[BaseModel]) -> tuple[str, str] | None:
+    """(the call's Idempotency-Key, a hash of every job request of the call) when the client sent the header. Job
+    ``i`` is keyed ``{key}#{i}`` and holds the whole call's hash: a repeated call gets its jobs back, and the same
+    key with any other call (another job, one more or one fewer) is a 409."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
+    h = hashlib.sha256(f"{job_type.value}\n{len(bodies)}".encode())
+    for body in bodies:
+        h.update(b"\n" + body.model_dump_json().encode())
+    return key, h.hexdigest()
+
+
+def seed_of_key(tenant: str, key: str, below: int) -> int:
+    """The seed a call with an Idempotency-Key draws when it asked for a random one: the same on every retry, so the
+    retry is the same call."""
+    return int.from_bytes(hashlib.sha256(f"{tenant}\n{key}".encode()).digest()[:8], "big") % below
+
+
+async def submit_all(
+    request: Request, b: Backends, tenant: str, job_type: JobType, bodies: list[BaseModel], via: dict | None
+) -> list[tuple[JobRecord, bool]]:
+    """Queue a call's jobs as every route does (rate limit, validation, quotas), one idempotency key per job; all or
+    nothing: when one is refused, those this call created are canceled and their keys released."""
+    idem = call_idempotency(request, job_type, bodies)
+    submitted: list[tuple[JobRecord, bool]] = []
+    try:
+        for i, body in enumerate(bodies):
+            key = (f"{idem[0]}#{i}", idem[1]) if idem else None
+            submitted.append(
+                await run_in_threadpool(_submit, b, tenant, job_type, body, key, str(request.base_url), via)
+            )
+    except BaseException:
+        await abandon(b, tenant, submitted, idem[0] if idem else None)
+        raise
+    return submitted
+
+
+def _abandon(b: Backends, tenant: str, submitted: list[tuple[JobRecord, bool]], key: str | None) -> None:
+    for i, (job, created) in enumerate(submitted):
+        if created:  # a replayed job belongs to the call that made it
+            lifecycle.cancel(b.store, job.id)
+            if key is not None:
+                b.store.jobs.release_idempotency(tenant, f"{key}#{i}", job.id)
+
+
+async def abandon(b: Backends, tenant: str, submitted: list[tuple[JobRecord, bool]], key: str | None) -> None:
+    """Cancel the jobs this call created (queued: never start; running: stop at their next step) and release their
+    keys, so that a retry makes new ones. Shielded: it runs to its end when the call is being cancelled."""
+    await asyncio.shield(run_in_threadpool(_abandon, b, tenant, submitted, key))
 
 
 async def until_terminal(b: Backends, tenant: str, job: JobRecord, deadline: float) -> JobRecord:
@@ -67,12 +168,38 @@ async def until_terminal(b: Backends, tenant: str, job: JobRecord, deadline: flo
     return job
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone. The body is read by then, so the server's ``receive`` blocks until the
+    connection closes (or the answer is sent)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(1.0)  # a server that answers at once instead of blocking: poll
+
+
+_RUNNING: set[asyncio.Task] = set()  # calls cancelled on a disconnect, held until their cleanup ends
+
+
+async def while_connected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """``await work``, cancelled when the client goes away first (its own handlers then cancel its jobs)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            _RUNNING.add(task)
+            task.add_done_callback(_RUNNING.discard)
+    if not task.cancelled() and task.done():
+        return task.result()
+    await asyncio.wait({task}, timeout=30)  # its jobs canceled before this answer, which no one reads
+    raise ApiError(499, "client_closed_request", "the client went away; the call's jobs were canceled")
+
+
 def image_bytes(b: Backends, job: JobRecord) -> list[bytes]:
     """The PNG bytes of a finished job's images, in output order. Blocking."""
     keys = [(o.model_extra or {}).get("key") for o in job.output if o.content_type == "image/png"]
     return [b.storage.get(k) for k in keys if k]
-
-
-async def cancel_all(b: Backends, jobs: list[JobRecord]) -> None:
-    for job in jobs:
-        await run_in_threadpool(lifecycle.cancel, b.store, job.id)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -22,10 +24,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.compat.common import entry_for, renamed, validate
+from api.compat.common import entry_for, kept_names, renamed, shown, validate, wait_slot
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routes.jobs import cancel_own, own_job
+from api.routes.models import model_entries
 from api.state import Backends
 from api.submit import job_view, prefer_wait, submit_job
 from core.contract import REQUEST_MODELS
@@ -69,7 +72,7 @@ SCHEDULERS = {
 # each job type's request fields, and every field any of them takes (computed once)
 FIELDS = {t: set(m.model_fields) for t, m in REQUEST_MODELS.items()}
 KNOWN = set().union(*(FIELDS[t] for t in (JobType.controlnet, JobType.inpaint, JobType.video)))
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+DURATION = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,9})?)\s*(ms|s|m|h)?\s*$")
 
 
 # -- 1. the body ----------------------------------------------------------------------------------------------------
@@ -99,23 +102,26 @@ def model_from_version(version: str, entries: list[ModelEntry]) -> tuple[str, st
         for e in entries:
             if e.version and e.version.startswith(ref):
                 return OWNER, e.id
-    raise InputError(f"unknown version {version!r}: a model id, owner/name or a model's sha256", field="version")
+    raise InputError(f"unknown version {shown(version)!r}: a model id, owner/name or a model's sha256", field="version")
 
 
 def cancel_after(header: str | None) -> int | None:
-    """``Cancel-After: 30s | 5m | 1h | 250ms | 30`` -> whole seconds (at least 1)."""
-    if not header:
+    """``Cancel-After: 30s | 5m | 1h | 250ms | 30`` -> whole seconds (rounded up), more than 0 and at most the
+    service's longest timeout; anything else (unparsable, negative, zero, infinite, too large) is a 422 naming it."""
+    if header is None:
         return None
-    m = DURATION.match(header)
+    m = DURATION.match(header) if len(header) <= 32 else None
     if m is None:
         raise InputError("a duration such as 30s, 5m or 1h", field="Cancel-After")
-    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
-    return max(1, min(int(float(m.group(1)) * scale + 0.999), MAX_TIMEOUT_S))
+    seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise InputError(f"more than 0 and at most {MAX_TIMEOUT_S} s", field="Cancel-After")
+    return math.ceil(seconds)
 
 
 # -- 2. the job -----------------------------------------------------------------------------------------------------
 def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s: int | None):
-    """(job type, typed request, input names ignored)."""
+    """(job type, typed request, input names ignored: every one, of which the record keeps MAX_NAMES)."""
     data: dict[str, Any] = {"model": model_id}
     ignored = []
     for name, value in body.input.items():
@@ -157,28 +163,35 @@ def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s
 
 async def create(request: Request, b: Backends, t: str, owner: str, model_id: str, body: PredictionBody):
     if not re.match(NAME_PATTERN, model_id):
-        raise InputError(f"unknown model {model_id!r}", field="model")
+        raise InputError(f"unknown model {shown(model_id)!r}", field="model")
     timeout_s = cancel_after(request.headers.get("cancel-after"))
     wait = prefer_wait(request.headers.get("prefer"), b.settings.max_wait_s)
-    if wait is not None:
-        b.waiters.check(t)
-    try:
-        entry = await run_in_threadpool(entry_for, b, t, model_id)
-        job_type, req, ignored = to_request(model_id, entry, body, timeout_s)
-        via = {"api": "replicate", "owner": owner, "ignored": ignored, "cancel_after": timeout_s}
-        job, created = await submit_job(request, b, t, job_type, req, via=via)
-    except InputError as e:
-        raise renamed(e, {k: f"input.{v}" for k, v in THEIR_NAMES.items()}) from None
+    names = {k: f"input.{v}" for k, v in THEIR_NAMES.items()}
+    if timeout_s is not None:
+        names["timeout_s"] = "Cancel-After"  # the family's cap refuses the header's value
+    # a synchronous wait holds its slot before the job is submitted: a 429 leaves no job behind
+    async with wait_slot(b, t) if wait is not None else nullcontext():
+        try:
+            entry = await run_in_threadpool(entry_for, b, t, model_id)
+            job_type, req, ignored = to_request(model_id, entry, body, timeout_s)
+            kept, more = kept_names(ignored)
+            via = {"api": "replicate", "owner": shown(owner), "ignored": kept, "ignored_more": more,
+                   "cancel_after": timeout_s}  # fmt: skip
+            job, created = await submit_job(request, b, t, job_type, req, via=via)
+        except InputError as e:
+            raise renamed(e, names) from None
     headers = {"Location": f"/v1/predictions/{job.id}"}
-    if wait is not None:
+    if wait is not None:  # no await since the slot was left: the wait takes it over (see wait_slot)
         job = await b.waiters.until_terminal(t, job, wait, b.store.jobs.get)
         headers["Preference-Applied"] = f"wait={wait:g}"
     return JSONResponse(view(job, b, str(request.base_url)), status_code=201 if created else 200, headers=headers)
 
 
 # -- 3. the view ----------------------------------------------------------------------------------------------------
-def _logs(data: dict, ignored: list[str]) -> str:
-    lines = [f"ignored inputs: {', '.join(ignored)}"] if ignored else []
+def _logs(data: dict, via: dict) -> str:
+    ignored, more = kept_names(via.get("ignored") or [])  # records made before the bound are bounded on read
+    more += via.get("ignored_more") or 0
+    lines = [f"ignored inputs: {', '.join(ignored)}" + (f" and {more} more" if more else "")] if ignored else []
     p = data.get("progress") or {}
     step, total = p.get("step", 0), p.get("total", 0)
     if total:
@@ -208,13 +221,13 @@ def prediction(data: dict, via: dict | None, base_url: str) -> dict:
     }
     return {
         "id": data["id"],
-        "model": f"{via.get('owner', OWNER)}/{model}",
+        "model": f"{shown(via.get('owner', OWNER))}/{model}",
         "version": (data.get("model") or {}).get("sha256") or model,
         "input": data.get("input"),
         "output": [o["url"] for o in data.get("output", []) if o.get("url")] if status == "succeeded" else None,
         "status": status,
         "error": f"{err['code']}: {err['message']}" if err else None,
-        "logs": _logs(data, via.get("ignored") or []),
+        "logs": _logs(data, via),
         "metrics": {
             "predict_time": (metrics.get("inference_ms") or 0) / 1000 if metrics.get("inference_ms") else None,
             "total_time": (metrics.get("total_ms") or 0) / 1000 if metrics.get("total_ms") else None,
@@ -271,7 +284,7 @@ async def create_prediction(
     ref = body.version or body.model
     if not ref:
         raise InputError("give version or model", field="version")
-    entries = await run_in_threadpool(b.registry.list)
+    entries = await run_in_threadpool(model_entries, b, t)  # the tenant's own trained models too
     owner, model_id = model_from_version(ref, entries)
     return await create(request, b, t, owner[:64], model_id, body)
 
