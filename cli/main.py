@@ -156,14 +156,22 @@ class Client:
             url = item.get("url")
             if item.get("content_type") == "application/octet-stream" or not isinstance(url, str):
                 continue  # checkpoints stay on the service
-            path, f = open_inside(out, output_name(job_id, i, item))
-            with f, httpx.stream("GET", url, timeout=120) as r:
+            files.append(self._fetch(url, out, output_name(job_id, i, item), i))
+        return files
+
+    @staticmethod
+    def _fetch(url: str, out: Path, name: str, i: int) -> Path:
+        try:
+            with httpx.stream("GET", url, timeout=120) as r:
                 if r.status_code != 200:
                     raise ServiceError(r.status_code, "download_failed", f"could not fetch output {i}")
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-            files.append(path)
-        return files
+                path, f = open_inside(out, name)
+                with f:
+                    for chunk in r.iter_bytes():  # streamed to disk, never whole in memory
+                        f.write(chunk)
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            raise ServiceError(0, "download_failed", f"could not fetch output {i}: {type(e).__name__}") from None
+        return path
 
 
 # -- commands ----------------------------------------------------------------------------------------------

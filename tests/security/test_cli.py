@@ -166,4 +166,8 @@ def test_an_answer_of_the_wrong_shape_is_an_error_not_a_traceback(hostile, tmp_p
     hostile.job = {"status": "succeeded"}  # no id, no output
     r = generate(hostile.url, tmp_path / "out")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error:" in r.stderr, (r.stdout, r.stderr)
+    for url in ("file:///etc/passwd", "::::", "http://[::1"):  # outputs the CLI cannot fetch
+        hostile.answer(GOOD_ID, [{**image(hostile.url), "url": url}])
+        r = generate(hostile.url, tmp_path / "out")
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "download_failed" in r.stderr, (r.stdout, r.stderr)
     assert files_under(tmp_path) == set()
