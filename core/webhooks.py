@@ -246,11 +246,13 @@ class Deliverer:
             due = self.store.webhooks.claim_due(now, LEASE_S, CLAIM_BATCH)
         except Exception:  # noqa: BLE001 - the store is away: try again
             return 0
-        for delivery in due:
+        for delivery in due:  # oldest first
             tenant, host = self._slots(delivery)
-            busy_tenant = sum(self._slots(d)[0] == tenant for d, _ in self.in_flight.values()) >= self.per_tenant
-            busy_host = sum(self._slots(d)[1] == host for d, _ in self.in_flight.values()) >= self.per_tenant
-            if busy_tenant or busy_host or len(self.in_flight) >= self.concurrency:
+            flying = [d for d, _ in self.in_flight.values()]
+            busy_tenant = sum(self._slots(d)[0] == tenant for d in flying) >= self.per_tenant
+            busy_host = sum(self._slots(d)[1] == host for d in flying) >= self.per_tenant
+            busy_job = any(d["job_id"] == delivery["job_id"] for d in flying)  # a job's events go one at a time
+            if busy_tenant or busy_host or busy_job or len(self.in_flight) >= self.concurrency:
                 # its tenant's (or host's) slots are held by attempts that end within timeout_s: due again then
                 later = now + (self.timeout_s if busy_tenant or busy_host else self.interval_s)
                 self._reschedule(delivery, later)
