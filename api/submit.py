@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import nullcontext
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -73,29 +74,38 @@ def idempotency_of(request: Request, job_type: JobType, body: BaseModel) -> tupl
 
 
 async def submit_job(
-    request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel, via: dict | None = None
+    request: Request,
+    b: Backends,
+    tenant: str,
+    job_type: JobType,
+    body: BaseModel,
+    via: dict | None = None,
+    idempotency: tuple[str, str] | None | bool = True,
 ) -> tuple[JobRecord, bool]:
     """Queue one job as every route does (rate limit, validation, idempotency, quotas): the compatibility adapters'
-    way in, so they never grow a second execution path."""
-    idempotency = idempotency_of(request, job_type, body)
+    way in, so they never grow a second execution path. ``idempotency``: True reads the request's Idempotency-Key;
+    else (key, request hash) or None, as the caller derived it (one call of several jobs keys each)."""
+    if idempotency is True:
+        idempotency = idempotency_of(request, job_type, body)
     return await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency, str(request.base_url), via)
 
 
 async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
     idempotency = idempotency_of(request, job_type, body)
     wait = prefer_wait(request.headers.get("prefer"), b.settings.max_wait_s)
-    if wait is not None:
-        b.waiters.check(tenant)  # a synchronous wait counts as an open wait (429 past MAX_WAITS_PER_TENANT)
-    job, created = await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency, str(request.base_url))
-    headers = {"Location": f"/v1/jobs/{job.id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true"
-    status = 202
-    if wait is not None:
-        job = await b.waiters.until_terminal(tenant, job, wait, b.store.jobs.get)
-        if job.status.is_terminal():
-            status = 201 if created else 200  # the finished job; 200 on an idempotent replay
-        headers["Preference-Applied"] = f"wait={wait:g}"
+    # a synchronous wait is an open wait, held before the job is submitted: a 429 (past MAX_WAITS_PER_TENANT)
+    # leaves no job behind
+    with b.waiters.held(tenant) if wait is not None else nullcontext():
+        job, created = await submit_job(request, b, tenant, job_type, body, idempotency=idempotency)
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        status = 202
+        if wait is not None:
+            job = await b.waiters.until_terminal(tenant, job, wait, b.store.jobs.get, held=True)
+            if job.status.is_terminal():
+                status = 201 if created else 200  # the finished job; 200 on an idempotent replay
+            headers["Preference-Applied"] = f"wait={wait:g}"
     return JSONResponse(job_view(job, b, str(request.base_url)), status_code=status, headers=headers)
 
 

@@ -7,8 +7,8 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 
 from fastapi.concurrency import run_in_threadpool
 
@@ -48,30 +48,46 @@ class Waiters:
                 code="too_many_waits",
             )
 
-    @asynccontextmanager
-    async def watch(self, tenant: str, job_id: str, every_event: bool = True) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever ``job_id`` gets an event (``every_event`` False: status changes only, what a
-        long-poll waits for; a 1000-step job then wakes it twice, not 1000 times); counts against the tenant's open
-        waits (429 past it). Clear it before reading the store, then wait on it: nothing in between is missed."""
+    @contextmanager
+    def held(self, tenant: str) -> Iterator[None]:
+        """One of the tenant's open waits, held for the block (429 ``too_many_waits`` past the cap). A call that
+        submits and then waits takes it before it submits, so a refusal leaves no job behind; its waits inside the
+        block pass ``held=True``."""
         self.check(tenant)
         self._open[tenant] += 1
-        ev = asyncio.Event()
-        self._events[job_id][ev] = every_event
         try:
-            yield ev
+            yield
         finally:
             self._open[tenant] -= 1
-            group = self._events.get(job_id)
-            if group is not None:
-                group.pop(ev, None)
-                if not group:
-                    del self._events[job_id]
 
-    async def until_terminal(self, tenant: str, job, wait: float, read: Callable[[str], object]):
+    @asynccontextmanager
+    async def watch(
+        self, tenant: str, job_id: str, every_event: bool = True, held: bool = False
+    ) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``job_id`` gets an event (``every_event`` False: status changes only, what a
+        long-poll waits for; a 1000-step job then wakes it twice, not 1000 times); counts against the tenant's open
+        waits (429 past it) unless the caller ``held`` one already. Clear it before reading the store, then wait on
+        it: nothing in between is missed."""
+        with nullcontext() if held else self.held(tenant):
+            ev = asyncio.Event()
+            self._events[job_id][ev] = every_event
+            try:
+                yield ev
+            finally:
+                self._forget(job_id, ev)
+
+    def _forget(self, job_id: str, ev: asyncio.Event) -> None:
+        group = self._events.get(job_id)
+        if group is not None:
+            group.pop(ev, None)
+            if not group:
+                del self._events[job_id]
+
+    async def until_terminal(self, tenant: str, job, wait: float, read: Callable[[str], object], held: bool = False):
         """``job`` once terminal, or as ``read(job.id)`` (blocking, run in the threadpool) last gave it after ``wait``
         seconds: woken by its status events, no thread or connection held while waiting."""
         deadline = time.monotonic() + wait
-        async with self.watch(tenant, job.id, every_event=False) as changed:
+        async with self.watch(tenant, job.id, every_event=False, held=held) as changed:
             while not job.status.is_terminal():
                 changed.clear()  # before the read: a change after it wakes the wait below
                 job = await run_in_threadpool(read, job.id) or job

@@ -39,7 +39,6 @@ from api.compat.common import (
     submit_all,
     until_terminal,
     validate,
-    wait_slot,
     while_connected,
 )
 from api.deps import backends, tenant
@@ -383,18 +382,17 @@ async def _run(request: Request, b: Backends, t: str, job_type: JobType, request
     """Submit the call's jobs and wait for them: the wait slot is taken before anything is submitted (a call refused
     for too many waits leaves no job), and when the wait fails (429, an error, the client gone) the jobs this call
     made are canceled. Past ``SYNC_MAX_WAIT_S`` they go on (504 ``still_running`` names them)."""
-    async with wait_slot(b, t):
+    with b.waiters.held(t):
         try:
             submitted = await submit_all(request, b, t, job_type, requests, {"api": "a1111"})
         except InputError as e:
             raise renamed(e, NAMES) from None
-    # no await between leaving the slot and the first wait taking it again (see wait_slot)
-    try:
-        deadline = time.monotonic() + b.settings.sync_max_wait_s
-        return [await until_terminal(b, t, job, deadline) for job, _ in submitted]
-    except BaseException:
-        await abandon(b, t, submitted, request.headers.get("idempotency-key"))
-        raise
+        try:
+            deadline = time.monotonic() + b.settings.sync_max_wait_s
+            return [await until_terminal(b, t, job, deadline) for job, _ in submitted]
+        except BaseException:
+            await abandon(b, t, submitted, request.headers.get("idempotency-key"))
+            raise
 
 
 async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayload) -> dict:

@@ -8,10 +8,8 @@ import asyncio
 import base64
 import hashlib
 import re
-import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -20,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError
 from api.state import Backends
-from api.submit import _submit
+from api.submit import submit_job
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.registry import ModelEntry
@@ -95,15 +93,6 @@ def renamed(e: InputError, names: dict[str, str]) -> InputError:
 
 
 # -- one call, several jobs: a wait slot first, one idempotency key each, nothing left running when the call fails --
-@asynccontextmanager
-async def wait_slot(b: Backends, tenant: str) -> AsyncIterator[None]:
-    """Hold one of the tenant's open waits (429 ``too_many_waits`` past the cap) while a call submits its jobs, so
-    that a call refused for waits has submitted nothing. Leave it and start the wait with no ``await`` in between
-    (:func:`until_terminal`): on the event loop nothing else runs there, so the slot passes to the wait untaken."""
-    async with b.waiters.watch(tenant, f"call_{secrets.token_hex(8)}", every_event=False):
-        yield
-
-
 def call_idempotency(request: Request, job_type: JobType, bodies: list[BaseModel]) -> tuple[str, str] | None:
     """(the call's Idempotency-Key, a hash of every job request of the call) when the client sent the header. Job
     ``i`` is keyed ``{key}#{i}`` and holds the whole call's hash: a repeated call gets its jobs back, and the same
@@ -135,9 +124,7 @@ async def submit_all(
     try:
         for i, body in enumerate(bodies):
             key = (f"{idem[0]}#{i}", idem[1]) if idem else None
-            submitted.append(
-                await run_in_threadpool(_submit, b, tenant, job_type, body, key, str(request.base_url), via)
-            )
+            submitted.append(await submit_job(request, b, tenant, job_type, body, via, idempotency=key))
     except BaseException:
         await abandon(b, tenant, submitted, idem[0] if idem else None)
         raise
@@ -159,12 +146,13 @@ async def abandon(b: Backends, tenant: str, submitted: list[tuple[JobRecord, boo
 
 
 async def until_terminal(b: Backends, tenant: str, job: JobRecord, deadline: float) -> JobRecord:
-    """Wait (on the event loop, woken by status events) until ``job`` ends or ``deadline`` (monotonic) passes."""
+    """Wait (on the event loop, woken by status events) until ``job`` ends or ``deadline`` (monotonic) passes, in the
+    wait slot the caller holds (``Waiters.held``)."""
     while not job.status.is_terminal():
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        job = await b.waiters.until_terminal(tenant, job, min(left, 30.0), b.store.jobs.get)
+        job = await b.waiters.until_terminal(tenant, job, min(left, 30.0), b.store.jobs.get, held=True)
     return job
 
 

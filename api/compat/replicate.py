@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.compat.common import entry_for, kept_names, renamed, shown, validate, wait_slot
+from api.compat.common import entry_for, kept_names, renamed, shown, validate
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routes.jobs import cancel_own, own_job
@@ -170,7 +170,7 @@ async def create(request: Request, b: Backends, t: str, owner: str, model_id: st
     if timeout_s is not None:
         names["timeout_s"] = "Cancel-After"  # the family's cap refuses the header's value
     # a synchronous wait holds its slot before the job is submitted: a 429 leaves no job behind
-    async with wait_slot(b, t) if wait is not None else nullcontext():
+    with b.waiters.held(t) if wait is not None else nullcontext():
         try:
             entry = await run_in_threadpool(entry_for, b, t, model_id)
             job_type, req, ignored = to_request(model_id, entry, body, timeout_s)
@@ -180,10 +180,10 @@ async def create(request: Request, b: Backends, t: str, owner: str, model_id: st
             job, created = await submit_job(request, b, t, job_type, req, via=via)
         except InputError as e:
             raise renamed(e, names) from None
-    headers = {"Location": f"/v1/predictions/{job.id}"}
-    if wait is not None:  # no await since the slot was left: the wait takes it over (see wait_slot)
-        job = await b.waiters.until_terminal(t, job, wait, b.store.jobs.get)
-        headers["Preference-Applied"] = f"wait={wait:g}"
+        headers = {"Location": f"/v1/predictions/{job.id}"}
+        if wait is not None:
+            job = await b.waiters.until_terminal(t, job, wait, b.store.jobs.get, held=True)
+            headers["Preference-Applied"] = f"wait={wait:g}"
     return JSONResponse(view(job, b, str(request.base_url)), status_code=201 if created else 200, headers=headers)
 
 
