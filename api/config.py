@@ -44,8 +44,9 @@ class Settings(ServiceSettings):
     webhook_retry_s: float = Field(3600.0, ge=0, description="how long a webhook delivery is retried")
     webhook_backoff_s: float = Field(1.0, gt=0, description="the first retry's delay, doubling to 10 minutes")
     webhook_concurrency: int = Field(8, ge=1, le=64, description="webhook attempts in flight per gateway")
-    webhook_per_tenant: int = Field(
-        2, ge=1, description="webhook attempts in flight per tenant (and per receiving host)"
+    webhook_per_tenant: int = Field(2, ge=1, description="webhook attempts in flight per tenant")
+    webhook_per_host: int = Field(
+        4, ge=1, description="webhook attempts in flight per receiver (host and port), at least WEBHOOK_PER_TENANT"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="wall-clock deadline of one webhook attempt")
     grid_max_total_steps: int = Field(

@@ -53,6 +53,7 @@ class Backends:
                 timeout_s=s.webhook_timeout_s,
                 concurrency=s.webhook_concurrency,
                 per_tenant=s.webhook_per_tenant,
+                per_host=s.webhook_per_host,
                 shapes={"replicate": replicate.webhook_body},  # a prediction's webhook carries the prediction
             ).start(self._stop)
         )

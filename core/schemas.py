@@ -102,7 +102,11 @@ class Notified(Strict):
             return v
         from urllib.parse import urlsplit
 
-        parts = urlsplit(v)
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError("not a URL: its host or port cannot be read") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL with a host")
         return v

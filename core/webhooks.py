@@ -12,7 +12,8 @@
    cannot redirect it), and POSTs ``{"type": "job.<event>", "timestamp": ..., "data": <the job envelope>}`` with the
    ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers of Standard Webhooks (the
    ``standardwebhooks`` package). Each attempt has a wall-clock deadline, reads the status and never the body, and
-   takes a slot of a small pool shared fairly: a tenant (and a receiving host) holds at most ``per_tenant`` slots.
+   takes a slot of a small pool shared fairly: a tenant holds at most ``per_tenant`` slots, a receiving host (host
+   and port) at most ``per_host``, more than one tenant's share, so no tenant fills a receiver that others use.
 4. A non-2xx answer, a timeout or a refused connection is retried with exponential backoff under the same
    ``webhook-id`` until ``WEBHOOK_RETRY_S`` has passed since the event; every attempt is recorded on the job
    (``webhooks``).
@@ -108,12 +109,15 @@ def check_address(ip: str, allow_private: bool) -> None:
 
 def resolve(url: str, allow_private: bool) -> tuple[str, int, str]:
     """(host, port, the one address a delivery will use): every address the host resolves to must pass."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number from 0 to 65535, brackets that do not close
+        raise _refused("webhook is not a URL whose host and port can be read") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _refused("webhook must be an http(s) URL with a host")
     if parts.username or parts.password:
         raise _refused("webhook URL must not carry credentials")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
@@ -181,7 +185,7 @@ class Deliverer:
 
     Every outbound attempt is bounded: a wall-clock deadline (``timeout_s``, connect to status line included, so a
     receiver that drips a byte every few seconds is cut off), the response body never read (only the status), at most
-    ``concurrency`` attempts in flight per gateway and ``per_tenant`` per tenant and per receiving host. A slow or
+    ``concurrency`` attempts in flight per gateway, ``per_tenant`` per tenant and ``per_host`` per receiver. A slow or
     hostile receiver costs its own tenant's slots, never another tenant's. A delivery that must wait for its
     tenant's or host's slot goes back to the queue (due again when a slot is expected free), and the lease of an
     attempt in flight is renewed, so no other gateway claims it meanwhile."""
@@ -199,6 +203,7 @@ class Deliverer:
         shapes: dict[str, Callable[[dict, dict], dict]] | None = None,
         concurrency: int = 8,
         per_tenant: int = 2,
+        per_host: int = 4,
     ):
         self.store = store
         # adapter name (JobRecord.via["api"]) -> (job with output URLs, delivery) -> the body sent
@@ -212,6 +217,7 @@ class Deliverer:
         self.interval_s = interval_s
         self.concurrency = concurrency
         self.per_tenant = per_tenant
+        self.per_host = max(per_host, per_tenant)
         self.in_flight: dict[str, tuple[dict, float]] = {}  # delivery id -> (delivery, when its lease was renewed)
 
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -250,11 +256,12 @@ class Deliverer:
             tenant, host = self._slots(delivery)
             flying = [d for d, _ in self.in_flight.values()]
             busy_tenant = sum(self._slots(d)[0] == tenant for d in flying) >= self.per_tenant
-            busy_host = sum(self._slots(d)[1] == host for d in flying) >= self.per_tenant
+            busy_host = sum(self._slots(d)[1] == host for d in flying) >= self.per_host
             busy_job = any(d["job_id"] == delivery["job_id"] for d in flying)  # a job's events go one at a time
             if busy_tenant or busy_host or busy_job or len(self.in_flight) >= self.concurrency:
-                # its tenant's (or host's) slots are held by attempts that end within timeout_s: due again then
-                later = now + (self.timeout_s if busy_tenant or busy_host else self.interval_s)
+                # its tenant's slots are held by attempts that end within timeout_s: due again then; a receiver
+                # shared with other tenants, or a job's earlier event, frees sooner: look again shortly
+                later = now + (self.timeout_s if busy_tenant else max(self.interval_s, 1.0))
                 self._reschedule(delivery, later)
                 continue
             self.in_flight[delivery["id"]] = (delivery, time.monotonic())

@@ -106,3 +106,13 @@ def test_a_grid_axis_value_is_a_bounded_string(client):
     body = {"base": {"model": "digits", "prompt": "3"}, "x": {"param": "scheduler", "values": ["d" * 100_000]}}
     r = client.post("/v1/grids", json=body)
     assert r.status_code == 422 and len(r.content) < 2000
+
+
+@pytest.mark.parametrize("route", ["/v1/txt2img", "/v1/predictions"])
+def test_a_webhook_with_a_port_out_of_range_is_a_422_naming_it(client, route):
+    body = {"prompt": "3", "webhook": "http://example.com:99999/"}
+    if route == "/v1/predictions":
+        body = {"version": "digits", "input": {"prompt": "3"}, "webhook": "http://example.com:65536/"}
+    r = client.post(route, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "webhook"

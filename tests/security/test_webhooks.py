@@ -32,6 +32,7 @@ class Hostile:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
         self.stop = threading.Event()
         self.connections = 0
+        self.fast = 0
         self.sent = 0
         self.ids: list[str] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -56,7 +57,10 @@ class Hostile:
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"webhook-id:"):
                     self.ids.append(line.split(b":", 1)[1].strip().decode())
-            if self.mode == "flood":
+            if b" /fast" in head.split(b"\r\n", 1)[0]:  # a path of another tenant's on this same receiver
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                self.fast += 1
+            elif self.mode == "flood":
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % FLOOD_BYTES)
                 chunk = b"x" * 2**20
                 while self.sent < FLOOD_BYTES and not self.stop.is_set():
@@ -201,6 +205,32 @@ def test_a_tenant_at_its_share_waits_while_another_tenant_is_delivered_at_once()
         stop.set()
         drip.close()
         honest.close()
+
+
+def test_a_tenant_filling_a_shared_receiver_with_slow_paths_does_not_hold_another_tenants_path_there():
+    """One receiver host for both (a public request-bin, say): mallory's paths there drip, alice's answers at once.
+    Mallory holds her two slots; the receiver's others are still free for alice."""
+    store = memory_store()
+    shared = Hostile("drip", drip_s=1.0)
+    stop = threading.Event()
+    try:
+        now = time.time()
+        for i in range(6):
+            store.webhooks.add(_delivery(f"msg_m{i}", "mallory", f"{shared.url}/slow{i}"), now)
+        store.webhooks.add(_delivery("msg_a", "alice", shared.url.replace("/hook", "/fast")), now + 0.001)
+        webhooks.Deliverer(store, webhooks.new_secret(), lambda k, b: k, allow_private=True, timeout_s=5.0).start(stop)
+        wait_for(lambda: shared.fast == 1, 3, what="alice's delivery to the shared receiver")
+        assert shared.ids.count("msg_a") == 1 and len([i for i in shared.ids if i.startswith("msg_m")]) == 2
+    finally:
+        stop.set()
+        shared.close()
+
+
+@pytest.mark.parametrize("url", ["http://example.com:99999/", "http://example.com:-1/", "http://[::1:99999/"])
+def test_a_webhook_url_with_an_unreadable_port_is_a_422_not_a_500(url):
+    with pytest.raises(InputError) as e:
+        webhooks.check_target(url, allow_private=True)
+    assert e.value.field == "webhook"
 
 
 def _delivery(delivery_id: str, tenant: str, url: str) -> dict:
