@@ -60,10 +60,21 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
 
 
+MAX_MESSAGE = 1000  # an error never carries more of what a client sent than this (messages quote values)
+MAX_QUOTED = 64
+
+
+def shown(value: object, limit: int = MAX_QUOTED) -> str:
+    """A client's value as an error message or a log line may quote it: printable, at most ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return cut + ("…" if len(text) > limit else "")
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "field": field}}, status_code=status, headers=headers
-    )
+    field = None if field is None else field[:200]
+    body = {"code": code, "message": message[:MAX_MESSAGE], "field": field}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:

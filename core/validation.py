@@ -272,6 +272,9 @@ def prepare(v: Inputs, tenant: str, job_type: JobType, body: BaseModel) -> tuple
     _fill_timeout(data, family)
     if job_type != JobType.grid and data.get("seed") is None:  # a grid's seed is its base request's
         data["seed"] = secrets.randbelow(MAX_SEED + 1 - 8)  # image i uses seed + i
+    last = (data.get("seed") or 0) + data.get("num_images", 1) - 1
+    if last > MAX_SEED:  # every image's seed can be asked for again alone
+        raise InputError(f"seed + num_images - 1 is {last}, over the largest seed {MAX_SEED}", field="seed")
     for f, im in images.items():
         data[f] = uploads.save_inline(v.store, v.storage, tenant, im, v.job_ttl_s)
     return data, model, {f: im.sha256 for f, im in images.items()}

@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
-from api.errors import ApiError
+from api.errors import ApiError, shown
 from api.state import Backends
 from api.submit import submit_job
 from core.errors import InputError
@@ -29,15 +29,7 @@ SNIFF = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
 # what a call may leave in a record or echo back of the names it sent and we did not use: a prediction's record and
 # every read of it stay a few KB however many unknown inputs the body held (values are never kept)
 MAX_NAMES = 32
-MAX_NAME_CHARS = 64
 T = TypeVar("T")
-
-
-def shown(value: object, limit: int = MAX_NAME_CHARS) -> str:
-    """A client's value as an error message or a log line may quote it: printable, at most ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    cut = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return cut + ("…" if len(text) > limit else "")
 
 
 def kept_names(names: Iterable[str]) -> tuple[list[str], int]:

@@ -408,5 +408,5 @@ async def get_version(
 ):
     entry = await run_in_threadpool(entry_for, b, t, name)
     if version_id not in (entry.id, entry.version):
-        raise ApiError(404, "not_found", f"no version {version_id!r} of {name!r}", "version_id")
+        raise ApiError(404, "not_found", f"no version {shown(version_id)!r} of {shown(name)!r}", "version_id")
     return _version_view(entry, version_id)

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import backends, tenant
-from api.errors import ApiError
+from api.errors import ApiError, shown
 from api.state import Backends
 from api.submit import job_view
 from api.waiters import wait_for
@@ -24,7 +24,7 @@ def own_job(b: Backends, t: str, job_id: str, noun: str = "job") -> JobRecord:
     """The tenant's job ``job_id`` (blocking); 404 when unknown or another tenant's (never told apart)."""
     job = b.store.jobs.get(job_id) if len(job_id) <= 64 else None
     if job is None or job.tenant != t:
-        raise ApiError(404, "not_found", f"no {noun} {job_id!r}", "id")
+        raise ApiError(404, "not_found", f"no {noun} {shown(job_id)!r}", "id")
     return job
 
 

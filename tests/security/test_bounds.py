@@ -116,3 +116,15 @@ def test_a_webhook_with_a_port_out_of_range_is_a_422_naming_it(client, route):
     r = client.post(route, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "webhook"
+
+
+def test_every_image_seed_of_a_job_is_one_a_request_may_ask_for(client):
+    r = client.post("/v1/txt2img", json={"prompt": "3", "seed": 4294967295, "num_images": 3})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "seed", r.text
+    r = client.post("/v1/txt2img", json={"prompt": "3", "seed": 4294967293, "num_images": 3, "num_inference_steps": 2})
+    assert r.status_code == 202, r.text
+
+
+def test_a_404_does_not_echo_a_long_id(client):
+    r = client.get("/v1/jobs/job_" + "a" * 60_000)
+    assert r.status_code == 404 and len(r.content) < 1000
