@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 TERMINAL = ("succeeded", "failed", "canceled")
-JOB_ID = re.compile(r"^job_[A-Za-z0-9]{1,64}$")  # the service's ids: job_ and a uuid4's hex
+JOB_ID = re.compile(r"job_[A-Za-z0-9]{1,64}")  # the service's ids: job_ and a uuid4's hex
 EXTENSIONS = {"image/png": "png", "image/gif": "gif", "video/mp4": "mp4", "application/json": "json"}
 MAX_SEED = 2**32 - 1
 
@@ -40,7 +40,7 @@ def printable(text: object, limit: int = 300) -> str:
 def job_id_of(job: dict) -> str:
     """The id of a job the service answered, checked before it names a URL or a file."""
     job_id = job.get("id") if isinstance(job, dict) else None
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise ServiceError(0, "bad_answer", f"the service answered an invalid job id: {printable(repr(job_id), 80)}")
     return job_id
 
@@ -289,9 +289,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url", default=os.environ.get("DIFFUSERVE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--api-key", default=os.environ.get("DIFFUSERVE_API_KEY"))
+    # the same two after the command too (`diffuserve generate ... --url URL`); given there, they win
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="the service (default: DIFFUSERVE_URL)")
+    common.add_argument("--api-key", default=argparse.SUPPRESS, help="its API key (default: DIFFUSERVE_API_KEY)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="txt2img; img2img with --image; inpaint with --image and --mask")
+    g = sub.add_parser(
+        "generate", parents=[common], help="txt2img; img2img with --image; inpaint with --image and --mask"
+    )
     g.add_argument("--model", required=True)
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt")
@@ -313,7 +319,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(fn=cmd_generate)
 
-    j = sub.add_parser("jobs", help="list, get, wait for or cancel jobs")
+    j = sub.add_parser("jobs", parents=[common], help="list, get, wait for or cancel jobs")
     j.add_argument("action", choices=["list", "get", "wait", "cancel"])
     j.add_argument("id", nargs="?")
     j.add_argument("--limit", type=int, default=20)
@@ -321,14 +327,16 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--out", help="wait: download the outputs here")
     j.set_defaults(fn=cmd_jobs)
 
-    m = sub.add_parser("models", help="the models the service serves")
+    m = sub.add_parser("models", parents=[common], help="the models the service serves")
     m.set_defaults(fn=cmd_models)
 
-    u = sub.add_parser("upload", help="upload an image or a dataset zip; prints its id")
+    u = sub.add_parser("upload", parents=[common], help="upload an image or a dataset zip; prints its id")
     u.add_argument("file")
     u.set_defaults(fn=cmd_upload)
 
-    t = sub.add_parser("train", help="train a LoRA or the engine; the model is then served under --name")
+    t = sub.add_parser(
+        "train", parents=[common], help="train a LoRA or the engine; the model is then served under --name"
+    )
     t.add_argument("kind", choices=["lora", "ddpm"])
     t.add_argument("--name", required=True)
     t.add_argument("--dataset", default="digits", help="'digits' (ddpm), an upload id or a zip file")

@@ -56,6 +56,9 @@ def test_generate_writes_one_file_per_image_named_by_job_and_seed(service, tmp_p
     assert job["status"] == "succeeded" and job["input"]["seed"] == 40
     assert job_id in cli(service, "jobs", "list").stdout
     assert "digits" in cli(service, "models").stdout
+    # --url and --api-key also after the command, as a newcomer writes them (they win over the environment)
+    r = cli("http://127.0.0.1:9", "jobs", "get", job_id, "--url", service, "--api-key", "key-acme")
+    assert r.returncode == 0 and json.loads(r.stdout)["id"] == job_id, r.stderr
 
 
 def test_img2img_from_a_file_and_wait(service, tmp_path):

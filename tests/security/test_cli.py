@@ -88,7 +88,18 @@ def generate(url: str, out: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "job_id",
-    ["../../evil", "../../../.bashrc", "ABSOLUTE", "job_ok/../../x", "job_a\0b", "job_" + "a" * 5000, "job_.", 7, None],
+    [
+        "../../evil",
+        "../../../.bashrc",
+        "ABSOLUTE",
+        "job_ok/../../x",
+        "job_a\0b",
+        "job_" + "a" * 5000,
+        "job_.",
+        "job_abc\n",  # `$` of a plain match takes a final newline
+        7,
+        None,
+    ],
 )
 def test_a_job_id_that_names_a_path_writes_nothing_and_exits_1(hostile, tmp_path, job_id):
     out = tmp_path / "a" / "b" / "out"
