@@ -175,8 +175,8 @@ class Txt2ImgPayload(BaseModel):
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1: random")
     steps: int = Field(20, ge=1, le=1000)
     cfg_scale: float = Field(7.0, ge=0.0, le=50.0)
-    width: int = Field(512, ge=8, le=2048)
-    height: int = Field(512, ge=8, le=2048)
+    width: int | None = Field(None, ge=8, le=2048, description="default: the model's native size (A1111: 512)")
+    height: int | None = Field(None, ge=8, le=2048, description="default: the model's native size (A1111: 512)")
     batch_size: int = Field(1, ge=1, le=8)
     n_iter: int = Field(1, ge=1, le=MAX_N_ITER, description="jobs of batch_size images each")
     sampler_name: str | None = Field(None, max_length=64, description="A1111's name; see GET samplers")
@@ -355,8 +355,8 @@ def _info(payload, model: str, entry: ModelEntry, sampler: str, seed: int, jobs,
             "subseed": -1,
             "all_subseeds": [-1] * n,
             "subseed_strength": 0,
-            "width": payload.width,
-            "height": payload.height,
+            "width": jobs[0].input.get("width") if jobs else payload.width,
+            "height": jobs[0].input.get("height") if jobs else payload.height,
             "sampler_name": sampler,
             "scheduler": jobs[0].input.get("scheduler") if jobs else None,
             "cfg_scale": payload.cfg_scale,

@@ -57,6 +57,14 @@ def test_txt2img_with_a_fixed_seed_reproduces_and_draws_what_the_native_route_dr
     assert np.abs(arr(other.image) - arr(first.image)).mean() > 5
 
 
+def test_a_call_without_a_size_draws_at_the_models_native_size(gateway):
+    r = httpx.post(f"{gateway}/sdapi/v1/txt2img", json={"prompt": "7", "steps": 4}, auth=("u", KEY_A), timeout=120)
+    assert r.status_code == 200, r.text
+    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    info = json.loads(r.json()["info"])
+    assert image.size == (16, 16) and (info["width"], info["height"]) == (16, 16)  # digits' own, not A1111's 512
+
+
 def test_batch_size_and_n_iter_give_distinct_images_with_a1111_seeds(gateway):
     api = client(gateway)
     r = api.txt2img(seed=100, batch_size=2, n_iter=2, **DIGIT)
