@@ -141,6 +141,16 @@ def _is_page(path: str) -> bool:
     return path == "/" or path == "/static" or path.startswith("/static/")
 
 
+DOCS_PAGES = ("/docs", "/docs/oauth2-redirect", "/redoc")
+# the API docs share the playground's origin (and so its stored API key): never framed, never a referrer; their
+# scripts come from a pinned CDN release (api/main.py), so their policy states framing only
+DOCS_HEADERS = [
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
 def playground_csp(media_origins: list[str]) -> str:
     """The playground's policy: its own script and style only (no inline code); images and videos from the
     service, from the storage that serves outputs (an S3 endpoint on another origin), and data:/blob: previews."""
@@ -170,7 +180,9 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         extra = [(b"x-content-type-options", b"nosniff")]
-        if _is_page(scope["path"]):
+        if scope["path"] in DOCS_PAGES:
+            extra += DOCS_HEADERS
+        elif _is_page(scope["path"]):
             extra += [
                 (b"content-security-policy", self.csp().encode()),
                 (b"x-frame-options", b"DENY"),

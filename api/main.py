@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
@@ -20,6 +21,10 @@ from api.routes import files, generate, health, jobs, models, uploads, webhooks
 from api.state import build_backends
 from core import __version__
 
+# the API docs pages load their scripts from a CDN: one exact release each, never a moving major version
+SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/swagger-ui-bundle.js"
+SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/swagger-ui.css"
+REDOC_JS = "https://cdn.jsdelivr.net/npm/redoc@2.5.2/bundles/redoc.standalone.js"
 STATIC = Path(__file__).resolve().parent / "static"  # the playground: plain HTML, CSS and JavaScript, no build step
 
 API_DESCRIPTION = """REST inference service for diffusion models with a durable job queue.
@@ -55,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation ids: txt2img, get_job, ...
+        docs_url=None,  # served below with their scripts pinned to one release
+        redoc_url=None,
     )
     # inside CatchAll (errors.install): its refusals carry X-Request-ID like every other answer
     app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_host_names())
@@ -72,6 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, tags=["health"])
     app.include_router(files.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="diffuserve", swagger_js_url=SWAGGER_JS, swagger_css_url=SWAGGER_CSS
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="diffuserve", redoc_js_url=REDOC_JS)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:

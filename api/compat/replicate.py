@@ -35,6 +35,7 @@ from core.contract import REQUEST_MODELS
 from core.errors import InputError
 from core.registry import ModelEntry
 from core.schemas import MAX_TIMEOUT_S, NAME_PATTERN, JobRecord, JobStatus, JobType
+from core.tenant_models import tenant_model_entry
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)], responses=ERROR_RESPONSES)
 
@@ -372,14 +373,14 @@ async def webhook_secret(t: str = Depends(tenant), b: Backends = Depends(backend
     return {"key": tenant_secret(b.settings.resolved_webhook_secret(), t)}
 
 
-def _model_view(owner: str, entry: ModelEntry, base: str) -> dict:
+def _model_view(owner: str, entry: ModelEntry, base: str, visibility: str = "public") -> dict:
     version = entry.version or entry.id
     return {
         "url": f"{base}/v1/models/{owner}/{entry.id}",
         "owner": owner,
         "name": entry.id,
         "description": f"{entry.kind.value} model; tasks: {', '.join(entry.tasks)}",
-        "visibility": "public",
+        "visibility": visibility,
         "run_count": 0,
         "latest_version": _version_view(entry, version),
     }
@@ -396,17 +397,30 @@ def _version_view(entry: ModelEntry, version: str) -> dict:
     }
 
 
+async def _model_or_404(b: Backends, t: str, name: str) -> tuple[ModelEntry, str]:
+    """(entry, visibility): the tenant's own model (private) or a served one (public); 404 when there is none."""
+
+    def find() -> tuple[ModelEntry, str]:
+        entry = entry_for(b, t, name)
+        return entry, "private" if tenant_model_entry(b.store, t, name) is not None else "public"
+
+    try:
+        return await run_in_threadpool(find)
+    except InputError:
+        raise ApiError(404, "not_found", f"no model {shown(name)!r}", "name") from None
+
+
 @router.get("/models/{owner}/{name}", name="replicate_get_model")
 async def get_model(request: Request, owner: str, name: str, t: str = Depends(tenant), b: Backends = Depends(backends)):
-    entry = await run_in_threadpool(entry_for, b, t, name)
-    return _model_view(owner[:64], entry, str(request.base_url).rstrip("/"))
+    entry, visibility = await _model_or_404(b, t, name)
+    return _model_view(owner[:64], entry, str(request.base_url).rstrip("/"), visibility)
 
 
 @router.get("/models/{owner}/{name}/versions/{version_id}", name="replicate_get_version")
 async def get_version(
     owner: str, name: str, version_id: str, t: str = Depends(tenant), b: Backends = Depends(backends)
 ):
-    entry = await run_in_threadpool(entry_for, b, t, name)
+    entry, _ = await _model_or_404(b, t, name)
     if version_id not in (entry.id, entry.version):
         raise ApiError(404, "not_found", f"no version {shown(version_id)!r} of {shown(name)!r}", "version_id")
     return _version_view(entry, version_id)

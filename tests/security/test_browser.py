@@ -257,3 +257,15 @@ def test_a_malformed_webhook_secret_refuses_to_start(secret, monkeypatch, tmp_pa
 def test_a_well_formed_webhook_secret_starts():
     for secret in (new_secret(), new_secret().rstrip("="), "whsec_" + base64.b64encode(os.urandom(24)).decode(), ""):
         Settings(webhook_secret=secret)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_pages_cannot_be_framed_and_load_pinned_scripts(path, tmp_path):
+    """They share the playground's origin and its stored API key: a page elsewhere must not frame them."""
+    with TestClient(create_app(Settings(data_dir=tmp_path, warm_models=""))) as c:
+        r = c.get(path)
+    assert r.status_code == 200
+    assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
+    scripts = [u for u in r.text.split('"') if u.startswith("https://cdn.jsdelivr.net/")]
+    assert scripts and all("@5.35.0/" in u or "@2.5.2/" in u for u in scripts), scripts

@@ -264,3 +264,10 @@ def test_replicate_version_names_the_tenants_own_trained_model(gw, tmp_path):
                        headers=auth("other"))  # fmt: skip
         assert r.status_code == 422 and r.json()["error"]["field"] in ("version", "model"), r.text
     assert jobs_of(url, "other") == []
+    # the model's page: private to its tenant, a 404 to any other (as an unknown name is)
+    r = httpx.get(f"{url}/v1/models/own/mine", headers=auth("own"))
+    assert r.status_code == 200 and r.json()["visibility"] == "private", r.text
+    assert httpx.get(f"{url}/v1/models/acme/digits", headers=auth("own")).json()["visibility"] == "public"
+    for who, path in (("other", "/v1/models/own/mine"), ("own", "/v1/models/own/nothing-here")):
+        r = httpx.get(f"{url}{path}", headers=auth(who))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
