@@ -10,7 +10,7 @@ from PIL import Image
 
 from api.config import Settings
 from api.main import create_app
-from core.jobs.execute import records
+from core.jobs.records import records
 from tests.api.helpers import LONG_JOB, bomb_png, data_uri, png_bytes
 from tests.conftest import wait_for
 

@@ -188,7 +188,7 @@ def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails
 def test_on_a_gpu_a_batch_holds_only_the_images_that_fit_in_free_memory(engines, tmp_path):
     """MAX_BATCH is 8, but the last batch of this key peaked at 400 bytes an image and 1,000 bytes are free: with
     the 80% headroom two images fit, so five one-image jobs (and a two-image one) split by memory, not by count."""
-    from core.jobs.execute import JobContext
+    from core.jobs.context import JobContext
     from core.runner import BatchMemory
 
     store, storage = memory_store(), LocalStorage(tmp_path, "k")

@@ -9,7 +9,8 @@ import pytest
 from core.contract import Artifact, RunResult
 from core.errors import Conflict, LeaseLost, QuotaExceeded, Unavailable
 from core.jobs import lifecycle
-from core.jobs.execute import execute_job, records
+from core.jobs.execute import execute_job
+from core.jobs.records import records
 from core.jobs.store import memory_store
 from core.schemas import JobStatus, JobType
 from core.storage import LocalStorage
