@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 run: setup  ## embedded mode on $(HOST):$(PORT): in-process queue, local disk, the digits model
-	$(BIN)/python -m uvicorn --factory api.main:create_app --host $(HOST) --port $(PORT)
+	$(BIN)/python -m uvicorn --factory serve:create_app --host $(HOST) --port $(PORT)
 
 worker: setup  ## a Celery worker (distributed mode: needs BROKER_URL)
 	$(BIN)/celery -A worker.app worker --pool solo --loglevel INFO

@@ -1,4 +1,8 @@
-"""The gateway: ``uvicorn --factory api.main:create_app``. HTTP only; never imports torch."""
+"""The gateway's app factory. HTTP only; never imports torch.
+
+``uvicorn --factory serve:create_app`` serves either mode (the entry point hands embedded mode its in-process worker);
+``uvicorn --factory api.main:create_app`` serves distributed mode alone (BROKER_URL set), as the slim image does.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from api.config import Settings
 from api.deps import tenant
 from api.limits import BodySizeLimit
 from api.routes import files, generate, health, jobs, models, uploads, webhooks
-from api.state import build_backends
+from api.state import InProcessWorker, build_backends
 from core import __version__
 
 # the API docs pages load their scripts from a CDN: one exact release each, never a moving major version
@@ -27,18 +31,23 @@ SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/swagger-ui.cs
 REDOC_JS = "https://cdn.jsdelivr.net/npm/redoc@2.5.2/bundles/redoc.standalone.js"
 STATIC = Path(__file__).resolve().parent / "static"  # the playground: plain HTML, CSS and JavaScript, no build step
 
+# a webhook body by the API its job came through: a Replicate prediction's webhook carries the prediction
+WEBHOOK_SHAPES = {"replicate": replicate.webhook_body}
+
 API_DESCRIPTION = """REST inference service for diffusion models with a durable job queue.
 
 Every job POST answers 202 with the job; poll `GET /v1/jobs/{id}?wait=N`, stream `GET /v1/jobs/{id}/events`, or
 cancel with `POST /v1/jobs/{id}/cancel`. Errors are `{"error": {"code", "message", "field"}}`."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, worker: InProcessWorker | None = None) -> FastAPI:
+    """The app of ``settings`` (read from the environment when None). Embedded mode (BROKER_URL unset) runs its jobs
+    on ``worker``, which the entry point composes (``serve.create_app``); without one the app refuses to start."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        backends = build_backends(settings)
+        backends = build_backends(settings, worker, WEBHOOK_SHAPES)
         app.state.backends = backends
         backends.start()
         log = logging.getLogger("diffuserve.api")

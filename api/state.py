@@ -1,17 +1,34 @@
-"""The gateway's backends, built once from Settings in the app's lifespan."""
+"""The gateway's backends, built once from Settings in the app's lifespan.
+
+Distributed mode enqueues on Celery by task name; embedded mode on the queue of the in-process worker that the entry
+point hands in (``serve``, ``worker/embedded.py``): no module of the gateway builds engines or runs jobs itself.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from api.config import Settings
 from api.waiters import Waiters
 from core.jobs import lifecycle
+from core.jobs.lifecycle import Queue
 from core.jobs.store import JobStore
 from core.registry import ModelRegistry
-from core.settings import build_engines, build_registry, build_storage
+from core.settings import build_registry, build_storage
 from core.storage import Storage
+
+# a webhook body by the API a job came through (``via.api``): its delivery record → the body sent
+WebhookShape = Callable[[dict, dict], dict]
+
+
+class InProcessWorker(Protocol):
+    """Embedded mode's worker, composed at the entry point: started with the gateway's store, storage and registry,
+    it runs their jobs in this process and returns the queue the gateway enqueues on."""
+
+    def start(self, store: JobStore, storage: Storage, registry: ModelRegistry) -> Queue: ...
 
 
 @dataclass
@@ -19,10 +36,11 @@ class Backends:
     settings: Settings
     store: JobStore
     storage: Storage
-    queue: object
+    queue: Queue
     registry: ModelRegistry
     tenants_by_key: dict[str, str]
     waiters: Waiters
+    webhook_shapes: dict[str, WebhookShape] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -39,7 +57,6 @@ class Backends:
             )
         )
         self.waiters.start(self._stop)
-        from api.compat import replicate
         from core.webhooks import Deliverer
 
         self._threads.append(
@@ -54,7 +71,7 @@ class Backends:
                 concurrency=s.webhook_concurrency,
                 per_tenant=s.webhook_per_tenant,
                 per_host=s.webhook_per_host,
-                shapes={"replicate": replicate.webhook_body},  # a prediction's webhook carries the prediction
+                shapes=self.webhook_shapes,
             ).start(self._stop)
         )
 
@@ -66,7 +83,17 @@ class Backends:
         self.store.close()
 
 
-def build_backends(settings: Settings) -> Backends:
+def build_backends(
+    settings: Settings,
+    worker: InProcessWorker | None = None,
+    webhook_shapes: dict[str, WebhookShape] | None = None,
+) -> Backends:
+    """The store, storage, registry and queue of ``settings``' mode; embedded mode needs ``worker``."""
+    if not settings.distributed and worker is None:
+        raise RuntimeError(
+            "embedded mode (BROKER_URL unset) runs jobs in this process: serve the app of `uvicorn --factory "
+            "serve:create_app`, which hands it the in-process worker, or set BROKER_URL (distributed mode)"
+        )
     registry = build_registry(settings)
     storage = build_storage(settings, settings.resolved_signing_key())
 
@@ -77,33 +104,12 @@ def build_backends(settings: Settings) -> Backends:
         store: JobStore = redis_store(
             settings.redis_url or settings.broker_url, settings.job_ttl_s, settings.redis_max_connections
         )
-        queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
+        queue: Queue = CeleryQueue(settings.broker_url, settings.visibility_timeout_s)
     else:
-        from core.jobs.execute import execute_batch, execute_job
-        from core.jobs.queue import InProcessQueue
         from core.jobs.store import memory_store
 
         store = memory_store(settings.job_ttl_s)
-        # torch loads in the embedded worker thread, after the server already answers
-        runner = build_engines(settings, registry, lambda model, ms: lifecycle.record_model_load(store, model, ms))
-
-        def handle(job_id: str) -> None:
-            execute_job(job_id, store, storage, runner, "embedded", settings.lease_ttl_s, settings.heartbeat_s)
-
-        def handle_batch(job_ids: list[str]) -> None:
-            execute_batch(job_ids, store, storage, runner, "embedded", settings.lease_ttl_s, settings.heartbeat_s)
-
-        queue = InProcessQueue(
-            handle,
-            handle_batch=handle_batch,
-            batch_window_s=settings.batch_window_ms / 1000,
-            max_batch=settings.max_batch,
-        )
-        queue.start()
-        if settings.warm_model_ids:
-            threading.Thread(
-                target=lambda: runner().warm_up(settings.warm_model_ids), name="warm-up", daemon=True
-            ).start()
+        queue = worker.start(store, storage, registry)  # torch loads on its threads, after the server answers
 
     return Backends(
         settings,
@@ -113,4 +119,5 @@ def build_backends(settings: Settings) -> Backends:
         registry,
         settings.tenants_by_key(),
         Waiters(store, settings.max_waits_per_tenant),
+        webhook_shapes or {},
     )

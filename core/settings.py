@@ -1,14 +1,12 @@
 """Settings shared by the gateway and the workers, defined once. Only the entry points (``api/config.py``,
 ``worker/config.py``) instantiate them, once, at start-up; everything below takes plain arguments.
 
-``build_storage``, ``build_registry`` and ``build_engines`` turn settings into the objects both sides use, so
-storage, the registry and the worker's engines are built in one place.
+``build_storage`` and ``build_registry`` turn settings into the objects both sides use, so storage and the registry
+are built in one place (the worker's engines: ``worker/engines.py``).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
@@ -85,38 +83,3 @@ def build_registry(s: ServiceSettings):
     from core.registry import ModelRegistry
 
     return ModelRegistry([s.bundled_models_dir, s.models_dir], s.models_config)
-
-
-def build_engines(s: ServiceSettings, registry, on_load: Callable[[str, float], None] | None = None):
-    """A callable that makes the worker's Engines on first call (torch and diffusers load then, not at import)."""
-    lock, holder = threading.Lock(), {}
-
-    def engines():
-        with lock:
-            if "e" not in holder:
-                from core.pipelines.fastpath import FastPath
-                from core.runner import Engines, default_device
-
-                device = s.device or default_device()
-                holder["e"] = Engines(
-                    registry,
-                    device=device,
-                    torch_threads=s.torch_threads,
-                    pipeline_budget_bytes=(s.pipeline_budget_mb or 0) * 2**20 or None,
-                    cache_dir=s.data_dir / "cache",
-                    on_load=on_load,
-                    max_batch=s.max_batch,
-                    fast=FastPath.for_device(
-                        device,
-                        enabled=s.fast_path,
-                        compile=s.compile,
-                        cuda_graphs=s.cuda_graphs,
-                        vae_tiling_above_px=s.vae_tiling_above_px,
-                        lora_max_rank=s.lora_max_rank,
-                        cache_dir=s.data_dir / "inductor-cache",
-                        compile_backend=s.compile_backend,
-                    ),
-                )
-            return holder["e"]
-
-    return engines

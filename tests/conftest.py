@@ -47,7 +47,7 @@ def gateway_cmd(port: int, log_level: str | None = "warning") -> list[str]:
         "-m",
         "uvicorn",
         "--factory",
-        "api.main:create_app",
+        "serve:create_app",
         "--host",
         "127.0.0.1",
         "--port",

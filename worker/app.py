@@ -20,9 +20,10 @@ from core.jobs import lifecycle
 from core.jobs.execute import compatible_queued, execute_batch
 from core.jobs.queue import QUEUES, TASK_NAME, CeleryQueue, make_celery
 from core.jobs.redis_store import redis_store
-from core.settings import build_engines, build_registry, build_storage
+from core.settings import build_registry, build_storage
 from core.storage import Storage
 from worker.config import WorkerSettings
+from worker.engines import build_engines
 
 log = logging.getLogger("diffuserve.worker")
 

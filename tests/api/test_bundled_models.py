@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.config import Settings
-from api.main import create_app
+from serve import create_app
 
 
 @pytest.fixture(scope="module")

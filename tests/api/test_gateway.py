@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.config import Settings
-from api.main import create_app
 from core.jobs.records import records
+from serve import create_app
 from tests.api.helpers import LONG_JOB, bomb_png, data_uri, png_bytes
 from tests.conftest import wait_for
 

@@ -12,13 +12,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.config import Settings
-from api.main import create_app
 from core.jobs import lifecycle
 from core.jobs.execute import execute_job
 from core.jobs.store import memory_store
 from core.registry import ModelRegistry
 from core.schemas import JobType
 from core.storage import LocalStorage
+from serve import create_app
 
 
 @pytest.fixture(scope="module")

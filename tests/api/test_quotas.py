@@ -7,7 +7,7 @@ import logging
 from fastapi.testclient import TestClient
 
 from api.config import Settings
-from api.main import create_app
+from serve import create_app
 from tests.api.helpers import LONG_JOB, png_bytes, wait_job
 from tests.conftest import wait_for
 

@@ -16,10 +16,10 @@ from PIL import Image
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api.config import Settings
-from api.main import create_app
 from core import webhooks
 from core.errors import InputError
 from core.jobs.store import memory_store
+from serve import create_app
 from tests.conftest import wait_for
 
 A = {"Authorization": "Bearer key-acme"}

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.config import Settings
-from api.main import create_app
 from core.schemas import REQUEST_MODELS
+from serve import create_app
 
 
 @pytest.fixture(scope="module")

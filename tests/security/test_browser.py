@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api.config import Settings
-from api.main import create_app
 from core.webhooks import new_secret
+from serve import create_app
 from tests.api.helpers import LONG_JOB
 from tests.conftest import REPO, Proc, free_port, gateway_cmd, wait_for
 

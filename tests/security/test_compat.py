@@ -19,9 +19,9 @@ import uvicorn
 from PIL import Image
 
 from api.config import Settings
-from api.main import create_app
 from core import tenant_models
 from core.errors import QuotaExceeded
+from serve import create_app
 from tests.conftest import REPO, free_port, wait_for
 
 WAITS = 2  # MAX_WAITS_PER_TENANT of this gateway
