@@ -7,11 +7,7 @@ import io
 import uuid
 
 import numpy as np
-import pytest
 from PIL import Image
-
-from core.registry import ModelRegistry
-from tests.conftest import REPO
 
 
 class Ctx:
@@ -59,13 +55,6 @@ class Ctx:
 
     def register(self, kind, name, folder, extra=None):
         raise AssertionError("an inference executor registers nothing")
-
-
-@pytest.fixture(scope="session")
-def engines(tiny_models_dir):
-    from core.runner import Engines
-
-    return Engines(ModelRegistry([REPO / "models", tiny_models_dir]), device="cpu", torch_threads=1)
 
 
 def decode(artifact) -> np.ndarray:
