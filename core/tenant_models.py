@@ -33,7 +33,10 @@ def publish(
     job_id: str,
     extra: dict | None = None,
 ) -> dict:
-    """Upload every file of ``folder`` and register it under ``name`` for ``tenant`` (the last step of a training)."""
+    """Upload every file of ``folder`` and register it under ``name`` for ``tenant`` (the last step of a training).
+    A model's record also holds its configs (``read_configs``), which the gateway validates requests with."""
+    if kind == "model":
+        extra = {**read_configs(folder), **(extra or {})}
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     h = hashlib.sha256()
     for p in files:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from core import tenant_models
 from core.contract import Artifact, RunContext, RunResult
 from core.ddpm.data import load_digits_dataset, load_image_folder
 from core.ddpm.pipeline import DDPMEngineModel, make_grid
@@ -129,7 +128,7 @@ def run(
         )
         folder = work / "model"
         engine.save_pretrained(folder)
-        record = ctx.register("model", r.name, folder, tenant_models.read_configs(folder))
+        record = ctx.register("model", r.name, folder)  # the record holds the model's configs
         grid = sample_grid(engine, names, r.seed)
     card = {
         "name": r.name,
