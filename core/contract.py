@@ -15,13 +15,17 @@ Torch-free: the gateway imports the request models from here too.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from core.errors import RequestUnreadable
 from core.schemas import REQUEST_MODELS, JobType, ModelRef
+
+log = logging.getLogger("diffuserve.worker")
 
 
 @dataclass
@@ -84,6 +88,12 @@ class Executor(Protocol):
     def __call__(self, request: Any, model: Any, ctx: RunContext, engines: Any) -> RunResult: ...
 
 
-def parse_request(job_type: JobType, data: dict) -> BaseModel:
-    """The typed request of a job, validated again on the worker side (the queue carries JSON)."""
-    return REQUEST_MODELS[job_type].model_validate(data)
+def parse_request(job_type: JobType, data: dict, job_id: str = "") -> BaseModel:
+    """The typed request of a job, parsed once on the worker side (the queue carries JSON). Admission built ``data``
+    with the same model, so a failure here is the service's bug: :class:`RequestUnreadable` (``internal_error``,
+    the details logged), never the client's ``invalid_input``."""
+    try:
+        return REQUEST_MODELS[job_type].model_validate(data)
+    except ValidationError as e:
+        log.error("job %s: its queued %s request does not parse: %s", job_id, job_type.value, e)
+        raise RequestUnreadable(job_type.value) from None

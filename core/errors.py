@@ -87,6 +87,16 @@ class InvalidDataset(JobError):
         super().__init__("invalid_dataset", message)
 
 
+class RequestUnreadable(JobError):
+    """A queued request the worker cannot parse: the gateway built and validated it with the same model, so this is
+    the service's bug (an old record, a version skew), never the client's input."""
+
+    def __init__(self, job_type: str):
+        super().__init__(
+            "internal_error", f"the queued {job_type} request could not be read; this is a fault of the service"
+        )
+
+
 class InputExpired(JobError):
     """An upload the job reads was deleted by retention before the job read it."""
 

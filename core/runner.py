@@ -16,7 +16,6 @@ from core.catalog import ModelKind
 from core.contract import RunContext, RunResult, parse_request
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord
-from core.validation import recheck
 
 if TYPE_CHECKING:
     from core.pipelines.fastpath import FastPath
@@ -166,12 +165,11 @@ class Engines:
     def run(self, job: JobRecord, ctx: RunContext) -> RunResult:
         from core.executors import executor_for
 
-        # 1. the typed request, validated again on this side of the queue
-        request = parse_request(job.type, job.input)
+        # 1. the typed request, parsed once on this side of the queue (admission checked it against the model)
+        request = parse_request(job.type, job.input, job.id)
         # 2. the model that serves it: the tenant's own (trained by a job), else a served one
         model_id = getattr(request, "base_model", None) or getattr(request, "model", None)
         model = self.resolve(model_id, ctx) if model_id else None
-        recheck(job.type, request, model)  # the limits of its family, checked again on this side
         # 3. the executor of (model kind, job type)
         return self._stamp(executor_for(model.kind if model else None, job.type)(request, model, ctx, self), model)
 
@@ -189,10 +187,9 @@ class Engines:
         weights version and scale. Two tenants' LoRAs of one name never share a key. None: the job runs alone."""
         from core.executors import executor_module
 
-        request = parse_request(job.type, job.input)
+        request = parse_request(job.type, job.input, job.id)
         model_id = getattr(request, "model", None)
         model, owner = self._resolve(model_id, ctx) if model_id else (None, None)
-        recheck(job.type, request, model)  # a job that fails it runs alone, and fails alone
         module = executor_module(model.kind if model else None, job.type)
         found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
         if found is None:
@@ -238,7 +235,7 @@ class Engines:
         if keys[0] is None or any(key != keys[0] for key in keys):
             return [_outcome(lambda job=job, ctx=ctx: self.run(job, ctx)) for job, ctx in zip(jobs, ctxs)]
         # 2. one denoising loop: the model and LoRAs resolved as the first job's tenant are every job's (same key)
-        requests = [parse_request(job.type, job.input) for job in jobs]
+        requests = [parse_request(job.type, job.input, job.id) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])
         module = executor_module(model.kind, jobs[0].type)
         key = (jobs[0].type, module.batch_key(requests[0], model))

@@ -207,3 +207,14 @@ def test_on_a_gpu_a_batch_holds_only_the_images_that_fit_in_free_memory(engines,
     finally:
         engines.memory = saved
     assert BatchMemory().cap(("any",)) > 1000  # on a CPU: no memory cap
+
+
+def test_a_queued_request_that_does_not_parse_is_the_services_fault_not_the_clients(engines, tmp_path):
+    """Admission builds the input with the worker's own model: a record that does not parse (an old one, a version
+    skew) fails internal_error, never invalid_input with a validator's text."""
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    job = _job(store, "7", 1)
+    store.jobs.update(job.id, lambda j: (j.input.update(width="sixteen"), j)[1])
+    done = execute_job(job.id, store, storage, lambda: engines, "w")
+    assert done.status == JobStatus.failed and done.error.code == "internal_error", done.error
+    assert "Txt2ImgRequest" not in done.error.message and "validation error" not in done.error.message
