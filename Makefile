@@ -50,7 +50,7 @@ bench: setup  ## benchmark tables (see bench/)
 	$(BIN)/python bench/gpu.py $(if $(shell $(BIN)/python -c "import torch;print(torch.cuda.is_available())" | grep True),,--smoke)
 
 tiny-models: setup  ## tiny random pipelines of every kind into DIR (default models-tiny), then: MODELS_DIR=DIR make run
-	$(BIN)/python -m core.pipelines.tiny $(or $(DIR),models-tiny)
+	$(BIN)/python -m tests.fixtures.tiny $(or $(DIR),models-tiny)
 
 tiny-digits: setup  ## retrain the bundled digits model (the command in models/digits/README.md)
 	$(BIN)/python -m core.ddpm train --dataset digits --upsample nearest --out models/digits --max-steps 3500 \

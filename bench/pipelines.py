@@ -2,7 +2,7 @@
 
     python bench/pipelines.py [--models DIR] [--repeats 5]
 
-Builds the tiny pipelines (core/pipelines/tiny.py) unless --models names a folder of them, then for each task
+Builds the tiny pipelines (tests/fixtures/tiny.py) unless --models names a folder of them, then for each task
 runs one job on a cold worker (the pipeline is loaded with from_pretrained inside the job) and --repeats jobs on
 the now-warm worker, through the same job code the service runs (claim, run, store outputs, finish).
 Latency is the job's run time (started_at -> finished_at); the table prints the warm median.
@@ -100,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(a.models) if a.models else Path(tmp) / "models"
         if not a.models:
-            from core.pipelines.tiny import build_tiny_models
+            from tests.fixtures.tiny import build_tiny_models
 
             build_tiny_models(models)
         registry = ModelRegistry([models])

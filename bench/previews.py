@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=10)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        from core.pipelines.tiny import build_tiny_models
+        from tests.fixtures.tiny import build_tiny_models
 
         build_tiny_models(Path(d) / "models", ("tiny-sd",))
         engines = Engines(ModelRegistry([REPO / "models", Path(d) / "models"]), device="cpu")

@@ -4,7 +4,7 @@ the engine's own command line (the job wrapper's cost: progress events, checkpoi
     python bench/training.py [--lora-steps 30] [--ddpm-steps 100]
     python bench/training.py --precision      # the engine's step time in fp32 and in bf16 autocast, MNIST-sized
 
-The LoRA rows train on the tiny Stable Diffusion pipeline (core/pipelines/tiny.py) at 64x64 on 8 images.
+The LoRA rows train on the tiny Stable Diffusion pipeline (tests/fixtures/tiny.py) at 64x64 on 8 images.
 Peak memory is the peak RSS of this process sampled every 10 ms (torch.cuda.max_memory_allocated on CUDA).
 """
 
@@ -106,8 +106,8 @@ def main() -> int:
     if a.precision:
         precision()
         return 0
-    from core.pipelines.tiny import build_tiny_models
     from tests.api.test_lora import dataset_zip
+    from tests.fixtures.tiny import build_tiny_models
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

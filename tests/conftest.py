@@ -174,7 +174,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """Tiny random diffusers pipelines of every kind, built under a fixed seed and saved for from_pretrained."""
-    from core.pipelines.tiny import build_tiny_models
+    from tests.fixtures.tiny import build_tiny_models
 
     root = tmp_path_factory.mktemp("models")
     build_tiny_models(root)

@@ -224,7 +224,7 @@ def test_controlnet_depth_returns_the_depth_models_map(client, tiny_models_dir):
 
 
 def test_depth_without_a_depth_model_is_a_422_naming_preprocess(tmp_path):
-    from core.pipelines.tiny import build_tiny_models
+    from tests.fixtures.tiny import build_tiny_models
 
     build_tiny_models(tmp_path / "models", ("tiny-sd", "tiny-controlnet"))
     settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", rate_limit_per_minute=10_000)
