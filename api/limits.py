@@ -15,6 +15,19 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body over {limit} bytes")
 
 
+def _declared_refusal(scope: Scope, limit: int) -> tuple[int, str, str | None] | None:
+    """The refusal (status, code, message) of a request that declares a Content-Length over ``limit`` or garbled, in
+    any of its Content-Length headers; None when each one it declares is within the limit."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    return 413, "too_large", None
+            except ValueError:
+                return 400, "bad_request", "invalid Content-Length"
+    return None
+
+
 class BodySizeLimit:
     """Refuse bodies over the limit: at once from Content-Length, or while streaming a chunked body."""
 
@@ -33,13 +46,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self._limit(scope["path"])
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        return await self._refuse(send, limit)
-                except ValueError:
-                    return await self._refuse(send, limit, 400, "bad_request", "invalid Content-Length")
+        refusal = _declared_refusal(scope, limit)
+        if refusal is not None:
+            return await self._refuse(send, limit, *refusal)
         seen = 0
         started = False
 

@@ -399,41 +399,21 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
     refused, ignored = _extras(payload)
     if refused:
         raise InputError(f"not served here: {refused} (leave them at A1111's defaults)", field=refused[0])
-    title = payload.override_settings.get("sd_model_checkpoint")
-    if title is not None and not (isinstance(title, str) and len(title) <= 256):
-        raise InputError("a checkpoint title of at most 256 characters", field="override_settings.sd_model_checkpoint")
+    title = _checkpoint_title(payload)
     model = model_id(title) if title else await run_in_threadpool(_current_model, b, t)
     ignored += [f"override_settings.{k}" for k in payload.override_settings if k != "sd_model_checkpoint"]
     try:
         entry = await run_in_threadpool(entry_for, b, t, model)
     except InputError as e:
         raise renamed(e, NAMES) from None
-    sampler_name = payload.sampler_name or (payload.model_extra or {}).get("sampler_index")  # the older name
-    if sampler_name is not None and not isinstance(sampler_name, str):
-        raise InputError("a sampler name", field="sampler_index")
-    scheduler, sampler = scheduler_for(sampler_name, payload.scheduler, entry)  # its errors name A1111's fields
-    key = request.headers.get("idempotency-key")
-    if payload.seed >= 0:
-        seed = payload.seed
-    elif key:  # a retry of the call draws the same seed, so it is the same call (its jobs come back)
-        seed = seed_of_key(t, key, MAX_SEED + 1 - 64)
-    else:
-        seed = secrets.randbelow(MAX_SEED + 1 - 64)
+    scheduler, sampler = scheduler_for(_sampler_name(payload), payload.scheduler, entry)  # errors name A1111's fields
+    seed = _seed(payload, t, request.headers.get("idempotency-key"))
     try:
         job_type, requests = build_requests(payload, model, scheduler, seed)
     except InputError as e:
         raise renamed(e, NAMES) from None
     done = await while_connected(request, _run(request, b, t, job_type, requests))
-    if not all(j.status.is_terminal() for j in done):
-        raise ApiError(
-            504,
-            "still_running",
-            f"not finished within {b.settings.sync_max_wait_s:g} s; the jobs go on: {[j.id for j in done]}",
-        )
-    failed = next((j for j in done if j.status == JobStatus.failed), None)
-    if failed is not None:
-        err = failed.error
-        raise ApiError(500, err.code if err else "failed", f"job {failed.id}: {err.message if err else 'failed'}")
+    _raise_unless_finished(done, b.settings.sync_max_wait_s)
     images: list[str] = []
     for job in done:
         images += [base64.b64encode(png).decode() for png in await run_in_threadpool(image_bytes, b, job)]
@@ -448,6 +428,43 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
         "parameters": _parameters(payload, title),
         "info": _info(payload, model, entry, sampler, seed, done, names, notes),
     }
+
+
+def _checkpoint_title(payload: Txt2ImgPayload) -> str | None:
+    """``override_settings.sd_model_checkpoint``: the model the call asks for, by title; None: the current one."""
+    title = payload.override_settings.get("sd_model_checkpoint")
+    if title is not None and not (isinstance(title, str) and len(title) <= 256):
+        raise InputError("a checkpoint title of at most 256 characters", field="override_settings.sd_model_checkpoint")
+    return title
+
+
+def _sampler_name(payload: Txt2ImgPayload) -> str | None:
+    sampler_name = payload.sampler_name or (payload.model_extra or {}).get("sampler_index")  # the older name
+    if sampler_name is not None and not isinstance(sampler_name, str):
+        raise InputError("a sampler name", field="sampler_index")
+    return sampler_name
+
+
+def _seed(payload: Txt2ImgPayload, tenant: str, key: str | None) -> int:
+    """The call's seed: its own, else one drawn; a retry of the call (the same Idempotency-Key) draws the same seed, so
+    it is the same call and its jobs come back."""
+    if payload.seed >= 0:
+        return payload.seed
+    if key:
+        return seed_of_key(tenant, key, MAX_SEED + 1 - 64)
+    return secrets.randbelow(MAX_SEED + 1 - 64)
+
+
+def _raise_unless_finished(done: list[JobRecord], waited_s: float) -> None:
+    """504 while a job still runs (it goes on), 500 with the first failed job's error."""
+    if not all(j.status.is_terminal() for j in done):
+        raise ApiError(
+            504, "still_running", f"not finished within {waited_s:g} s; the jobs go on: {[j.id for j in done]}"
+        )
+    failed = next((j for j in done if j.status == JobStatus.failed), None)
+    if failed is not None:
+        err = failed.error
+        raise ApiError(500, err.code if err else "failed", f"job {failed.id}: {err.message if err else 'failed'}")
 
 
 def _parameters(payload: Txt2ImgPayload, title: str | None) -> dict:

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -280,52 +281,66 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_gr
     never reached the queue is sent again after ``enqueue_grace_s``. Either way the job gets a new (or no) owner
     token, so the worker that had it can write nothing more. Redis' visibility timeout alone would redeliver a lost
     message only after an hour, and claim() makes a late redelivery harmless."""
-    requeued = []
     wall = now()
-    for job_id in store.jobs.ids_with_status(JobStatus.running):
-        outcome = None
+    requeued = [
+        job_id
+        for job_id in store.jobs.ids_with_status(JobStatus.running)
+        if _reap_running(store, queue, job_id, wall, max_attempts)
+    ]
+    return requeued + _resend_unsent(store, queue, wall, enqueue_grace_s)
 
-        def fn(job: JobRecord) -> JobRecord | None:
-            nonlocal outcome
-            if job.status != JobStatus.running:
-                return None
-            timeout = job.input.get("timeout_s")
-            overdue = (
-                timeout and job.started_at and (wall - job.started_at).total_seconds() > timeout + DEADLINE_GRACE_S
-            )
-            if overdue:
-                job.status, outcome = JobStatus.failed, "failed"
-                job.error = JobErrorInfo(
-                    code="deadline_exceeded", message=f"the job ran past its timeout_s of {timeout}"
-                )
-            elif store.leases.lease_alive(job_id):
-                return None
-            elif job.cancel_requested:
-                job.status, outcome = JobStatus.canceled, "canceled"
-            elif job.attempts >= max_attempts:
-                job.status, outcome = JobStatus.failed, "failed"
-                job.error = JobErrorInfo(
-                    code="worker_lost", message=f"the worker died {job.attempts} times running this job"
-                )
-            else:
-                job.status, outcome = JobStatus.queued, "queued"
-                job.worker = None
-                job.progress.step = 0
-            if job.status.is_terminal():
-                job.finished_at = now()
-            job.lease_token = None
-            return job
 
-        job = store.jobs.update(job_id, fn, lease=("", 0))
-        if job is None or outcome is None:
-            continue
-        store.events.add_event(job_id, "status", status_event(job))
-        if outcome == "queued":
-            log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
-            queue.enqueue(job_id, job.type.queue)
-            requeued.append(job_id)
-        else:
-            _count_finished(store, job)
+def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, max_attempts: int) -> bool:
+    """Settle one running job whose worker may be gone (see ``_orphaned``); True when it was queued again."""
+    changed = False
+
+    def fn(job: JobRecord) -> JobRecord | None:
+        nonlocal changed
+        changed = job.status == JobStatus.running and _orphaned(
+            job, wall, max_attempts, lambda: store.leases.lease_alive(job_id)
+        )
+        return job if changed else None
+
+    job = store.jobs.update(job_id, fn, lease=("", 0))
+    if job is None or not changed:
+        return False
+    store.events.add_event(job_id, "status", status_event(job))
+    if job.status == JobStatus.queued:
+        log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
+        queue.enqueue(job_id, job.type.queue)
+        return True
+    _count_finished(store, job)
+    return False
+
+
+def _orphaned(job: JobRecord, wall: datetime, max_attempts: int, lease_alive: Callable[[], bool]) -> bool:
+    """A running job's fate, decided in place: failed past its deadline, else (when its lease is gone) canceled as
+    asked, failed after ``max_attempts``, or queued again, its owner token dropped. False: left running."""
+    timeout = job.input.get("timeout_s")
+    overdue = timeout and job.started_at and (wall - job.started_at).total_seconds() > timeout + DEADLINE_GRACE_S
+    if overdue:
+        job.status = JobStatus.failed
+        job.error = JobErrorInfo(code="deadline_exceeded", message=f"the job ran past its timeout_s of {timeout}")
+    elif lease_alive():
+        return False
+    elif job.cancel_requested:
+        job.status = JobStatus.canceled
+    elif job.attempts >= max_attempts:
+        job.status = JobStatus.failed
+        job.error = JobErrorInfo(code="worker_lost", message=f"the worker died {job.attempts} times running this job")
+    else:
+        job.status = JobStatus.queued
+        job.worker = None
+        job.progress.step = 0
+    if job.status.is_terminal():
+        job.finished_at = now()
+    job.lease_token = None
+    return True
+
+
+def _resend_unsent(store: JobStore, queue: Queue, wall: datetime, enqueue_grace_s: float) -> list[str]:
+    """Queued jobs whose message never reached the queue (older than ``enqueue_grace_s``), sent again."""
+    sent = []
     for job_id in store.jobs.ids_with_status(JobStatus.queued):
         job = store.jobs.get(job_id)
         if job is None or job.enqueued or (wall - job.created_at).total_seconds() < enqueue_grace_s:
@@ -333,8 +348,8 @@ def requeue_orphans(store: JobStore, queue: Queue, max_attempts: int, enqueue_gr
         log.warning("job %s never reached the queue; sending it now", job_id)
         queue.enqueue(job_id, job.type.queue)
         store.jobs.update(job_id, _mark_enqueued)
-        requeued.append(job_id)
-    return requeued
+        sent.append(job_id)
+    return sent
 
 
 def sweep_expired(store: JobStore, storage: Storage, at: float | None = None, limit: int = 100) -> list[str]:
