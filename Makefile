@@ -23,9 +23,10 @@ run: setup  ## embedded mode on $(HOST):$(PORT): in-process queue, local disk, t
 worker: setup  ## a Celery worker (distributed mode: needs BROKER_URL)
 	$(BIN)/celery -A worker.app worker --pool solo --loglevel INFO
 
-lint: setup  ## ruff check and ruff format --check, the project's own config (pyproject.toml)
+lint: setup  ## ruff check, ruff format --check and the import contracts (lint-imports), all in pyproject.toml
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -91,10 +91,10 @@ def draw(model: DDPMEngineModel, per_label: int, sampler: str, steps: int, guida
 def table(title: str, header: list[str], rows: list[list]) -> None:
     widths = [max(len(str(h)), *(len(f"{r[i]}") for r in rows)) for i, h in enumerate(header)]
     print(f"\n{title}")
-    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        print("| " + " | ".join(f"{c}".ljust(w) for c, w in zip(r, widths)) + " |")
+        print("| " + " | ".join(f"{c}".ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
 
 
 def small_net(backbone: str = "unet"):

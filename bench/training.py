@@ -86,7 +86,7 @@ def precision(steps: int = 8, batch: int = 128) -> None:
             x,
             y,
             TrainConfig(max_steps=steps, batch_size=batch, warmup_steps=1, bf16=bf16),
-            callback=lambda p: times.append(batch / p.images_per_s),
+            callback=lambda p, times=times: times.append(batch / p.images_per_s),
         )
         rows.append(("bf16 autocast" if bf16 else "fp32", statistics.median(times[2:])))
     print(f"\nEngine training step, MNIST-sized U-Net, batch {batch}, {torch.get_num_threads()} threads")

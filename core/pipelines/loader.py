@@ -353,7 +353,7 @@ def denoise_batch(
     # 3. each job's images, encoded
     for k in members:
         if outcomes[k] is None:
-            mine = SimpleNamespace(images=[im for im, owner in zip(out.images, owners) if owner == k])
+            mine = SimpleNamespace(images=[im for im, owner in zip(out.images, owners, strict=True) if owner == k])
             outcomes[k] = image_result(mine, requests[k], entry, load_ms, inference_ms)
     return outcomes
 

@@ -157,7 +157,7 @@ def test_sse_replays_from_start_for_late_subscriber(client):
     kinds = [e.split("\n")[1].removeprefix("event: ") for e in events]
     datas = [json.loads(e.split("\n")[2].removeprefix("data: ")) for e in events]
     assert kinds[0] == "status" and datas[0]["status"] == "queued"
-    assert [d["step"] for k, d in zip(kinds, datas) if k == "progress"] == [1, 2, 3, 4]
+    assert [d["step"] for k, d in zip(kinds, datas, strict=True) if k == "progress"] == [1, 2, 3, 4]
     assert datas[-1]["status"] == "succeeded"
     # resume after an event id
     with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers={**A, "Last-Event-ID": "2"}) as r:

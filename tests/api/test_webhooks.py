@@ -102,7 +102,7 @@ def test_completed_webhook_is_signed_retried_under_the_same_id_and_recorded(clie
         assert [(a["attempt"], a["status_code"]) for a in completed] == [(1, 500), (2, 200)]
         assert completed[0]["next_attempt_at"] and completed[1]["next_attempt_at"] is None
         print("\nwebhook delivery timeline (s after the first delivery):")
-        for g, p in zip(receiver.got, payloads):
+        for g, p in zip(receiver.got, payloads, strict=True):
             print(f"  +{g['at'] - receiver.got[0]['at']:.3f} {p['type']} {g['headers']['webhook-id']} -> {g['status']}")
     finally:
         receiver.close()

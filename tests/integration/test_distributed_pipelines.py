@@ -1,5 +1,7 @@
 """diffusers pipelines through the Celery stack: txt2img and video, loaded with from_pretrained by the worker."""
 
+from itertools import pairwise
+
 import httpx
 import pytest
 
@@ -65,7 +67,7 @@ def _kill_and_resume(s, job_id, after_step, name):
     assert done["attempts"] == 2
     steps = _steps(s, job_id)
     # the second attempt's first step follows a drop in the step count; resuming means it is not step 1
-    resumed_at = next(b for a, b in zip(steps, steps[1:]) if b <= a)
+    resumed_at = next(b for a, b in pairwise(steps) if b <= a)
     assert resumed_at > 1, "the second attempt started over instead of resuming from its checkpoint"
     return done
 

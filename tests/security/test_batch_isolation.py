@@ -121,7 +121,7 @@ def test_two_tenants_same_lora_name_in_one_batch_each_get_their_own(world):
     before = batch_sizes(store)
     ids = [submit(store, t, "a red house", 7, 1.0) for t in ("a", "b", "c", "a")]
     done = execute_batch(ids, store, world["storage"], lambda: world["engines"], "w")
-    for job, own in zip(done, (a, b, shared, a)):
+    for job, own in zip(done, (a, b, shared, a), strict=True):
         assert np.abs(pixels(world, job) - own).max() <= 1
     count, total = batch_sizes(store)
     assert (count - before[0], total - before[1]) == (3, 4)  # a's two jobs shared one loop; b and c ran alone
@@ -179,5 +179,5 @@ def test_property_any_mix_of_tenants_each_batched_image_equals_its_request_alone
     store = world["store"]
     ids = [submit(store, *r) for r in mix]
     done = execute_batch(ids, store, world["storage"], lambda: world["engines"], "w")
-    for r, job in zip(mix, done):
+    for r, job in zip(mix, done, strict=True):
         assert np.abs(pixels(world, job) - alone(world, *r)).max() <= 1, r

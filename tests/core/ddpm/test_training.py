@@ -70,7 +70,7 @@ def test_same_seed_same_weights_and_samples(digits8, tmp_path):
     _, ema_a, la = _train(digits8, steps=10, seed=3)
     _, ema_b, lb = _train(digits8, steps=10, seed=3)
     assert la == lb
-    for p, q in zip(ema_a.model.parameters(), ema_b.model.parameters()):
+    for p, q in zip(ema_a.model.parameters(), ema_b.model.parameters(), strict=True):
         assert torch.equal(p, q)
     m = DDPMEngineModel(ema_a.model, {"kind": "ddpm", "num_train_timesteps": 100}, [str(i) for i in range(10)])
     a = m.generate(["3", "4"], num_images=2, num_inference_steps=5, seed=11)
@@ -120,7 +120,7 @@ def test_resume_matches_uninterrupted(digits8, tmp_path):
     torch.manual_seed(123)
     resumed = UNet(UNetConfig(num_classes=10, **TINY))
     train(resumed, obj, x, y, TrainConfig(max_steps=8, checkpoint_every=4, **cfg), state_path=state)
-    for p, q in zip(full.parameters(), resumed.parameters()):
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
     first = torch.load(state, weights_only=True)["elapsed_s"]
     seen: list[float] = []
@@ -139,7 +139,7 @@ def test_bf16_autocast_on_the_cpu_trains(digits8):
     cfg = TrainConfig(max_steps=30, batch_size=32, learning_rate=3e-3, warmup_steps=2, bf16=True)
     train(net, obj, x, y, cfg, callback=lambda p: losses.append(p.loss))
     assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast: fp32 master weights
-    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert sum(losses[-5:]) < sum(losses[:5])  # it learns
 
 

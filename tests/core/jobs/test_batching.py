@@ -66,7 +66,7 @@ def test_an_image_amid_a_batch_equals_the_request_alone(engines, tmp_path):
     sizes = hists[("diffuserve_batch_size", (("type", "txt2img"),))]
     assert sizes["count"] == 1 and sizes["sum"] == 7  # one batch of the seven jobs
     alone = execute_job(_job(store, "7", 42, num_images=2).id, store, storage, lambda: engines, "w")
-    for a, b in zip(_pixels(storage, done[3]), _pixels(storage, alone)):
+    for a, b in zip(_pixels(storage, done[3]), _pixels(storage, alone), strict=True):
         assert np.abs(a - b).max() <= 1
     assert done[3].metrics.inference_ms == done[0].metrics.inference_ms  # one shared loop
 
@@ -130,7 +130,7 @@ def test_diffusers_txt2img_batches_and_each_image_equals_the_request_alone(tiny_
     _, hists = store.limits.metrics_snapshot()
     assert hists[("diffuserve_batch_size", (("type", "txt2img"),))]["sum"] == 3  # one batch (ancestral sampler too)
     alone = execute_job(sd_job("a cat", 5, num_images=2).id, store, storage, lambda: engines, "w")
-    for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone)):
+    for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone), strict=True):
         assert np.abs(a - b).max() <= 1
     assert np.abs(_pixels(storage, done[0])[0] - _pixels(storage, done[2])[0]).mean() > 1  # prompts kept apart
 
@@ -176,7 +176,7 @@ def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails
     _, hists = store.limits.metrics_snapshot()
     assert hists[("diffuserve_batch_size", (("type", "img2img"),))]["sum"] == 4  # one batch of four jobs
     alone = execute_job(i2i_job(blue, 5, num_images=2).id, store, storage, lambda: engines, "w")
-    for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone)):
+    for a, b in zip(_pixels(storage, done[1]), _pixels(storage, alone), strict=True):
         assert np.abs(a - b).max() <= 1  # an image amid the batch equals the request alone
     # each image kept its own input: the red one equals red alone, and the input matters (blue, same seed, differs)
     red_alone = _pixels(storage, execute_job(i2i_job(red, 1).id, store, storage, lambda: engines, "w"))[0]
