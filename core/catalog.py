@@ -52,6 +52,17 @@ class Family:
     inpaint_native: bool = False  # an inpainting model: its own pipeline inpaints (no AutoPipelineForInpainting)
     guidance: float = 7.5
     steps: int = 30
+    # sizes: width and height are multiples of the VAE's scale x the denoiser's patch x latent_pack (Flux packs 2x2
+    # latents into one token), so SD and SDXL take multiples of 8, SD3, Flux, Wan and CogVideoX multiples of 16.
+    # ``patch`` is the denoiser's usual patch, for a hub id (a local model's config says its own)
+    patch: int = 1
+    latent_pack: int = 1
+    # frames (video): num_frames - 1 a multiple of frames_step (the VAE's time compression), at most max_frames
+    frames_step: int = 1
+    max_frames: int | None = None
+    # tasks that draw one image per job here: diffusers' SD3 image-to-image encodes its input once per generator
+    # before it repeats the input for the batch (image[i] past the first is empty), so num_images > 1 fails there
+    one_image_tasks: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -68,28 +79,66 @@ FAMILIES: dict[str, Family] = {
         guidance=5.0,
     ),
     "StableDiffusion3Pipeline": Family(
-        ("txt2img", "img2img", "inpaint"), (1024, 1024), flow=True, guidance=7.0, steps=28
+        ("txt2img", "img2img", "inpaint"),
+        (1024, 1024),
+        flow=True,
+        guidance=7.0,
+        steps=28,
+        patch=2,
+        one_image_tasks=("img2img",),
     ),
-    "FluxPipeline": Family(("txt2img", "img2img", "inpaint"), (1024, 1024), flow=True, guidance=3.5, steps=28),
-    "WanPipeline": Family(("video",), (832, 480), flow=True, video=True, guidance=5.0, steps=30),
-    "CogVideoXPipeline": Family(("video",), (720, 480), video=True, guidance=6.0, steps=50),
-    "AnimateDiffPipeline": Family(("video",), (512, 512), video=True, guidance=7.5, steps=25),
+    "FluxPipeline": Family(
+        ("txt2img", "img2img", "inpaint"), (1024, 1024), flow=True, guidance=3.5, steps=28, latent_pack=2
+    ),
+    "WanPipeline": Family(
+        ("video",), (832, 480), flow=True, video=True, guidance=5.0, steps=30, patch=2, frames_step=4
+    ),
+    "CogVideoXPipeline": Family(
+        ("video",), (720, 480), video=True, guidance=6.0, steps=50, patch=2, frames_step=8, max_frames=49
+    ),
+    "AnimateDiffPipeline": Family(("video",), (512, 512), video=True, guidance=7.5, steps=25, max_frames=32),
 }
 
+# flow-matching image-to-image and inpainting pipelines noise their input with the scheduler's ``scale_noise``,
+# which only the flow-matching Euler scheduler has
+FLOW_NOISING_SCHEDULERS = ("euler",)
+NOISING_TASKS = ("img2img", "inpaint")
 
-def scheduler_names(family: Family) -> list[str]:
+
+def scheduler_names(family: Family, task: str | None = None) -> list[str]:
+    """The scheduler names a family's models take (for ``task``: those its pipeline can run)."""
+    if family.flow and task in NOISING_TASKS:
+        return list(FLOW_NOISING_SCHEDULERS)
     return list(FLOW_SCHEDULERS) if family.flow else list(SCHEDULERS)
 
 
 def valid_num_frames(pipeline_class: str, n: int) -> str | None:
     """None when ``n`` frames is valid for the pipeline, else why not."""
-    if pipeline_class == "WanPipeline" and (n - 1) % 4:
-        return "must be 4k+1 for Wan models (e.g. 17, 33, 81)"
-    if pipeline_class == "CogVideoXPipeline" and ((n - 1) % 8 or n > 49):
-        return "must be 8k+1 and at most 49 for CogVideoX models"
-    if pipeline_class == "AnimateDiffPipeline" and n > 32:
-        return "must be at most 32 for AnimateDiff models"
-    return None
+    family = FAMILIES[pipeline_class]
+    step, top = family.frames_step, family.max_frames
+    if (n - 1) % step == 0 and (top is None or n <= top):
+        return None
+    rules = [f"{step}k+1 (e.g. {step + 1}, {2 * step + 1}, {4 * step + 1})"] if step > 1 else []
+    rules += [f"at most {top}"] if top is not None else []
+    return f"must be {' and '.join(rules)} for {pipeline_class} models"
+
+
+# the denoising steps an image-to-image or inpainting request runs: diffusers keeps int(steps x strength) of a
+# diffusion model's steps and refuses none at all, except SD's image-to-image pipeline, which does not count them:
+# there PNDM (PLMS, its first timestep twice) still runs one when int(steps x strength) is 0, and any other
+# scheduler fails. A flow model keeps steps - int(steps x (1 - strength)).
+STRENGTH_UNCOUNTED = (("StableDiffusionPipeline", "img2img"),)
+PLMS_SCHEDULER = "PNDMScheduler"
+
+
+def denoising_steps(pipeline_class: str, task: str, steps: int, strength: float, scheduler_class: str | None) -> int:
+    """How many of ``steps`` an image-to-image or inpainting pipeline runs at ``strength`` (0: it cannot run)."""
+    if FAMILIES[pipeline_class].flow:
+        return steps - int(max(steps - min(steps * strength, steps), 0))
+    kept = int(steps * strength)
+    if kept == 0 and (pipeline_class, task) in STRENGTH_UNCOUNTED and scheduler_class == PLMS_SCHEDULER:
+        return 1
+    return kept
 
 
 # base models whose LoRA training loop is implemented (core/training/lora_job.py)
@@ -214,6 +263,68 @@ def family_of(kind: ModelKind, video: bool = False) -> str:
     if kind == ModelKind.engine:
         return "engine"
     return "video" if video else "image"
+
+
+# -- sizes --------------------------------------------------------------------------------------------------------
+MAX_SIDE = 2048  # width and height of any generation request (the request models' bound)
+ENGINE_MAX_SCALE = 4  # engine U-Nets draw square images up to 4x the size they were trained at
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """The sizes a model draws, as GET /v1/models states them: width and height multiples of ``multiple``, at most
+    ``max_width`` x ``max_height`` and ``max_pixels`` in all, equal when ``square_only``. A missing dimension is
+    the model's native one (for a square-only model: the other one given)."""
+
+    multiple: int
+    max_width: int
+    max_height: int
+    max_pixels: int
+    square_only: bool = False
+
+    def round_down(self, width: int, height: int) -> tuple[int, int]:
+        """The size on this rule at or below ``width`` x ``height``, side by side (at least one step a side)."""
+        return (
+            min(self.max_width, _floor(width, self.multiple)),
+            min(self.max_height, _floor(height, self.multiple)),
+        )
+
+    def why_not(self, width: int, height: int) -> tuple[str, str] | None:
+        """None when ``width`` x ``height`` follows the rule, else (field, why not)."""
+        for name, side, top in (("width", width, self.max_width), ("height", height, self.max_height)):
+            if side % self.multiple:
+                return name, f"must be a multiple of {self.multiple}"
+            if side > top:
+                return name, f"at most {top}"
+        if self.square_only and width != height:
+            return "height", "must equal width: this model draws square images"
+        return None
+
+
+def _floor(value: int, multiple: int) -> int:
+    return max(multiple, value - value % multiple)
+
+
+def engine_size_rule(native: int, downsamples: int, dit: bool) -> SizeRule:
+    """Our engine: a DiT draws at the size it was trained at only (its position embeddings are that size); a U-Net
+    any square size its downsamplings divide (2^downsamples), up to ``ENGINE_MAX_SCALE`` x its native size."""
+    max_pixels = LIMITS["engine"].max_pixels
+    if dit:
+        return SizeRule(native, native, native, max_pixels, square_only=True)
+    multiple = 2**downsamples
+    top = _floor(min(ENGINE_MAX_SCALE * native, int(max_pixels**0.5)), multiple)
+    return SizeRule(multiple, top, top, max_pixels, square_only=True)
+
+
+def diffusers_size_rule(family: Family, vae_scale: int, patch: int, max_patches: int | None = None) -> SizeRule:
+    """A diffusers model: latents are image / ``vae_scale``, and the denoiser takes them in ``patch`` x ``patch``
+    patches (Flux packs 2x2 latents besides: ``latent_pack``); a transformer whose position table is
+    ``max_patches`` long (SD3's ``pos_embed_max_size``, Wan's ``rope_max_seq_len``) draws at most that many
+    patches a side."""
+    multiple = vae_scale * patch * family.latent_pack
+    top = MAX_SIDE if max_patches is None else min(MAX_SIDE, max_patches * multiple)
+    top = _floor(top, multiple)
+    return SizeRule(multiple, top, top, LIMITS["video" if family.video else "image"].max_pixels)
 
 
 # ControlNet preprocessing of the control image (core/pipelines/preprocess.py); those that need a model of their own

@@ -401,16 +401,33 @@ class JobList(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """A served model and the rules a request for it must follow (enforced at submit, a 422 naming the field)."""
+
     id: str
     kind: str
-    tasks: list[str]
-    width: int | None = None
-    height: int | None = None
-    labels: list[str] | None = None
+    tasks: list[str] = Field(description="the tasks it can run here")
+    width: int | None = Field(None, description="native width: a request's default")
+    height: int | None = Field(None, description="native height: a request's default")
+    size_multiple: int | None = Field(None, description="width and height are multiples of it")
+    max_width: int | None = None
+    max_height: int | None = None
+    max_pixels: int | None = Field(None, description="width x height at most")
+    square_only: bool = Field(False, description="width must equal height; a missing one takes the other's value")
+    labels: list[str] | None = Field(None, description="a class-conditional model's prompts")
     schedulers: list[str] = Field(default_factory=list)
+    schedulers_by_task: dict[str, list[str]] | None = Field(
+        None, description="the schedulers each task takes (flow img2img and inpaint: euler only)"
+    )
     default_scheduler: str | None = None
     default_num_inference_steps: int | None = None
+    max_inference_steps: int | None = None
     default_guidance_scale: float | None = None
+    max_num_images: int | None = Field(None, description="num_images at most")
+    max_num_images_by_task: dict[str, int] | None = Field(None, description="num_images at most for each task")
+    default_num_frames: int | None = None
+    num_frames_step: int | None = Field(None, description="video: num_frames - 1 is a multiple of it")
+    max_num_frames: int | None = None
+    base_models: list[str] | None = Field(None, description="a ControlNet: the served models it can condition")
     pipeline_class: str | None = None
     sha256: str | None = None
 

@@ -1,7 +1,8 @@
 """Turning a typed request into a job's input, torch-free: what pydantic cannot check (the model exists and does
 the task, labels, images, datasets, the limits of the model's family, LoRA compatibility, frame rules, names) and
-every default filled in, the seed and timeout included. The gateway calls it before it queues a job; the worker
-re-checks the limits (:func:`recheck`) once it has resolved the model.
+every default filled in, the seed and timeout included. The gateway calls it before it queues a job. The rules that
+depend on the model (sizes, schedulers, counts, frames) are its entry's, from the catalog (``core/catalog.py``), and
+GET /v1/models states them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from core.catalog import (
     MAX_VIDEO_VOLUME,
     MODEL_PREPROCESSORS,
     ModelKind,
+    denoising_steps,
     family_of,
     valid_num_frames,
 )
@@ -47,36 +49,58 @@ class Inputs:
     grid_max_total_steps: int = 2000  # denoising steps over all of a grid's cells
 
 
-def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType) -> None:
-    for dim in ("width", "height"):
-        if data.get(dim) is None:
-            data[dim] = getattr(entry, dim)
-        elif data[dim] % entry.size_multiple:
-            raise InputError(f"must be a multiple of {entry.size_multiple} for model {entry.id!r}", field=dim)
+def _fill_size(entry: ModelEntry, data: dict, image_size: tuple[int, int] | None) -> None:
+    """Width and height by the model's size rule (core/catalog.py): a missing one is the native size (for a
+    square-only model: the other one given); an image task given neither answers at its input image's size,
+    rounded down to the size step and capped at the largest it draws."""
+    rule = entry.size
+    w, h = data.get("width"), data.get("height")
+    if w is None and h is None and image_size is not None:
+        w, h = rule.round_down(*image_size)
+    elif rule.square_only:
+        w, h = (w if w is not None else h), (h if h is not None else w)
+    data["width"] = entry.width if w is None else w
+    data["height"] = entry.height if h is None else h
+    broken = rule.why_not(data["width"], data["height"])
+    if broken:
+        field, why = broken
+        raise InputError(f"{why} for model {entry.id!r} (see its size rule in GET /v1/models)", field=field)
+
+
+def _fill_generation_defaults(entry: ModelEntry, data: dict, job_type: JobType, image_size) -> None:
+    _fill_size(entry, data, image_size)
     if data.get("num_inference_steps") is None:
         data["num_inference_steps"] = entry.default_num_inference_steps
     elif data["num_inference_steps"] > entry.max_inference_steps:
         raise InputError(f"at most {entry.max_inference_steps} for model {entry.id!r}", field="num_inference_steps")
     if data.get("guidance_scale") is None:
         data["guidance_scale"] = entry.default_guidance_scale
+    schedulers = entry.schedulers_for(job_type.value)
     if data.get("scheduler") is None:
         data["scheduler"] = entry.default_scheduler
-    elif data["scheduler"] not in entry.schedulers:
+    elif data["scheduler"] not in schedulers:
         raise InputError(
-            f"unknown scheduler {data['scheduler']!r} for model {entry.id!r}; expected one of {entry.schedulers}",
+            f"unknown scheduler {data['scheduler']!r} for {job_type.value} with model {entry.id!r}; "
+            f"expected one of {schedulers}",
             field="scheduler",
         )
+    if data.get("strength") is not None and entry.kind == ModelKind.diffusers:
+        steps, strength = data["num_inference_steps"], data["strength"]
+        scheduler = entry.scheduler_class_of(data["scheduler"])
+        if denoising_steps(entry.pipeline_class, job_type.value, steps, strength, scheduler) < 1:
+            raise InputError(
+                f"strength {strength} at num_inference_steps {steps} leaves no denoising step to run; raise strength "
+                "or num_inference_steps",
+                field="strength",
+            )
+    if data.get("num_images", 1) > entry.max_images_for(job_type.value):
+        raise InputError(f"at most {entry.max_images_for(job_type.value)} for {job_type.value} with model "
+                         f"{entry.id!r}", field="num_images")  # fmt: skip
     if entry.kind == ModelKind.engine:
         _check_engine_request(entry, data)
 
 
 def _check_engine_request(entry: ModelEntry, data: dict) -> None:
-    if data["width"] != data["height"]:
-        raise InputError("engine models draw square images; width must equal height", field="height")
-    if data["width"] > 4 * entry.width:
-        raise InputError(f"at most {4 * entry.width} for model {entry.id!r}", field="width")
-    if entry.fixed_size and data["width"] != entry.width:
-        raise InputError(f"model {entry.id!r} (a DiT) draws {entry.width}x{entry.width} only", field="width")
     if data.get("loras"):
         raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
     if data.get("negative_prompt"):
@@ -102,7 +126,7 @@ def _check_diffusers_request(v: Inputs, tenant: str, entry: ModelEntry, data: di
                 field=f"loras.{i}.name",
             )
     if job_type == JobType.controlnet:
-        v.registry.controlnet(data["controlnet"])
+        v.registry.controlnet(data["controlnet"], entry)
         if data.get("preprocess") in MODEL_PREPROCESSORS:  # one that needs a model of its own: installed?
             v.registry.preprocessor(data["preprocess"])
     if job_type == JobType.video:
@@ -111,6 +135,8 @@ def _check_diffusers_request(v: Inputs, tenant: str, entry: ModelEntry, data: di
         why = valid_num_frames(entry.pipeline_class, data["num_frames"])
         if why:
             raise InputError(why, field="num_frames")
+        if entry.max_num_frames is not None and data["num_frames"] > entry.max_num_frames:
+            raise InputError(f"at most {entry.max_num_frames} for model {entry.id!r}", field="num_frames")
 
 
 def _check_training_name(v: Inputs, name: str) -> None:
@@ -167,12 +193,7 @@ def _prepare_generation(
 ) -> tuple[dict, ModelRef, str]:
     entry = tenant_model_entry(v.store, tenant, data["model"]) or v.registry.get(data["model"])
     entry.require_task(job_type)
-    first_image = next(iter(dims.values()), None)
-    if first_image and data.get("width") is None and data.get("height") is None:
-        # an image task answers at the size of its input image (rounded down to what the model accepts)
-        m = entry.size_multiple
-        data["width"], data["height"] = (max(m, v - v % m) for v in first_image)
-    _fill_generation_defaults(entry, data, job_type)
+    _fill_generation_defaults(entry, data, job_type, next(iter(dims.values()), None))
     if entry.kind == ModelKind.diffusers:
         _check_diffusers_request(v, tenant, entry, data, job_type)
     family = family_of(entry.kind, job_type == JobType.video)
@@ -278,15 +299,3 @@ def prepare(v: Inputs, tenant: str, job_type: JobType, body: BaseModel) -> tuple
     for f, im in images.items():
         data[f] = uploads.save_inline(v.store, v.storage, tenant, im, v.job_ttl_s)
     return data, model, {f: im.sha256 for f, im in images.items()}
-
-
-def recheck(job_type: JobType, request: BaseModel, model: ModelEntry | None) -> None:
-    """The worker's second look, on the typed request and the model it resolved: the family's limits still hold."""
-    if model is None or job_type in (JobType.lora_training, JobType.ddpm_training):
-        return
-    family = family_of(model.kind, job_type == JobType.video)
-    if job_type == JobType.grid:
-        for _, _, cell in request.cells():
-            _check_family_limits(family, cell.model_dump())
-        return
-    _check_family_limits(family, request.model_dump())

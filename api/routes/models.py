@@ -23,13 +23,14 @@ def model_entries(b: Backends, t: str) -> list[ModelEntry]:
 
 @router.get("/models", response_model=list[ModelInfo])
 async def list_models(t: str = Depends(tenant), b: Backends = Depends(backends)):
-    """Every model found in the bundled folder and MODELS_DIR, and those the caller trained, with tasks, sizes, labels."""  # noqa: E501
+    """Every model found in the bundled folder and MODELS_DIR, and those the caller trained: tasks, size rules, labels."""  # noqa: E501
 
     entries = await run_in_threadpool(model_entries, b, t)
     controlnets = [
-        ModelInfo(id=name, kind="controlnet", tasks=["controlnet"]) for name in b.registry.controlnet_names()
+        ModelInfo(id=name, kind="controlnet", tasks=["controlnet"], base_models=b.registry.base_models_of(name))
+        for name in b.registry.controlnet_names()
     ]
-    return [e.info() for e in entries] + controlnets
+    return [e.info(b.registry.served_tasks(e)) for e in entries] + controlnets
 
 
 @router.get("/schedulers")
