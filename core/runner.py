@@ -229,11 +229,11 @@ class Engines:
 
         # 1. the keys again as the batch starts: a LoRA or model registered since grouping splits the batch
         try:
-            keys = [self._batch_key(job, ctx) for job, ctx in zip(jobs, ctxs)]
+            keys = [self._batch_key(job, ctx) for job, ctx in zip(jobs, ctxs, strict=True)]
         except Exception:  # noqa: BLE001 - each job then runs alone and reports its own error
             keys = [None]
         if keys[0] is None or any(key != keys[0] for key in keys):
-            return [_outcome(lambda job=job, ctx=ctx: self.run(job, ctx)) for job, ctx in zip(jobs, ctxs)]
+            return [_outcome(lambda job=job, ctx=ctx: self.run(job, ctx)) for job, ctx in zip(jobs, ctxs, strict=True)]
         # 2. one denoising loop: the model and LoRAs resolved as the first job's tenant are every job's (same key)
         requests = [parse_request(job.type, job.input, job.id) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])

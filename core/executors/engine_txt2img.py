@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 
 from core import previews
 from core.contract import Artifact, RunContext, RunResult
@@ -82,24 +83,8 @@ def run_batch(
 
     # 1. load (0 ms when warm)
     engine, load_ms = engines.load_engine(model)
-    outcomes: list[RunResult | BaseException | None] = [None] * len(requests)
-
-    def progress(step: int, total: int) -> bool:
-        for i, ctx in enumerate(ctxs):
-            if outcomes[i] is None:
-                try:
-                    ctx.progress(step, total)
-                except (JobCancelled, LeaseLost, DeadlineExceeded) as e:
-                    outcomes[i] = e
-        return any(o is None for o in outcomes)  # False: nobody is left, stop
-
     # 2. one job's bad input fails that job alone
-    for i, r in enumerate(requests):
-        try:
-            if model.labels:
-                engine.label_index(r.prompt)
-        except ValueError as e:
-            outcomes[i] = e
+    outcomes: list[RunResult | BaseException | None] = [_bad_label(engine, model, r) for r in requests]
     members = [i for i, o in enumerate(outcomes) if o is None]
     if not members:
         return outcomes
@@ -108,29 +93,18 @@ def run_batch(
     draws = [
         ([requests[i].prompt] if model.labels else None, requests[i].num_images, requests[i].seed) for i in members
     ]
-    firsts, at = [], 0  # the index of each member's first image in the batch
-    for i in members:
-        firsts.append(at)
-        at += requests[i].num_images
-
-    def preview(step: int, total: int, x0) -> None:
-        for i, first in zip(members, firsts):
-            if outcomes[i] is None and previews.due(step, total, requests[i].preview_every):
-                ctxs[i].preview(step, total, previews.engine_png(x0[first]))
-
     wants_previews = any(requests[i].preview_every for i in members)
     t0 = time.perf_counter()
     try:
-        size = r0.width or model.width
         images = generate_batch(
             engine,
             draws,
             r0.num_inference_steps,
             r0.scheduler,
             r0.guidance_scale,
-            size,
-            callback=progress,
-            preview=preview if wants_previews else None,
+            r0.width or model.width,
+            callback=_progress_of(ctxs, outcomes),
+            preview=_previews_of(requests, ctxs, outcomes, members) if wants_previews else None,
         )
     except Cancelled:
         return outcomes  # every job left the batch
@@ -138,7 +112,45 @@ def run_batch(
         return [o if o is not None else e for o in outcomes]
     inference_ms = (time.perf_counter() - t0) * 1000
     # 4. encode each job's images (a job that left the batch keeps its outcome)
-    for i, im in zip(members, images):
+    for i, im in zip(members, images, strict=True):
         if outcomes[i] is None:
             outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, engines.versions)
     return outcomes
+
+
+def _bad_label(engine, model: ModelEntry, request: Txt2ImgRequest) -> BaseException | None:
+    """The error a request's label ends its job with, or None (a label-less model takes any prompt)."""
+    try:
+        if model.labels:
+            engine.label_index(request.prompt)
+    except ValueError as e:
+        return e
+    return None
+
+
+def _progress_of(ctxs: list[RunContext], outcomes: list) -> Callable[[int, int], bool]:
+    """The batch's step callback: each job still in it is told the step; one canceled, past its deadline or no
+    longer ours leaves with that outcome. Returns False once nobody is left (the batch stops)."""
+
+    def progress(step: int, total: int) -> bool:
+        for i, ctx in enumerate(ctxs):
+            if outcomes[i] is None:
+                try:
+                    ctx.progress(step, total)
+                except (JobCancelled, LeaseLost, DeadlineExceeded) as e:
+                    outcomes[i] = e
+        return any(o is None for o in outcomes)
+
+    return progress
+
+
+def _previews_of(requests: list[Txt2ImgRequest], ctxs: list[RunContext], outcomes: list, members: list[int]):
+    """The batch's preview callback: each job still in it that asked gets its first image's x0."""
+    firsts = [sum(requests[j].num_images for j in members[:k]) for k in range(len(members))]
+
+    def preview(step: int, total: int, x0) -> None:
+        for i, first in zip(members, firsts, strict=True):
+            if outcomes[i] is None and previews.due(step, total, requests[i].preview_every):
+                ctxs[i].preview(step, total, previews.engine_png(x0[first]))
+
+    return preview

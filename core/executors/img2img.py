@@ -58,7 +58,7 @@ def run_batch(
     # 3. each request's image at the requested size (one that cannot be read fails that job alone)
     outcomes: list = [None] * len(requests)
     images: list = [None] * len(requests)
-    for k, (r, ctx) in enumerate(zip(requests, ctxs)):
+    for k, (r, ctx) in enumerate(zip(requests, ctxs, strict=True)):
         try:
             images[k] = open_image(ctx, r.image, (r.width, r.height))
         except Exception as e:  # noqa: BLE001 - that job's own error
