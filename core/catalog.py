@@ -125,8 +125,8 @@ def valid_num_frames(pipeline_class: str, n: int) -> str | None:
 
 # the denoising steps an image-to-image or inpainting request runs: diffusers keeps int(steps x strength) of a
 # diffusion model's steps and refuses none at all, except SD's image-to-image pipeline, which does not count them:
-# there PNDM (PLMS, its first timestep twice) still runs one when int(steps x strength) is 0, and any other
-# scheduler fails. A flow model keeps steps - int(steps x (1 - strength)).
+# there PNDM (PLMS: from 2 steps on, its first timestep twice) still runs one when int(steps x strength) is 0, and
+# any other scheduler fails. A flow model keeps steps - int(steps x (1 - strength)).
 STRENGTH_UNCOUNTED = (("StableDiffusionPipeline", "img2img"),)
 PLMS_SCHEDULER = "PNDMScheduler"
 
@@ -136,7 +136,8 @@ def denoising_steps(pipeline_class: str, task: str, steps: int, strength: float,
     if FAMILIES[pipeline_class].flow:
         return steps - int(max(steps - min(steps * strength, steps), 0))
     kept = int(steps * strength)
-    if kept == 0 and (pipeline_class, task) in STRENGTH_UNCOUNTED and scheduler_class == PLMS_SCHEDULER:
+    plms = scheduler_class == PLMS_SCHEDULER and steps >= 2
+    if kept == 0 and plms and (pipeline_class, task) in STRENGTH_UNCOUNTED:
         return 1
     return kept
 

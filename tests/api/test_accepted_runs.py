@@ -8,9 +8,9 @@ diffusers family) and every task GET /v1/models lists for it:
   at the size asked for (each PNG decoded, each MP4 read frame by frame); and one that keeps every rule
   /v1/models states is accepted.
 
-Example counts: ``ACCEPTED_RUNS_EXAMPLES`` requests (default 60, derandomized: CI draws the same ones every run);
-``ACCEPTED_RUNS_EXAMPLES=500`` is the long profile. The distributed counterpart,
-``tests/integration/test_accepted_runs_distributed.py``, reuses the helpers here.
+Example counts: ``ACCEPTED_RUNS_EXAMPLES`` requests (default 120, spread over the 18 served (model, task) pairs,
+derandomized: CI draws the same ones every run); ``ACCEPTED_RUNS_EXAMPLES=500`` is the long profile. The
+distributed counterpart, ``tests/integration/test_accepted_runs_distributed.py``, reuses the helpers here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from api.config import Settings
 from serve import create_app
 from tests.api.helpers import data_uri, wait_job
 
-EXAMPLES = int(os.environ.get("ACCEPTED_RUNS_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("ACCEPTED_RUNS_EXAMPLES", "120"))
 PATHS = {
     "txt2img": "/v1/txt2img",
     "img2img": "/v1/img2img",
@@ -78,7 +79,7 @@ class Case:
 
     @property
     def schedulers(self) -> list[str]:
-        return self.model["schedulers_by_task"][self.task]
+        return self.model["schedulers_by_task"].get(self.task, [])
 
 
 def served_cases(client) -> list[Case]:
@@ -179,11 +180,12 @@ def keeps_the_stated_rules(case: Case, body: dict, image_size: tuple[int, int] |
     frames = body.get("num_frames", m["default_num_frames"])
     strength = body.get("strength", fields[case.task].get("strength", {}).get("default"))
     ok = [
+        case.task in m["tasks"],
         w % m["size_multiple"] == 0 and h % m["size_multiple"] == 0,
         w <= m["max_width"] and h <= m["max_height"] and w * h <= m["max_pixels"],
         w == h or not m["square_only"],
         body.get("scheduler", m["default_scheduler"]) in case.schedulers,
-        steps <= m["max_inference_steps"] and n <= m["max_num_images_by_task"][case.task],
+        steps <= m["max_inference_steps"] and n <= m["max_num_images_by_task"].get(case.task, 0),
         body.get("seed", 0) + n - 1 <= 2**32 - 1,
         strength is None or int(steps * strength) >= 1,  # at least one denoising step, whatever the pipeline
         not m["labels"] or body["prompt"] in m["labels"],
@@ -253,32 +255,13 @@ def holds(client, fetch, case: Case, body: dict, image_size, fields, timeout: fl
 
 
 # -- drawing requests inside the advertised ranges ------------------------------------------------------------------
-@st.composite
-def drawn_requests(draw, cases: list[Case], fields: dict[str, dict[str, dict]]):
-    """A request inside the ranges the spec and GET /v1/models advertise (capped for cost). Returns the case, the
-    body and the size of the images it sends (None: none)."""
-    case = draw(st.sampled_from(cases))
-    spec, m = fields[case.task], case.model
-    step = m["size_multiple"]
-    lo_side, hi_side = spec_range(spec["width"])
-    hi_side = min(hi_side, MAX_SCALE * max(case.native))
-    sizes = st.one_of(
-        st.none(),
-        st.integers(-(-lo_side // step), hi_side // step).map(lambda k: k * step),  # on the size step
-        st.integers(lo_side, hi_side),  # anywhere in the range
-    )
-    body: dict[str, Any] = {"model": m["id"]}
-    words = st.lists(st.sampled_from(WORDS), max_size=8).map(" ".join)
-    body["prompt"] = draw(st.sampled_from(m["labels"]) if m["labels"] else st.one_of(words, st.text(max_size=30)))
-    if draw(st.booleans()):
-        body["negative_prompt"] = draw(st.one_of(st.just(""), words))
-    for dim in ("width", "height"):
-        if (v := draw(sizes)) is not None:
-            body[dim] = v
+def optional_fields(case: Case, spec: dict[str, dict]) -> dict[str, st.SearchStrategy]:
+    """What a request may add, each over its advertised range (capped for cost): steps, guidance, a scheduler (of
+    the task's or any the model lists), seed, and the task's own fields."""
     optional: dict[str, st.SearchStrategy] = {
         "num_inference_steps": st.integers(spec_range(spec["num_inference_steps"])[0], MAX_STEPS),
         "guidance_scale": st.one_of(st.sampled_from([0.0, 1.0]), st.floats(*spec_range(spec["guidance_scale"]))),
-        "scheduler": st.one_of(st.sampled_from(case.schedulers), st.sampled_from(m["schedulers"])),
+        "scheduler": st.one_of(st.sampled_from(case.schedulers), st.sampled_from(case.model["schedulers"])),
         "seed": st.one_of(st.integers(*spec_range(spec["seed"])), st.just(spec_range(spec["seed"])[1])),
     }
     if "num_images" in spec:
@@ -290,14 +273,68 @@ def drawn_requests(draw, cases: list[Case], fields: dict[str, dict[str, dict]]):
         optional["num_frames"] = st.integers(spec_range(spec["num_frames"])[0], MAX_FRAMES)
     if "preprocess" in spec:
         optional["preprocess"] = st.sampled_from(spec["preprocess"]["enum"])
-    for name, values in optional.items():
+    for name in ("controlnet_conditioning_scale", "canny_low_threshold", "canny_high_threshold", "fps"):
+        if name in spec:
+            lo, hi = spec_range(spec[name])
+            optional[name] = st.integers(lo, hi) if isinstance(lo, int) else st.floats(lo, hi)
+    optional["preview_every"] = st.integers(spec_range(spec["preview_every"])[0], MAX_STEPS)
+    return optional
+
+
+@st.composite
+def drawn_requests(draw, case: Case, fields: dict[str, dict[str, dict]]):
+    """A request for ``case`` inside the ranges the spec and GET /v1/models advertise (capped for cost). Returns
+    the body and the size of the images it sends (None: none)."""
+    spec, m = fields[case.task], case.model
+    step = m["size_multiple"]
+    lo_side, hi_side = spec_range(spec["width"])
+    hi_side = min(hi_side, MAX_SCALE * max(case.native))
+    on_step = st.integers(-(-lo_side // step), hi_side // step).map(lambda k: k * step)
+    sizes = st.one_of(st.none(), on_step, on_step, on_step, st.integers(lo_side, hi_side))  # off the step too
+    body: dict[str, Any] = {"model": m["id"]}
+    words = st.lists(st.sampled_from(WORDS), max_size=8).map(" ".join)
+    body["prompt"] = draw(st.sampled_from(m["labels"]) if m["labels"] else st.one_of(words, st.text(max_size=30)))
+    if draw(st.booleans()):
+        body["negative_prompt"] = draw(st.one_of(st.just(""), words))
+    for dim in ("width", "height"):
+        if (v := draw(sizes)) is not None:
+            body[dim] = v
+    for name, values in optional_fields(case, spec).items():
         if draw(st.booleans()):
             body[name] = draw(values)
     image_size = None
     if case.task in IMAGE_TASKS:
         image_size = (draw(st.integers(8, 2 * case.native[0])), draw(st.integers(8, 2 * case.native[1])))
         with_images(case, body, image_size, seed=draw(st.integers(0, 3)))
-    return case, body, image_size
+    return body, image_size
+
+
+def run_property(client, fetch, cases: list[Case], fields, total: int, timeout: float = 300) -> list[str]:
+    """The property over about ``total`` drawn requests, spread evenly over the cases (each case its own
+    derandomized run, so CI draws the same requests every time and every model and task is drawn)."""
+    outcomes: list[str] = []
+
+    def property_of(case: Case):
+        @settings(
+            max_examples=-(-total // len(cases)),
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+        )
+        @given(drawn_requests(case, fields))
+        def prop(drawn):
+            outcomes.append(holds(client, fetch, case, *drawn, fields, timeout=timeout))
+
+        return prop
+
+    for case in cases:
+        property_of(case)()
+    ran = outcomes.count("ran")
+    refused = Counter(o.split()[-1] for o in outcomes if o != "ran")
+    print(f"\n{len(outcomes)} requests over {len(cases)} models and tasks: {ran} ran, refused naming {dict(refused)}")
+    assert ran >= len(outcomes) // 4  # the draws reach the worker, not only the refusals
+    return outcomes
 
 
 def edge_sizes(case: Case, lo_side: int) -> list[tuple[int, int]]:
@@ -383,22 +420,44 @@ def test_the_smallest_and_largest_advertised_sizes_run(client, cases, fields):
     assert not failures, failures
 
 
+# what the property found, pinned: (task, request, images' size, the field a refusal names or None: it runs)
+FOUND = [
+    # an SD ControlNet does not condition SDXL's U-Net (mat1 and mat2 shapes cannot be multiplied)
+    ("controlnet", {"model": "tiny-sdxl", "controlnet": "tiny-controlnet"}, (64, 64), "controlnet"),
+    # flow img2img and inpainting noise the input with scale_noise, which UniPC has not
+    ("img2img", {"model": "tiny-flux", "scheduler": "unipc"}, (32, 32), "scheduler"),
+    ("inpaint", {"model": "tiny-sd3", "scheduler": "unipc"}, (32, 32), "scheduler"),
+    ("txt2img", {"model": "tiny-sd3", "scheduler": "unipc"}, None, None),
+    # strength that leaves no denoising step (diffusers: "the number of pipelinesteps is 0", or empty latents)
+    (
+        "img2img",
+        {"model": "tiny-sd", "strength": 0.3, "num_inference_steps": 2, "scheduler": "ddim"},
+        (64, 64),
+        "strength",
+    ),
+    ("img2img", {"model": "tiny-sd", "num_inference_steps": 1}, (64, 64), "strength"),
+    ("img2img", {"model": "tiny-sd", "strength": 0.3, "num_inference_steps": 2}, (64, 64), None),  # PNDM: one step
+    ("inpaint", {"model": "tiny-sdxl", "strength": 0.45, "num_inference_steps": 1}, (64, 64), "strength"),
+    ("inpaint", {"model": "tiny-sd-inpaint", "strength": 0.0}, (64, 64), "strength"),
+    ("img2img", {"model": "tiny-flux", "strength": 0.0}, (32, 32), "strength"),
+    ("img2img", {"model": "tiny-flux", "strength": 0.01, "num_inference_steps": 2}, (32, 32), None),
+    # SD3 image-to-image encodes image[i] per generator before repeating the input (an empty tensor past the first)
+    ("img2img", {"model": "tiny-sd3", "num_images": 2}, (32, 32), "num_images"),
+    ("inpaint", {"model": "tiny-sd3", "num_images": 2}, (32, 32), None),
+    # a square-only model given one side draws that side square (was: the other side native, refused)
+    ("txt2img", {"model": "mnist", "prompt": "7", "width": 56}, None, None),
+    ("txt2img", {"model": "tiny-flux", "width": 30}, None, "width"),
+]
+
+
+@pytest.mark.parametrize("task,extra,image_size,field", FOUND)
+def test_what_the_property_found(client, cases, fields, task, extra, image_size, field):
+    case = Case(next(c.model for c in cases if c.model["id"] == extra["model"]), task, extra.get("controlnet"))
+    body = {**smallest_request(case, image_size), **extra}
+    outcome = holds(client, fetcher(client), case, body, image_size, fields)
+    assert outcome == ("ran" if field is None else f"refused {field}"), outcome
+
+
 def test_drawn_requests_are_refused_naming_a_field_or_run_as_asked(client, cases, fields):
     """The property over ``ACCEPTED_RUNS_EXAMPLES`` drawn requests (derandomized: the same draws every run)."""
-    fetch, outcomes = fetcher(client), []
-
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-    )
-    @given(drawn_requests(cases, fields))
-    def prop(drawn):
-        outcomes.append(holds(client, fetch, *drawn, fields))
-
-    prop()
-    ran = outcomes.count("ran")
-    print(f"\n{len(outcomes)} requests: {ran} ran, {len(outcomes) - ran} refused naming a field")
-    assert ran >= len(outcomes) // 4  # the draws reach the worker, not only the refusals
+    run_property(client, fetcher(client), cases, fields, EXAMPLES)
