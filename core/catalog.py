@@ -60,9 +60,9 @@ class Family:
     # frames (video): num_frames - 1 a multiple of frames_step (the VAE's time compression), at most max_frames
     frames_step: int = 1
     max_frames: int | None = None
-    # tasks that draw one image per job here: diffusers' SD3 image-to-image encodes its input once per generator
-    # before it repeats the input for the batch (image[i] past the first is empty), so num_images > 1 fails there
-    one_image_tasks: tuple[str, ...] = ()
+    # image-to-image takes its input once per image: diffusers' SD3 pipeline encodes image[i] with generator[i]
+    # before it would repeat a single input, so num_images > 1 needs the input given num_images times
+    img2img_input_per_image: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -85,7 +85,7 @@ FAMILIES: dict[str, Family] = {
         guidance=7.0,
         steps=28,
         patch=2,
-        one_image_tasks=("img2img",),
+        img2img_input_per_image=True,
     ),
     "FluxPipeline": Family(
         ("txt2img", "img2img", "inpaint"), (1024, 1024), flow=True, guidance=3.5, steps=28, latent_pack=2

@@ -101,9 +101,8 @@ class ModelEntry:
         return (FLOW_SCHEDULERS if family.flow else SCHEDULERS)[name][0]
 
     def max_images_for(self, task: str) -> int:
-        """num_images at most for ``task``: the family's limit (one for a task its pipeline draws once)."""
-        family = FAMILIES.get(self.pipeline_class or "")
-        return 1 if family and task in family.one_image_tasks else LIMITS[self.limits_family].max_images
+        """num_images at most for ``task``: the family's limit."""
+        return LIMITS[self.limits_family].max_images
 
     def info(self, tasks: list[str] | None = None) -> ModelInfo:
         """What GET /v1/models says of this model; ``tasks``: those it can run now (default: all it lists)."""

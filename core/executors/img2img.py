@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.catalog import FAMILIES
 from core.contract import RunContext, RunResult
 from core.pipelines.loader import denoise, denoise_batch, image_result, open_image
 from core.registry import ModelEntry
@@ -17,8 +18,10 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
     # 2. the image-to-image pipeline of the same components, with a fresh scheduler
     scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
     pipe = diffusers.AutoPipelineForImage2Image.from_pipe(base, scheduler=scheduler)
-    # 3. the input image at the requested size
+    # 3. the input image at the requested size (once per image where the pipeline encodes one per generator)
     image = open_image(ctx, request.image, (request.width, request.height))
+    if FAMILIES[model.pipeline_class].img2img_input_per_image:
+        image = [image] * request.num_images
     # 4. denoise and encode
     out, inference_ms = denoise(
         pipe,

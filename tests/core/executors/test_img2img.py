@@ -26,3 +26,19 @@ def test_the_output_follows_the_input_image_by_strength(engines):
     out = draw(engines, red, 0.5)
     expected = [[108, 148, 193], [130, 125, 138], [52, 90, 195]]
     assert np.abs(out[30:33, 30:33, 0] - np.array(expected)).max() <= 2, out[30:33, 30:33, 0].tolist()
+
+
+def test_sd3_draws_several_images_each_equal_to_its_seed_alone(engines):
+    """SD3's pipeline encodes its input once per generator: the executor hands it the input per image."""
+    ctx = Ctx()
+    image = ctx.add(solid((220, 30, 30), (32, 32)))
+
+    def draw(seed: int, n: int):
+        req = Img2ImgRequest(model="tiny-sd3", prompt="a tree", image=image, strength=0.8, width=32, height=32,
+                             num_inference_steps=2, guidance_scale=5.0, scheduler="default", seed=seed,
+                             num_images=n)  # fmt: skip
+        return [decode(a) for a in img2img.run(req, engines.registry.get("tiny-sd3"), ctx, engines).artifacts]
+
+    pair = draw(4, 2)
+    assert len(pair) == 2 and np.abs(pair[0] - pair[1]).mean() > 0.5
+    assert np.abs(pair[1] - draw(5, 1)[0]).max() <= 1
