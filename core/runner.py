@@ -189,7 +189,8 @@ class Engines:
 
         request = parse_request(job.type, job.input, job.id)
         model_id = getattr(request, "model", None)
-        model, owner = self._resolve(model_id, ctx) if model_id else (None, None)
+        # the model's entry from its registration alone: grouping downloads no tenant's files
+        model, owner = self._resolve(model_id, ctx, materialize=False) if model_id else (None, None)
         module = executor_module(model.kind if model else None, job.type)
         found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
         if found is None:
@@ -238,24 +239,24 @@ class Engines:
         requests = [parse_request(job.type, job.input, job.id) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])
         module = executor_module(model.kind, jobs[0].type)
-        key = (jobs[0].type, module.batch_key(requests[0], model))
-        with self.memory.measure(key, sum(r.num_images for r in requests)):
+        with self.memory.measure(keys[0], sum(r.num_images for r in requests)):  # the key group() caps by
             outcomes = module.run_batch(requests, model, ctxs, self)
         return [self._stamp(o, model) for o in outcomes]
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
         return self._resolve(model_id, ctx)[0]
 
-    def _resolve(self, model_id: str, ctx: RunContext) -> tuple[ModelEntry, str | None]:
-        """(entry, owner): the tenant's own model of that name (owner: the tenant), else a served one (None)."""
+    def _resolve(self, model_id: str, ctx: RunContext, materialize: bool = True) -> tuple[ModelEntry, str | None]:
+        """(entry, owner): the tenant's own model of that name (owner: the tenant), else a served one (None). With
+        ``materialize`` the tenant's files are fetched into the local cache and the entry points at them."""
         from core import tenant_models
 
-        own = ctx.registered("model", model_id)
-        if own is None:
+        record = ctx.registration("model", model_id)
+        if record is None:
             return self.registry.get(model_id), None
-        record, folder = own
         entry = tenant_models.entry_from_record(record)
-        entry.path = folder
+        if materialize:
+            _, entry.path = ctx.registered("model", model_id)
         return entry, ctx.tenant
 
 

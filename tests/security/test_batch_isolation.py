@@ -159,10 +159,10 @@ def test_a_lora_retrained_after_grouping_is_not_drawn_with_the_old_batchmates(wo
         lifecycle.cancel(store, job_id)
 
 
-def engines_ctx(world, job):
-    from core.jobs.execute import JobContext
+def engines_ctx(world, job, token: str = ""):
+    from core.jobs.context import JobContext
 
-    return JobContext(world["store"], job, world["storage"], "", None, world["engines"].cache_dir)
+    return JobContext(world["store"], job, world["storage"], token, None, world["engines"].cache_dir)
 
 
 request = st.tuples(
@@ -181,3 +181,22 @@ def test_property_any_mix_of_tenants_each_batched_image_equals_its_request_alone
     done = execute_batch(ids, store, world["storage"], lambda: world["engines"], "w")
     for r, job in zip(mix, done, strict=True):
         assert np.abs(pixels(world, job) - alone(world, *r)).max() <= 1, r
+
+
+def test_a_lora_registered_between_grouping_and_start_splits_the_batch(world, tiny_models_dir, tmp_path):
+    """Tenants d and c both reach the shared `style` when grouped; d then trains its own before the batch starts:
+    run_batch sees the keys part and draws each alone, d with its own LoRA."""
+    store, storage, engines = world["store"], world["storage"], world["engines"]
+    ids = [submit(store, "d", "a cat", 21, 1.0), submit(store, "c", "a cat", 22, 1.0)]
+    jobs = [store.jobs.get(i) for i in ids]
+    assert [len(g) for g in engines.group(jobs, lambda j: engines_ctx(world, j))] == [2]
+    folder = tmp_path / "d-style"
+    lora_file(tiny_models_dir / "tiny-sd", 7, folder / "pytorch_lora_weights.safetensors")
+    tenant_models.publish(store, storage, "d", "lora", "style", folder, "job_train_d")
+    claimed = [lifecycle.claim(store, i, "w", 60.0) for i in ids]
+    outcomes = engines.run_batch(claimed, [engines_ctx(world, j, j.lease_token) for j in claimed])
+    own = alone(world, "d", "a cat", 21, 1.0)  # drawn after d's registration: with d's own LoRA
+    got = np.asarray(Image.open(io.BytesIO(outcomes[0].artifacts[0].data))).astype(int)
+    assert np.abs(got - own).max() <= 1
+    shared = np.asarray(Image.open(io.BytesIO(outcomes[1].artifacts[0].data))).astype(int)
+    assert np.abs(shared - alone(world, "c", "a cat", 22, 1.0)).max() <= 1

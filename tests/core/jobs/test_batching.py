@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from core.contract import RunResult
 from core.jobs import lifecycle
 from core.jobs.execute import execute_batch, execute_job
 from core.jobs.store import memory_store
 from core.registry import ModelRegistry
+from core.runner import BatchMemory
 from core.schemas import JobStatus, JobType
 from core.storage import LocalStorage
 from tests.conftest import REPO, wait_for
+from tests.core.executors.conftest import Ctx
 
 
 class ListQueue:
@@ -185,11 +190,23 @@ def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails
     assert np.abs(red_alone - blue_seed1).mean() > 1
 
 
+class FakeGpuMemory(BatchMemory):
+    """1,000 bytes free, and every batch peaks at ``peak_per_image`` an image (what torch.cuda would report)."""
+
+    def __init__(self, peak_per_image: int):
+        super().__init__(free_bytes=lambda: 1000)
+        self.peak_per_image = peak_per_image
+
+    @contextmanager
+    def measure(self, key: tuple, images: int) -> Iterator[None]:
+        yield
+        self.observe(key, images, self.peak_per_image * images)
+
+
 def test_on_a_gpu_a_batch_holds_only_the_images_that_fit_in_free_memory(engines, tmp_path):
     """MAX_BATCH is 8, but the last batch of this key peaked at 400 bytes an image and 1,000 bytes are free: with
     the 80% headroom two images fit, so five one-image jobs (and a two-image one) split by memory, not by count."""
     from core.jobs.context import JobContext
-    from core.runner import BatchMemory
 
     store, storage = memory_store(), LocalStorage(tmp_path, "k")
     jobs = [_job(store, "3", seed) for seed in range(5)] + [_job(store, "3", 9, num_images=2)]
@@ -198,7 +215,13 @@ def test_on_a_gpu_a_batch_holds_only_the_images_that_fit_in_free_memory(engines,
     try:
         engines.memory = BatchMemory(free_bytes=lambda: 1000)
         assert [len(g) for g in engines.group(jobs, context)] == [6]  # nothing measured yet: MAX_BATCH alone
-        engines.memory.observe(engines._batch_key(jobs[0], context(jobs[0])), images=4, peak_bytes=1600)
+        # what a batch of this key measured when it ran (run_batch measures, group caps: the same key)
+        measured = FakeGpuMemory(peak_per_image=400)
+        engines.memory = measured
+        batch = [store.jobs.get(j.id) for j in jobs[:2]]
+        outcomes = engines.run_batch(batch, [Ctx(), Ctx()])  # a RunContext with no store behind it
+        assert all(isinstance(o, RunResult) for o in outcomes), outcomes
+        assert measured.per_image  # learned under the key group() reads
         groups = engines.group(jobs, context)
         assert [[j.id for j in g] for g in groups] == [[j.id for j in jobs[i : i + 2]] for i in (0, 2, 4)][:2] + [
             [jobs[4].id],
