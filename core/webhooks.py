@@ -35,7 +35,9 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +54,7 @@ EVENTS = ("start", "progress", "output", "completed")
 LEASE_S = 30.0  # a claimed delivery comes back to the queue after this long unless acknowledged
 MAX_ATTEMPTS_SHOWN = 50  # attempts kept on the job record
 CLAIM_BATCH = 32  # deliveries claimed per look at the queue
+HELD_PER_SLOT = 4  # deliveries a gateway holds claimed per slot of the pool (and of a tenant's share)
 ALWAYS_REFUSED = [
     ipaddress.ip_network("169.254.0.0/16"),  # link-local, cloud metadata (169.254.169.254)
     ipaddress.ip_network("fe80::/10"),
@@ -219,6 +222,7 @@ class Deliverer:
         self.per_tenant = per_tenant
         self.per_host = max(per_host, per_tenant)
         self.in_flight: dict[str, tuple[dict, float]] = {}  # delivery id -> (delivery, when its lease was renewed)
+        self.waiting: list[tuple[dict, float]] = []  # claimed, waiting for a slot: (delivery, lease renewed at)
 
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=lambda: asyncio.run(self.run(stop)), name="webhooks", daemon=True)
@@ -226,63 +230,100 @@ class Deliverer:
         return t
 
     async def run(self, stop: threading.Event) -> None:
+        """Claim, start what the shares allow, keep leases alive; the store's calls run on threads, so a slow store
+        never holds an attempt in flight past its deadline."""
         import httpx
 
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=0)
+        self._dns = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-dns")  # a hung lookup waits here
         async with httpx.AsyncClient(
             timeout=self.timeout_s, follow_redirects=False, trust_env=False, limits=limits
         ) as http:
-            tasks: set[asyncio.Task] = set()
+            self._http, self._tasks = http, set()
             while not stop.is_set():
-                self._renew_leases()
-                claimed = self._claim(http, tasks)
-                if claimed < CLAIM_BATCH:  # a full claim means more are due: go on at once
-                    await asyncio.sleep(self.interval_s)
-                else:
-                    await asyncio.sleep(0)
-            for task in tasks:
+                claimed = 0
+                try:
+                    await self._renew_leases()
+                    claimed = await self._claim()
+                    self._start_ready()
+                except Exception:  # noqa: BLE001 - a pass that failed (the store away): the next one tries again
+                    log.warning("webhook delivery pass failed", exc_info=True)
+                await asyncio.sleep(0 if claimed >= CLAIM_BATCH else self.interval_s)  # a full claim: more are due
+            for task in self._tasks:
                 task.cancel()  # their leases bring them back to another gateway (or this one, restarted)
+        self._dns.shutdown(wait=False, cancel_futures=True)
 
-    def _claim(self, http, tasks: set[asyncio.Task]) -> int:
-        """Start what the free slots allow; hand the rest back. Returns how many deliveries were claimed."""
-        if len(self.in_flight) >= self.concurrency:
+    async def _claim(self) -> int:
+        """Claim due deliveries into the local waiting line (leased, renewed while they wait). A tenant holds at most
+        ``HELD_PER_SLOT`` times its share here; past that its deliveries go back to the queue, due again after a
+        delay that doubles each time (a fast receiver drains its line at once, a slow one costs few store writes)."""
+        room = HELD_PER_SLOT * self.concurrency - len(self.in_flight) - len(self.waiting)
+        if room <= 0:
             return 0
-        now = time.time()
-        try:
-            due = self.store.webhooks.claim_due(now, LEASE_S, CLAIM_BATCH)
-        except Exception:  # noqa: BLE001 - the store is away: try again
-            return 0
-        for delivery in due:  # oldest first
+        due = await asyncio.to_thread(self.store.webhooks.claim_due, time.time(), LEASE_S, min(room, CLAIM_BATCH))
+        held = Counter(self._slots(d)[0] for d, _ in self.waiting)
+        for delivery in due:
+            tenant = self._slots(delivery)[0]
+            if held[tenant] >= HELD_PER_SLOT * self.per_tenant:
+                pushed = delivery.get("pushed", 0)
+                delivery["pushed"] = pushed + 1
+                later = time.time() + min(self.timeout_s, self.interval_s * 2**pushed)
+                await asyncio.to_thread(self._reschedule, delivery, later)
+                continue
+            held[tenant] += 1
+            self.waiting.append((delivery, time.monotonic()))
+        return len(due)
+
+    def _start_ready(self) -> None:
+        """Start waiting deliveries, oldest event first, while the pool, their tenant's share, their receiver's share
+        and their job (its events go one at a time, in order) allow."""
+        self.waiting.sort(key=lambda item: (item[0].get("created", 0.0), item[0]["id"]))
+        kept = []
+        for delivery, renewed in self.waiting:
             tenant, host = self._slots(delivery)
             flying = [d for d, _ in self.in_flight.values()]
-            busy_tenant = sum(self._slots(d)[0] == tenant for d in flying) >= self.per_tenant
-            busy_host = sum(self._slots(d)[1] == host for d in flying) >= self.per_host
-            busy_job = any(d["job_id"] == delivery["job_id"] for d in flying)  # a job's events go one at a time
-            if busy_tenant or busy_host or busy_job or len(self.in_flight) >= self.concurrency:
-                # its tenant's slots are held by attempts that end within timeout_s: due again then; a receiver
-                # shared with other tenants, or a job's earlier event, frees sooner: look again shortly
-                later = now + (self.timeout_s if busy_tenant else max(self.interval_s, 1.0))
-                self._reschedule(delivery, later)
+            if (
+                len(flying) >= self.concurrency
+                or sum(self._slots(d)[0] == tenant for d in flying) >= self.per_tenant
+                or sum(self._slots(d)[1] == host for d in flying) >= self.per_host
+                or any(d["job_id"] == delivery["job_id"] for d in flying)
+                or any(d["job_id"] == delivery["job_id"] for d, _ in kept)  # an older event of its job waits
+            ):
+                kept.append((delivery, renewed))
                 continue
-            self.in_flight[delivery["id"]] = (delivery, time.monotonic())
-            task = asyncio.get_running_loop().create_task(self._attempt(http, delivery))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        return len(due)
+            self.in_flight[delivery["id"]] = (delivery, renewed)
+            task = asyncio.get_running_loop().create_task(self._attempt(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.waiting = kept
 
     @staticmethod
     def _slots(delivery: dict) -> tuple[str, str]:
         """Whose share an attempt takes: its tenant's, and its receiver's (host and port)."""
         parts = urlsplit(delivery.get("url") or "")
-        return delivery.get("tenant") or "", f"{(parts.hostname or '').lower()}:{parts.port}"
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            port = 0
+        return delivery.get("tenant") or "", f"{(parts.hostname or '').lower()}:{port}"
 
-    def _renew_leases(self) -> None:
-        """Attempts in flight keep their claim: re-leased every third of LEASE_S (an attempt may outlast it)."""
-        now = time.monotonic()
+    async def _renew_leases(self) -> None:
+        """Deliveries held here (in flight or waiting) keep their claim: re-leased every third of LEASE_S. The times
+        are set before any await, so an attempt ending meanwhile never sees a half-updated line."""
+        now, due = time.monotonic(), []
         for delivery_id, (delivery, renewed) in list(self.in_flight.items()):
             if now - renewed >= LEASE_S / 3:
-                self._reschedule(delivery, time.time() + LEASE_S)
                 self.in_flight[delivery_id] = (delivery, now)
+                due.append(delivery)
+        waiting = []
+        for delivery, renewed in self.waiting:
+            if now - renewed >= LEASE_S / 3:
+                due.append(delivery)
+                renewed = now
+            waiting.append((delivery, renewed))
+        self.waiting = waiting
+        for delivery in due:
+            await asyncio.to_thread(self._reschedule, delivery, time.time() + LEASE_S)
 
     def _reschedule(self, delivery: dict, due: float) -> None:
         try:
@@ -290,12 +331,13 @@ class Deliverer:
         except Exception:  # noqa: BLE001 - its lease brings it back anyway
             log.warning("could not reschedule webhook delivery %s", delivery["id"])
 
-    async def _attempt(self, http, delivery: dict) -> None:
+    async def _attempt(self, delivery: dict) -> None:
         try:
-            status, error, refused = await self._post(http, delivery)
+            status, error, refused = await self._post(self._http, delivery)
         finally:
             self.in_flight.pop(delivery["id"], None)
-        self._settle(delivery, status, error, refused)
+        await asyncio.to_thread(self._settle, delivery, status, error, refused)
+        self._start_ready()  # a slot is free: the next in line goes now, not at the next pass
 
     def body(self, delivery: dict) -> str:
         data = dict(delivery["data"])
@@ -319,7 +361,10 @@ class Deliverer:
             async with asyncio.timeout(self.timeout_s):
                 # 1. the address, resolved once per delivery and checked again, then pinned for every attempt
                 if "address" not in delivery:
-                    host, port, address = await asyncio.to_thread(resolve, delivery["url"], self.allow_private)
+                    loop = asyncio.get_running_loop()
+                    host, port, address = await loop.run_in_executor(
+                        self._dns, resolve, delivery["url"], self.allow_private
+                    )
                     delivery.update(address=address, host=host, port=port)
                 check_address(delivery["address"], self.allow_private)
                 parts = urlsplit(delivery["url"])

@@ -4,10 +4,12 @@ never read, a per-tenant and per-host share of a small pool, and the lease renew
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
+import uuid
 
 import httpx
 import psutil
@@ -278,3 +280,38 @@ def test_metadata_through_ipv6_forms_is_refused_even_where_private_addresses_are
 
 def test_nat64_of_a_public_address_is_judged_as_that_address():
     webhooks.check_target("http://[64:ff9b::808:808]/", allow_private=False)  # 8.8.8.8 behind DNS64/NAT64
+
+
+def test_a_burst_to_a_fast_receiver_is_not_held_back_by_the_tenants_share():
+    """Eight jobs of one tenant end together: two at a time, but each next one starts as a slot frees, not later."""
+    store, honest, stop = memory_store(), Receiver(), threading.Event()
+    try:
+        now = time.time()
+        for _ in range(8):
+            store.webhooks.add(_delivery(f"msg_{uuid.uuid4().hex}", "alice", honest.url), now)
+        t0 = time.monotonic()
+        webhooks.Deliverer(store, webhooks.new_secret(), lambda k, b: k, allow_private=True).start(stop)
+        wait_for(lambda: len(honest.got) == 8, 5, what="the whole burst")
+        print(f"\neight webhooks of one tenant to a fast receiver: {time.monotonic() - t0:.2f} s")
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        stop.set()
+        honest.close()
+
+
+def test_a_jobs_events_arrive_in_the_order_they_happened():
+    """Ids are random (msg_<uuid>): the line is ordered by when each event was made."""
+    store, honest, stop = memory_store(), Receiver(), threading.Event()
+    try:
+        now = time.time()
+        kinds = ["job.start", *["job.progress"] * 5, "job.output", "job.completed"]
+        for i, kind in enumerate(kinds):
+            delivery = _delivery(f"msg_{uuid.uuid4().hex}", "alice", honest.url)
+            delivery.update(job_id="job_one", type=kind, created=now + i * 0.001)
+            store.webhooks.add(delivery, now)
+        webhooks.Deliverer(store, webhooks.new_secret(), lambda k, b: k, allow_private=True).start(stop)
+        wait_for(lambda: len(honest.got) == len(kinds), 10, what="every event")
+        assert [json.loads(g["body"])["type"] for g in honest.got] == kinds
+    finally:
+        stop.set()
+        honest.close()
