@@ -46,7 +46,7 @@ class Inputs:
     max_image_pixels: int
     job_ttl_s: float
     allow_private_webhooks: bool = False
-    grid_max_total_steps: int = 2000  # denoising steps over all of a grid's cells
+    grid_max_total_steps: int = 4096  # denoising steps over all of a grid's cells (GRID_MAX_TOTAL_STEPS)
 
 
 def _fill_size(entry: ModelEntry, data: dict, image_size: tuple[int, int] | None) -> None:

@@ -140,7 +140,10 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     job = store.jobs.update(job_id, fn, lease=(token, lease_ttl))
     if not claimed or job is None:
         return None
-    keep_inputs(store, job)  # the uploads it reads outlive this attempt, however long it waited
+    try:
+        keep_inputs(store, job)  # the uploads it reads outlive this attempt, however long it waited
+    except Unavailable:  # the claim holds: the submit already kept them a TTL; retention may still win (input_expired)
+        log.warning("job %s: could not push its uploads' retention at start", job_id)
     store.events.add_event(job_id, "status", status_event(job))
     webhooks.emit(store, job, "start")
     store.limits.observe(
