@@ -161,17 +161,40 @@ class Client:
 
     @staticmethod
     def _fetch(url: str, out: Path, name: str, i: int) -> Path:
+        """One output streamed to disk, at most ``max_download_bytes()``; nothing is left behind when it fails."""
+        cap, path = max_download_bytes(), None
         try:
             with httpx.stream("GET", url, timeout=120) as r:
                 if r.status_code != 200:
                     raise ServiceError(r.status_code, "download_failed", f"could not fetch output {i}")
                 path, f = open_inside(out, name)
                 with f:
+                    written = 0
                     for chunk in r.iter_bytes():  # streamed to disk, never whole in memory
+                        written += len(chunk)
+                        if written > cap:
+                            raise ServiceError(0, "download_too_large", f"output {i} is over {cap:,} bytes")
                         f.write(chunk)
         except (httpx.HTTPError, httpx.InvalidURL) as e:
+            _remove(path)
             raise ServiceError(0, "download_failed", f"could not fetch output {i}: {type(e).__name__}") from None
+        except ServiceError:
+            _remove(path)
+            raise
         return path
+
+
+def max_download_bytes() -> int:
+    """The most one output may weigh on disk (DIFFUSERVE_MAX_DOWNLOAD_BYTES, default 2 GiB): a server cannot fill it."""
+    try:
+        return max(1, int(os.environ.get("DIFFUSERVE_MAX_DOWNLOAD_BYTES", 2 * 2**30)))
+    except ValueError:
+        return 2 * 2**30
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 # -- commands ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Hostile:
     def __init__(self):
         self.job: dict = {}
         self.status = 200  # of every JSON answer (POST: 202 when this is 200)
+        self.file_body = PNG  # what /files/... answers
         hostile = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,7 +41,7 @@ class Hostile:
 
             def do_GET(self):
                 if self.path.startswith("/files/"):
-                    return self._send(200, PNG, "image/png")
+                    return self._send(200, hostile.file_body, "image/png")
                 return self._send(hostile.status, json.dumps(hostile.job).encode())
 
             def do_POST(self):
@@ -68,9 +69,9 @@ def hostile():
     server.close()
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess:
+def cli(url: str, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
     exe = [str(VENV_BIN / "diffuserve")] if (VENV_BIN / "diffuserve").exists() else [sys.executable, "-m", "cli"]
-    env = {**os.environ, "DIFFUSERVE_URL": url, "DIFFUSERVE_API_KEY": "k"}
+    env = {**os.environ, "DIFFUSERVE_URL": url, "DIFFUSERVE_API_KEY": "k", **env_extra}
     return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -182,3 +183,14 @@ def test_an_answer_of_the_wrong_shape_is_an_error_not_a_traceback(hostile, tmp_p
         r = generate(hostile.url, tmp_path / "out")
         assert r.returncode == 1 and "Traceback" not in r.stderr and "download_failed" in r.stderr, (r.stdout, r.stderr)
     assert files_under(tmp_path) == set()
+
+
+def test_an_output_past_the_download_cap_is_refused_and_leaves_no_file(hostile, tmp_path):
+    """A server cannot fill the user's disk: each output is streamed up to a cap (2 GiB; 1,000 bytes here)."""
+    hostile.answer("job_big", [image(hostile.url)])
+    hostile.file_body = b"\x89PNG" + b"x" * 100_000
+    out = tmp_path / "out"
+    r = cli(hostile.url, "generate", "--model", "digits", "--prompt", "7", "--no-progress", "--out", str(out),
+            DIFFUSERVE_MAX_DOWNLOAD_BYTES="1000")  # fmt: skip
+    assert r.returncode == 1 and "download_too_large" in r.stderr, (r.stdout, r.stderr)
+    assert files_under(tmp_path) == set()  # the partial file is gone
