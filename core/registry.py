@@ -237,7 +237,7 @@ def read_network(path: Path, default_patch: int) -> Network:
     patch = den.get("patch_size") or default_patch
     patch = patch[-1] if isinstance(patch, (list, tuple)) else patch  # (frames, height, width): Wan's
     sample = den.get("sample_size")
-    fit = (unet.get("cross_attention_dim"), unet.get("addition_embed_type")) if unet else None
+    fit = controlnet_fit(unet) if unet else None
     return Network(
         vae_scale=scale,
         patch=max(1, int(patch)),
