@@ -1,4 +1,4 @@
-"""Job submission over HTTP: idempotency headers, the typed request validated by core (``core/validation.py``),
+"""Job submission over HTTP: idempotency headers, the typed request admitted by core (``core/tasks/admission.py``),
 all-or-nothing queuing, the 202 answer. HTTP only."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from api.deps import check_rate
 from api.state import Backends
 from core.errors import InputError
 from core.jobs import lifecycle
-from core.schemas import JobRecord, JobType
-from core.validation import Inputs, prepare
+from core.schemas import JobRecord
+from core.tasks import Task
+from core.tasks.admission import Inputs, admit
 
 
 def job_view(job: JobRecord, b: Backends, base_url: str) -> dict:
@@ -47,7 +48,7 @@ def inputs(b: Backends) -> Inputs:
 def _submit(
     b: Backends,
     tenant: str,
-    job_type: JobType,
+    task: Task,
     body: BaseModel,
     idempotency: tuple[str, str] | None,
     base_url: str,
@@ -55,29 +56,29 @@ def _submit(
 ) -> tuple[JobRecord, bool]:
     """The blocking part, in one threadpool call: the rate limit, the inputs (uploads saved), create and enqueue."""
     check_rate(b, tenant)
-    data, model, hashes = prepare(inputs(b), tenant, job_type, body)
-    job = lifecycle.new_job(job_type, data, tenant, model)
+    request, model, hashes = admit(inputs(b), tenant, task, body)
+    job = lifecycle.new_job(task.type, request.model_dump(mode="json"), tenant, model, task.queue)
     job.input_sha256 = hashes
     job.base_url = base_url  # what output URLs in webhooks are built on (local storage)
     job.via = via
     return lifecycle.submit(b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant)
 
 
-def idempotency_of(request: Request, job_type: JobType, body: BaseModel) -> tuple[str, str] | None:
+def idempotency_of(request: Request, task: Task, body: BaseModel) -> tuple[str, str] | None:
     """(Idempotency-Key, hash of the typed request) when the client sent the header."""
     idem_key = request.headers.get("idempotency-key")
     if idem_key is None:
         return None
     if not 1 <= len(idem_key) <= 255:
         raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
-    return idem_key, hashlib.sha256(f"{job_type.value}\n{body.model_dump_json()}".encode()).hexdigest()
+    return idem_key, hashlib.sha256(f"{task.type.value}\n{body.model_dump_json()}".encode()).hexdigest()
 
 
 async def submit_job(
     request: Request,
     b: Backends,
     tenant: str,
-    job_type: JobType,
+    task: Task,
     body: BaseModel,
     via: dict | None = None,
     idempotency: tuple[str, str] | None | bool = True,
@@ -86,17 +87,17 @@ async def submit_job(
     way in, so they never grow a second execution path. ``idempotency``: True reads the request's Idempotency-Key;
     else (key, request hash) or None, as the caller derived it (one call of several jobs keys each)."""
     if idempotency is True:
-        idempotency = idempotency_of(request, job_type, body)
-    return await run_in_threadpool(_submit, b, tenant, job_type, body, idempotency, str(request.base_url), via)
+        idempotency = idempotency_of(request, task, body)
+    return await run_in_threadpool(_submit, b, tenant, task, body, idempotency, str(request.base_url), via)
 
 
-async def submit(request: Request, b: Backends, tenant: str, job_type: JobType, body: BaseModel) -> JSONResponse:
-    idempotency = idempotency_of(request, job_type, body)
+async def submit(request: Request, b: Backends, tenant: str, task: Task, body: BaseModel) -> JSONResponse:
+    idempotency = idempotency_of(request, task, body)
     wait = prefer_wait(request.headers.get("prefer"), b.settings.max_wait_s)
     # a synchronous wait is an open wait, held before the job is submitted: a 429 (past MAX_WAITS_PER_TENANT)
     # leaves no job behind
     with b.waiters.held(tenant) if wait is not None else nullcontext():
-        job, created = await submit_job(request, b, tenant, job_type, body, idempotency=idempotency)
+        job, created = await submit_job(request, b, tenant, task, body, idempotency=idempotency)
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if not created:
             headers["Idempotent-Replayed"] = "true"

@@ -112,7 +112,9 @@ def main() -> int:
             warm = [run_once(cold, store, storage, model, task, params) for _ in range(a.repeats)]
             second_ms = statistics.median(w[0] for w in warm)
             rows.append((model, task.value, load_ms, first_ms, second_ms, max(w[1] for w in warm)))
-    print(f"\nWarm vs cold, tiny pipelines, device {Engines(ModelRegistry([])).device} (warm: median of {a.repeats})")
+    print(
+        f"\nWarm vs cold, tiny pipelines, device {Engines(ModelRegistry([])).warm.device} (warm: median of {a.repeats})"
+    )
     print("| model           | task       | load ms | first request ms | warm request ms | warm load_ms |")
     print("|-----------------|------------|---------|------------------|-----------------|--------------|")
     for m, t, load, first, second, wl in rows:

@@ -187,7 +187,7 @@ def main() -> int:
                 f"job wrapper cost {100 * (1 - job_sps / cli_sps):+.1f}%",
             )
         )
-    print(f"\nTraining throughput, device {runner.device}")
+    print(f"\nTraining throughput, device {runner.warm.device}")
     print("| what | steps / s | note |")
     print("|---|---|---|")
     for what, sps, note in rows:

@@ -1,31 +1,35 @@
 """The worker→engine contract: what an executor is given and what it returns.
 
-An executor is one function per (model kind, job type), listed in ``core/executors/__init__.py``::
+An :class:`Executor` runs one task on one kind of model; the worker's table (``core/executors/__init__.py``) has one
+per (job type, model kind), imported as modules::
 
-    run(request, model, ctx, engines) -> RunResult
+    executor.run(request, model, ctx, warm) -> RunResult
 
-- ``request``: the job's typed request (``REQUEST_MODELS[job.type]``), parsed once from the job's input;
+- ``request``: the job's typed request (``Task.request``), parsed once from the job's queued input;
 - ``model``: the registry entry of the model it runs (None for a job that trains a new one);
 - ``ctx``: the :class:`RunContext`, the only door to the service (progress, cancel, checkpoints, inputs,
   registrations); executors never see the job store or the storage;
-- ``engines``: the worker's warm resources (device, model cache, diffusers pipelines).
+- ``warm``: the worker's warm resources (:class:`core.warm.Warm`: device, model cache, diffusers pipelines).
 
-Torch-free: the gateway imports the request models from here too.
+An executor that can run several requests in one denoising loop says how (:class:`Batching`). Torch-free.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from core.errors import RequestUnreadable
-from core.schemas import REQUEST_MODELS, JobType, ModelRef
+from core.schemas import ModelRef
 
-log = logging.getLogger("diffuserve.worker")
+if TYPE_CHECKING:
+    from core.registry import ModelEntry
+    from core.warm import Warm
+
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass
@@ -84,16 +88,19 @@ class RunContext(Protocol):
         """Publish the files of ``folder`` as the tenant's ``kind`` named ``name``; returns the record."""
 
 
-class Executor(Protocol):
-    def __call__(self, request: Any, model: Any, ctx: RunContext, engines: Any) -> RunResult: ...
+@dataclass(frozen=True)
+class Batching(Generic[R]):
+    """How an executor runs several requests in one denoising loop: ``key(request, model)`` (requests with equal keys
+    may share a loop; None: this one runs alone) and ``run(requests, model, ctxs, warm)`` (each request's RunResult
+    or the error it ends with, in order; each image equals the same request run alone)."""
+
+    key: Callable[[R, ModelEntry], tuple | None]
+    run: Callable[[list[R], ModelEntry, list[RunContext], Warm], list[RunResult | BaseException]]
 
 
-def parse_request(job_type: JobType, data: dict, job_id: str = "") -> BaseModel:
-    """The typed request of a job, parsed once on the worker side (the queue carries JSON). Admission built ``data``
-    with the same model, so a failure here is the service's bug: :class:`RequestUnreadable` (``internal_error``,
-    the details logged), never the client's ``invalid_input``."""
-    try:
-        return REQUEST_MODELS[job_type].model_validate(data)
-    except ValidationError as e:
-        log.error("job %s: its queued %s request does not parse: %s", job_id, job_type.value, e)
-        raise RequestUnreadable(job_type.value) from None
+@dataclass(frozen=True)
+class Executor(Generic[R]):
+    """What runs one task on one kind of model: ``run(request, model, ctx, warm)``, and ``batching`` where it can."""
+
+    run: Callable[[R, Any, RunContext, Warm], RunResult]
+    batching: Batching[R] | None = None

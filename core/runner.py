@@ -1,56 +1,27 @@
-"""The only door from a worker into the engines: ``Engines.run(job, ctx)`` parses the typed request and calls
-``EXECUTORS[(model kind, job type)]`` (``core/executors``).
-
-Models load once per process and stay warm (an LRU keyed by model id and weights hash).
+"""The only door from a worker into the engines: :class:`Engines` parses a job's typed request once
+(``TASKS[job.type].parse``), resolves its model and calls the executor of (job type, model kind) from the worker's
+table (``core/executors``) with the warm resources (:class:`core.warm.Warm`). It also groups jobs that can share one
+denoising loop (``group``, ``run_batch``).
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from core.catalog import ModelKind
-from core.contract import RunContext, RunResult, parse_request
+from core.contract import RunContext, RunResult
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord
+from core.tasks import TASKS
+from core.warm import Warm
 
 if TYPE_CHECKING:
     from core.pipelines.fastpath import FastPath
-
-
-def versions() -> dict[str, str]:
-    import torch
-
-    from core import __version__
-
-    v = {"diffuserve": __version__, "torch": torch.__version__}
-    try:
-        import diffusers
-
-        v["diffusers"] = diffusers.__version__
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        pass
-    return v
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_budget(device: str) -> int:
-    """Memory the pipeline cache may hold: 80% of the GPU's memory, or half of the RAM on CPU."""
-    import torch
-
-    if device.startswith("cuda"):
-        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.8)
-    import os
-
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
 
 
 class BatchMemory:
@@ -96,9 +67,8 @@ class BatchMemory:
 
 
 class Engines:
-    """A worker's warm resources and its one door from a job to an executor: parse the typed request, resolve the
-    model, look up ``EXECUTORS[(model kind, job type)]``, run it. Models load once per process and stay warm (one
-    memory-budgeted LRU for engine models and diffusers pipelines alike)."""
+    """A worker's dispatcher: one door from a job to its executor (``run``) and to batches (``group``,
+    ``run_batch``). It owns the warm resources executors are given (``warm``) and what batching learns of memory."""
 
     def __init__(
         self,
@@ -111,73 +81,33 @@ class Engines:
         max_batch: int = 8,
         fast: FastPath | None = None,
     ):
-        import torch
-
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
         self.registry = registry
-        self.device = device or default_device()
-        self.versions = versions()
-        from core.pipelines.cache import PipelineCache
-
-        self.cache = PipelineCache(
-            pipeline_budget_bytes or default_budget(self.device),
-            on_load=(lambda key, ms: on_load(key[1], ms)) if on_load else None,  # key: (kind, model id, version)
-        )
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
-        self._pipelines = None
+        self.warm = Warm(registry, device, torch_threads, pipeline_budget_bytes, cache_dir, on_load, fast)
         self.max_batch = max_batch
-        from core.pipelines.fastpath import FastPath
-
-        self.fast = fast or FastPath.for_device(self.device, cache_dir=self.cache_dir / "inductor-cache")
-        self.memory = BatchMemory.for_device(self.device)
-
-    @property
-    def pipelines(self):
-        """The diffusers side, created on first use (importing diffusers only when a pipeline is served)."""
-        if self._pipelines is None:
-            from core.pipelines.loader import Pipelines
-
-            self._pipelines = Pipelines(self.registry, self.device, self.cache, self.fast)
-        return self._pipelines
-
-    # -- warm cache ---------------------------------------------------------------------------------
-    def load_engine(self, entry: ModelEntry):
-        """Return (model, load_ms): 0 ms on a warm hit."""
-        from core.ddpm.pipeline import DDPMEngineModel
-
-        return self.cache.get(
-            ("engine", entry.id, entry.version), lambda: DDPMEngineModel.from_pretrained(entry.path, device=self.device)
-        )
-
-    def warm_up(self, model_ids: list[str]) -> None:
-        for mid in model_ids:
-            try:
-                entry = self.registry.get(mid)
-            except ValueError:
-                continue
-            if entry.kind == ModelKind.engine:
-                self.load_engine(entry)
-            else:
-                self.pipelines.warm(entry)
+        self.memory = BatchMemory.for_device(self.warm.device)
 
     # -- dispatch -----------------------------------------------------------------------------------
     def run(self, job: JobRecord, ctx: RunContext) -> RunResult:
         from core.executors import executor_for
 
-        # 1. the typed request, parsed once on this side of the queue (admission checked it against the model)
-        request = parse_request(job.type, job.input, job.id)
+        # 1. the typed request, parsed once on this side of the queue (admission built it with the same model)
+        request = self.parse(job)
         # 2. the model that serves it: the tenant's own (trained by a job), else a served one
-        model_id = getattr(request, "base_model", None) or getattr(request, "model", None)
+        model_id = _model_id(request)
         model = self.resolve(model_id, ctx) if model_id else None
-        # 3. the executor of (model kind, job type)
-        return self._stamp(executor_for(model.kind if model else None, job.type)(request, model, ctx, self), model)
+        # 3. the executor of (job type, model kind)
+        executor = executor_for(job.type, model.kind if model else None)
+        return self._stamp(executor.run(request, model, ctx, self.warm), model)
+
+    @staticmethod
+    def parse(job: JobRecord) -> BaseModel:
+        return TASKS[job.type].parse(job.input, job.id)
 
     def _stamp(self, result, model: ModelEntry | None):
         """Every result records the versions that made it (and, for a diffusers pipeline, its fast path)."""
         if isinstance(result, RunResult):
-            extra = {"fast_path": self.pipelines.fast.describe()} if model and model.kind != ModelKind.engine else {}
-            result.versions = {**self.versions, **extra, **result.versions}
+            extra = {"fast_path": self.warm.fast.describe()} if model and model.kind != ModelKind.engine else {}
+            result.versions = {**self.warm.versions, **extra, **result.versions}
         return result
 
     # -- batching: jobs that can share one denoising loop ---------------------------------------------
@@ -185,24 +115,28 @@ class Engines:
         """Everything that changes a job's pixels beyond its own prompt and seed, resolved for its tenant: the
         executor's key (size, steps, scheduler, guidance, ...), whose model and which weights, and each LoRA's owner,
         weights version and scale. Two tenants' LoRAs of one name never share a key. None: the job runs alone."""
-        from core.executors import executor_module
+        from core.executors import executor_for
 
-        request = parse_request(job.type, job.input, job.id)
-        model_id = getattr(request, "model", None)
+        request = self.parse(job)
+        model_id = _model_id(request)
+        if model_id is None:
+            return None
         # the model's entry from its registration alone: grouping downloads no tenant's files
-        model, owner = self._resolve(model_id, ctx, materialize=False) if model_id else (None, None)
-        module = executor_module(model.kind if model else None, job.type)
-        found = module.batch_key(request, model) if hasattr(module, "batch_key") else None
+        model, owner = self._resolve(model_id, ctx, materialize=False)
+        batching = executor_for(job.type, model.kind).batching
+        found = batching.key(request, model) if batching else None
         if found is None:
             return None
-        loras = tuple((self.pipelines.lora_identity(ref.name, ctx), ref.scale) for ref in getattr(request, "loras", ()))
+        loras = tuple(
+            (self.warm.pipelines.lora_identity(ref.name, ctx), ref.scale) for ref in getattr(request, "loras", ())
+        )
         return (job.type, owner, model.id, model.version, loras, found)
 
     def group(
         self, jobs: list[JobRecord], context: Callable[[JobRecord], RunContext], max_batch: int | None = None
     ) -> list[list[JobRecord]]:
-        """Jobs grouped by the batch key of their task's executor (``batch_key``), at most ``max_batch`` a group and,
-        on a GPU, no more images than fit in free memory (``self.memory``); a job whose executor has none, or whose
+        """Jobs grouped by the batch key of their executor (``Batching.key``), at most ``max_batch`` a group and, on a
+        GPU, no more images than fit in free memory (``self.memory``); a job whose executor has none, or whose
         request cannot be read, runs alone. Order is kept within a group."""
         max_batch = max_batch or self.max_batch
         groups: list[list[JobRecord]] = []
@@ -226,7 +160,7 @@ class Engines:
     def run_batch(self, jobs: list[JobRecord], ctxs: list[RunContext]) -> list:
         """One batch of a group: each job's RunResult or the error it ends with. On a GPU the batch's peak memory
         per image is learned for its key (what ``group`` then caps by)."""
-        from core.executors import executor_module
+        from core.executors import executor_for
 
         # 1. the keys again as the batch starts: a LoRA or model registered since grouping splits the batch
         try:
@@ -236,11 +170,11 @@ class Engines:
         if keys[0] is None or any(key != keys[0] for key in keys):
             return [_outcome(lambda job=job, ctx=ctx: self.run(job, ctx)) for job, ctx in zip(jobs, ctxs, strict=True)]
         # 2. one denoising loop: the model and LoRAs resolved as the first job's tenant are every job's (same key)
-        requests = [parse_request(job.type, job.input, job.id) for job in jobs]
+        requests = [self.parse(job) for job in jobs]
         model = self.resolve(requests[0].model, ctxs[0])
-        module = executor_module(model.kind, jobs[0].type)
+        batching = executor_for(jobs[0].type, model.kind).batching
         with self.memory.measure(keys[0], sum(r.num_images for r in requests)):  # the key group() caps by
-            outcomes = module.run_batch(requests, model, ctxs, self)
+            outcomes = batching.run(requests, model, ctxs, self.warm)
         return [self._stamp(o, model) for o in outcomes]
 
     def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
@@ -258,6 +192,12 @@ class Engines:
         if materialize:
             _, entry.path = ctx.registered("model", model_id)
         return entry, ctx.tenant
+
+
+def _model_id(request: BaseModel) -> str | None:
+    """The model a request runs on: ``model`` (generation, grids), ``base_model`` (LoRA training); None for a job
+    that makes a new model."""
+    return getattr(request, "base_model", None) or getattr(request, "model", None)
 
 
 def _outcome(fn: Callable[[], RunResult]) -> RunResult | BaseException:

@@ -38,10 +38,6 @@ class JobType(str, Enum):
     ddpm_training = "ddpm_training"
     grid = "grid"
 
-    @property
-    def queue(self) -> str:
-        return "training" if self in (JobType.lora_training, JobType.ddpm_training) else "inference"
-
 
 def _image_ref(value: str) -> str:
     """An image is a ``data:`` URI (base64) or the id of an upload; URLs are never fetched."""
@@ -291,16 +287,15 @@ class GridRequest(Notified):
         return out
 
 
-REQUEST_MODELS: dict[JobType, type[BaseModel]] = {
-    JobType.txt2img: Txt2ImgRequest,
-    JobType.img2img: Img2ImgRequest,
-    JobType.inpaint: InpaintRequest,
-    JobType.controlnet: ControlNetRequest,
-    JobType.video: VideoRequest,
-    JobType.lora_training: LoraTrainingRequest,
-    JobType.ddpm_training: DDPMTrainingRequest,
-    JobType.grid: GridRequest,
-}
+class JobOptions(BaseModel):
+    """What every job's request says of the job itself, read typed from a stored record (``JobRecord.options``):
+    its deadline and its webhook. Every request model has these fields (``Notified`` and ``timeout_s``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    timeout_s: int | None = None
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] = Field(default_factory=lambda: ["completed"])
 
 
 class Progress(BaseModel):
@@ -387,11 +382,17 @@ class JobRecord(Job):
     enqueued: bool = False  # the queue accepted the message; the reaper re-sends jobs that stay False
     base_url: str | None = None  # the gateway URL the job was submitted to (local output URLs in webhooks)
     via: dict[str, Any] | None = None  # the compatibility adapter it came through: {"api": "a1111" | "replicate", ...}
+    queue: str = "inference"  # the queue its task waits in (``Task.queue``), where the reaper sends it again
+
+    @property
+    def options(self) -> JobOptions:
+        """The request's deadline and webhook, typed (the whole typed request: ``TASKS[job.type].parse``)."""
+        return JobOptions.model_validate(self.input)
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(
             mode="json",
-            exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued", "base_url", "via"},
+            exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued", "base_url", "via", "queue"},
         )
 
 

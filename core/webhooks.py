@@ -140,8 +140,8 @@ def check_target(url: str, allow_private: bool) -> None:
 
 
 def wanted(job: JobRecord, event: str) -> bool:
-    url = job.input.get("webhook")
-    return bool(url) and event in (job.input.get("webhook_events_filter") or ["completed"])
+    options = job.options
+    return bool(options.webhook) and event in options.webhook_events_filter
 
 
 def emit(store: JobStore, job: JobRecord, event: str) -> None:
@@ -153,7 +153,7 @@ def emit(store: JobStore, job: JobRecord, event: str) -> None:
         "id": f"msg_{uuid.uuid4().hex}",
         "job_id": job.id,
         "tenant": job.tenant,
-        "url": job.input["webhook"],
+        "url": job.options.webhook,
         "type": f"job.{event}",
         "data": job.public(),
         "base_url": job.base_url,

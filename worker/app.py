@@ -51,7 +51,7 @@ class Process:
         lifecycle.record_model_load(self.store, model, ms)
 
     def warm_up(self) -> None:
-        self.runner().warm_up(self.settings.warm_model_ids)
+        self.runner().warm.warm_up(self.settings.warm_model_ids)
         log.info("worker %s warm: %s", self.worker_id, self.settings.warm_model_ids)
 
     def start_reaper(self) -> None:

@@ -44,5 +44,7 @@ class EmbeddedWorker:
         )
         queue.start()
         if s.warm_model_ids:
-            threading.Thread(target=lambda: runner().warm_up(s.warm_model_ids), name="warm-up", daemon=True).start()
+            threading.Thread(
+                target=lambda: runner().warm.warm_up(s.warm_model_ids), name="warm-up", daemon=True
+            ).start()
         return queue

@@ -17,7 +17,8 @@ def build_engines(s: ServiceSettings, registry: ModelRegistry, on_load: Callable
         with lock:
             if "e" not in holder:
                 from core.pipelines.fastpath import FastPath
-                from core.runner import Engines, default_device
+                from core.runner import Engines
+                from core.warm import default_device
 
                 device = s.device or default_device()
                 holder["e"] = Engines(

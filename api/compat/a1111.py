@@ -50,16 +50,8 @@ from core.catalog import A1111_SAMPLERS, A1111_SCHEDULERS, PREPROCESSORS
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.registry import ModelEntry
-from core.schemas import (
-    MAX_SEED,
-    ControlNetRequest,
-    Img2ImgRequest,
-    InpaintRequest,
-    JobRecord,
-    JobStatus,
-    JobType,
-    Txt2ImgRequest,
-)
+from core.schemas import MAX_SEED, JobRecord, JobStatus, Txt2ImgRequest
+from core.tasks import Task, infer
 
 router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(tenant)], responses=ERROR_RESPONSES)
 controlnet_router = APIRouter(prefix="/controlnet", dependencies=[Depends(tenant)], responses=ERROR_RESPONSES)
@@ -293,8 +285,8 @@ def _preprocess(module: str | None) -> str:
     )
 
 
-def build_requests(payload: Txt2ImgPayload, model: str, scheduler: str | None, seed: int) -> tuple[JobType, list[Any]]:
-    """The job type and the typed v1 requests of one A1111 call (one per ``n_iter``)."""
+def build_requests(payload: Txt2ImgPayload, model: str, scheduler: str | None, seed: int) -> tuple[Task, list[Any]]:
+    """The task and the typed v1 requests of one A1111 call (one per ``n_iter``)."""
     prompt, loras = payload.prompt, []
     for m in LORA_TAG.finditer(payload.prompt):  # A1111's <lora:name:weight> prompt tags
         loras.append({"name": model_id(m.group(1)), "scale": float(m.group(2) or 1.0)})
@@ -312,17 +304,14 @@ def build_requests(payload: Txt2ImgPayload, model: str, scheduler: str | None, s
         "loras": loras,
         "preview_every": max(1, payload.steps // 16),  # GET progress shows current_image, as A1111's live preview
     }
-    job_type, request_model = JobType.txt2img, Txt2ImgRequest
     unit = _controlnet_unit(payload.alwayson_scripts)
     if isinstance(payload, Img2ImgPayload):
         if unit is not None:
             raise InputError("ControlNet with init_images is not served", field="alwayson_scripts.controlnet")
         base["image"] = data_uri(payload.init_images[0], "init_images")
         base["strength"] = payload.denoising_strength
-        job_type, request_model = JobType.img2img, Img2ImgRequest
         if payload.mask:
             base["mask_image"] = data_uri(payload.mask, "mask")
-            job_type, request_model = JobType.inpaint, InpaintRequest
     elif unit is not None:
         pre = _preprocess(unit.module)
         base.update(
@@ -334,11 +323,11 @@ def build_requests(payload: Txt2ImgPayload, model: str, scheduler: str | None, s
         if pre == "canny":  # the extension's threshold_a/b are canny's thresholds (-1: the module's default)
             base["canny_low_threshold"] = int(unit.threshold_a) if 0 <= unit.threshold_a <= 255 else 100
             base["canny_high_threshold"] = int(unit.threshold_b) if 0 <= unit.threshold_b <= 255 else 200
-        job_type, request_model = JobType.controlnet, ControlNetRequest
+    task = infer({k for k, v in base.items() if v})  # image: img2img, mask_image: inpaint, control_image: controlnet
     requests = [
-        validate(request_model, {**base, "seed": seed + k * payload.batch_size}, NAMES) for k in range(payload.n_iter)
+        validate(task.request, {**base, "seed": seed + k * payload.batch_size}, NAMES) for k in range(payload.n_iter)
     ]
-    return job_type, requests
+    return task, requests
 
 
 def _info(payload, model: str, entry: ModelEntry, sampler: str, seed: int, jobs, ignored, notes) -> str:
@@ -378,13 +367,13 @@ def _info(payload, model: str, entry: ModelEntry, sampler: str, seed: int, jobs,
     )
 
 
-async def _run(request: Request, b: Backends, t: str, job_type: JobType, requests: list) -> list[JobRecord]:
+async def _run(request: Request, b: Backends, t: str, task: Task, requests: list) -> list[JobRecord]:
     """Submit the call's jobs and wait for them: the wait slot is taken before anything is submitted (a call refused
     for too many waits leaves no job), and when the wait fails (429, an error, the client gone) the jobs this call
     made are canceled. Past ``SYNC_MAX_WAIT_S`` they go on (504 ``still_running`` names them)."""
     with b.waiters.held(t):
         try:
-            submitted = await submit_all(request, b, t, job_type, requests, {"api": "a1111"})
+            submitted = await submit_all(request, b, t, task, requests, {"api": "a1111"})
         except InputError as e:
             raise renamed(e, NAMES) from None
         try:
@@ -409,10 +398,10 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
     scheduler, sampler = scheduler_for(_sampler_name(payload), payload.scheduler, entry)  # errors name A1111's fields
     seed = _seed(payload, t, request.headers.get("idempotency-key"))
     try:
-        job_type, requests = build_requests(payload, model, scheduler, seed)
+        task, requests = build_requests(payload, model, scheduler, seed)
     except InputError as e:
         raise renamed(e, NAMES) from None
-    done = await while_connected(request, _run(request, b, t, job_type, requests))
+    done = await while_connected(request, _run(request, b, t, task, requests))
     _raise_unless_finished(done, b.settings.sync_max_wait_s)
     images: list[str] = []
     for job in done:

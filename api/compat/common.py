@@ -22,7 +22,8 @@ from api.submit import submit_job
 from core.errors import InputError
 from core.jobs import lifecycle
 from core.registry import ModelEntry
-from core.schemas import NAME_PATTERN, JobRecord, JobType
+from core.schemas import NAME_PATTERN, JobRecord
+from core.tasks import Task
 from core.tenant_models import tenant_model_entry
 
 SNIFF = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
@@ -85,7 +86,7 @@ def renamed(e: InputError, names: dict[str, str]) -> InputError:
 
 
 # -- one call, several jobs: a wait slot first, one idempotency key each, nothing left running when the call fails --
-def call_idempotency(request: Request, job_type: JobType, bodies: list[BaseModel]) -> tuple[str, str] | None:
+def call_idempotency(request: Request, task: Task, bodies: list[BaseModel]) -> tuple[str, str] | None:
     """(the call's Idempotency-Key, a hash of every job request of the call) when the client sent the header. Job
     ``i`` is keyed ``{key}#{i}`` and holds the whole call's hash: a repeated call gets its jobs back, and the same
     key with any other call (another job, one more or one fewer) is a 409."""
@@ -94,7 +95,7 @@ def call_idempotency(request: Request, job_type: JobType, bodies: list[BaseModel
         return None
     if not 1 <= len(key) <= 255:
         raise InputError("must be 1 to 255 characters", field="Idempotency-Key")
-    h = hashlib.sha256(f"{job_type.value}\n{len(bodies)}".encode())
+    h = hashlib.sha256(f"{task.type.value}\n{len(bodies)}".encode())
     for body in bodies:
         h.update(b"\n" + body.model_dump_json().encode())
     return key, h.hexdigest()
@@ -107,16 +108,16 @@ def seed_of_key(tenant: str, key: str, below: int) -> int:
 
 
 async def submit_all(
-    request: Request, b: Backends, tenant: str, job_type: JobType, bodies: list[BaseModel], via: dict | None
+    request: Request, b: Backends, tenant: str, task: Task, bodies: list[BaseModel], via: dict | None
 ) -> list[tuple[JobRecord, bool]]:
     """Queue a call's jobs as every route does (rate limit, validation, quotas), one idempotency key per job; all or
     nothing: when one is refused, those this call created are canceled and their keys released."""
-    idem = call_idempotency(request, job_type, bodies)
+    idem = call_idempotency(request, task, bodies)
     submitted: list[tuple[JobRecord, bool]] = []
     try:
         for i, body in enumerate(bodies):
             key = (f"{idem[0]}#{i}", idem[1]) if idem else None
-            submitted.append(await submit_job(request, b, tenant, job_type, body, via, idempotency=key))
+            submitted.append(await submit_job(request, b, tenant, task, body, via, idempotency=key))
     except BaseException:
         await abandon(b, tenant, submitted, idem[0] if idem else None)
         raise

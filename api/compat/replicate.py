@@ -31,10 +31,10 @@ from api.routes.jobs import cancel_own, own_job
 from api.routes.models import model_entries
 from api.state import Backends
 from api.submit import job_view, prefer_wait, submit_job
-from core.contract import REQUEST_MODELS
 from core.errors import InputError
 from core.registry import ModelEntry
-from core.schemas import MAX_TIMEOUT_S, NAME_PATTERN, JobRecord, JobStatus, JobType
+from core.schemas import MAX_TIMEOUT_S, NAME_PATTERN, JobRecord, JobStatus
+from core.tasks import INFERABLE, TASKS, infer
 from core.tenant_models import tenant_model_entry
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)], responses=ERROR_RESPONSES)
@@ -70,9 +70,8 @@ SCHEDULERS = {
     "HeunDiscrete": "heun",
     "UniPCMultistep": "unipc",
 }
-# each job type's request fields, and every field any of them takes (computed once)
-FIELDS = {t: set(m.model_fields) for t, m in REQUEST_MODELS.items()}
-KNOWN = set().union(*(FIELDS[t] for t in (JobType.controlnet, JobType.inpaint, JobType.video)))
+# every field a prediction's input may set: those of the tasks it can be (computed once)
+KNOWN = set().union(*(TASKS[t].request.model_fields for t in INFERABLE))
 DURATION = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,9})?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -122,7 +121,7 @@ def cancel_after(header: str | None) -> int | None:
 
 # -- 2. the job -----------------------------------------------------------------------------------------------------
 def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s: int | None):
-    """(job type, typed request, input names ignored: every one, of which the record keeps MAX_NAMES)."""
+    """(task, typed request, input names ignored: every one, of which the record keeps MAX_NAMES)."""
     data: dict[str, Any] = {"model": model_id}
     ignored = []
     for name, value in body.input.items():
@@ -137,17 +136,8 @@ def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s
         data["scheduler"] = SCHEDULERS.get(data["scheduler"], data["scheduler"])
     if data.get("seed") in (-1, ""):
         data["seed"] = None
-    if "video" in entry.tasks and "txt2img" not in entry.tasks:
-        job_type = JobType.video
-    elif data.get("control_image") or data.get("controlnet"):
-        job_type = JobType.controlnet
-    elif data.get("mask_image"):
-        job_type = JobType.inpaint
-    elif data.get("image"):
-        job_type = JobType.img2img
-    else:
-        job_type = JobType.txt2img
-    allowed = FIELDS[job_type]
+    task = infer({k for k, v in data.items() if v}, entry)  # image: img2img, mask_image: inpaint, ...
+    allowed = task.request.model_fields
     ignored += [THEIR_NAMES.get(k, k) for k in list(data) if k not in allowed]
     data = {k: v for k, v in data.items() if k in allowed}
     if timeout_s is not None:
@@ -159,7 +149,7 @@ def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s
         events = body.webhook_events_filter or (["completed"] if body.webhook_completed else ["output", "completed"])
         data["webhook_events_filter"] = [EVENTS[e] for e in events]
     names = {**THEIR_NAMES, "webhook_events_filter": "webhook_events_filter"}
-    return job_type, validate(REQUEST_MODELS[job_type], data, {k: f"input.{v}" for k, v in names.items()}), ignored
+    return task, validate(task.request, data, {k: f"input.{v}" for k, v in names.items()}), ignored
 
 
 async def create(request: Request, b: Backends, t: str, owner: str, model_id: str, body: PredictionBody):
@@ -174,11 +164,11 @@ async def create(request: Request, b: Backends, t: str, owner: str, model_id: st
     with b.waiters.held(t) if wait is not None else nullcontext():
         try:
             entry = await run_in_threadpool(entry_for, b, t, model_id)
-            job_type, req, ignored = to_request(model_id, entry, body, timeout_s)
+            task, req, ignored = to_request(model_id, entry, body, timeout_s)
             kept, more = kept_names(ignored)
             via = {"api": "replicate", "owner": shown(owner), "ignored": kept, "ignored_more": more,
                    "cancel_after": timeout_s}  # fmt: skip
-            job, created = await submit_job(request, b, t, job_type, req, via=via)
+            job, created = await submit_job(request, b, t, task, req, via=via)
         except InputError as e:
             raise renamed(e, names) from None
         headers = {"Location": f"/v1/predictions/{job.id}"}

@@ -1,4 +1,5 @@
-"""Job submissions: one POST per job type, each answering 202 with the job."""
+"""Job submissions: one POST per task (``core/tasks``: its path, name, summary and body model), each answering 202
+with the job."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pydantic import BaseModel
 from api.deps import backends, tenant
 from api.state import Backends
 from api.submit import submit
-from core.contract import REQUEST_MODELS
-from core.schemas import Job, JobType
+from core.schemas import Job
+from core.tasks import TASKS, Task
 
 router = APIRouter()
 
@@ -18,31 +19,8 @@ PREFER_DOC = (
     "replay) when it ends within N seconds, else 202 with `Location` as without it. `Preference-Applied` echoes it."
 )
 
-# (path, route name = operation id, job type, one-line description); the body is REQUEST_MODELS[job type]
-ROUTES: list[tuple[str, str, JobType, str]] = [
-    (
-        "/txt2img",
-        "txt2img",
-        JobType.txt2img,
-        "Queue a text-to-image job (for a class-conditional engine model the prompt names the label).",
-    ),
-    ("/img2img", "img2img", JobType.img2img, "Queue an image-to-image job."),
-    ("/inpaint", "inpaint", JobType.inpaint, "Queue an inpainting job (white pixels of mask_image are repainted)."),
-    ("/controlnet", "controlnet", JobType.controlnet, "Queue a ControlNet-conditioned generation job."),
-    ("/video", "video", JobType.video, "Queue a text-to-video job."),
-    ("/trainings/lora", "train_lora", JobType.lora_training, "Queue a LoRA fine-tuning job on an uploaded dataset."),
-    ("/trainings/ddpm", "train_ddpm", JobType.ddpm_training, "Queue a training job of the from-scratch engine."),
-    (
-        "/grids",
-        "grid",
-        JobType.grid,
-        "Queue a grid: a txt2img request over one or two axes (guidance_scale, scheduler, num_inference_steps, "
-        "seed, lora_scale; at most 64 cells); outputs are each cell, then a labelled contact sheet.",
-    ),
-]
 
-
-def _endpoint(job_type: JobType, model: type[BaseModel], doc: str):
+def _endpoint(task: Task):
     async def endpoint(
         request: Request,
         body: BaseModel,
@@ -50,19 +28,19 @@ def _endpoint(job_type: JobType, model: type[BaseModel], doc: str):
         b: Backends = Depends(backends),
         prefer: str | None = Header(None, description=PREFER_DOC, examples=["wait=30"]),
     ):
-        return await submit(request, b, t, job_type, body)  # rate-limited there
+        return await submit(request, b, t, task, body)  # rate-limited there
 
-    endpoint.__annotations__["body"] = model  # FastAPI validates the body against the job type's own model
-    endpoint.__doc__ = doc
+    endpoint.__annotations__["body"] = task.request  # FastAPI validates the body against the task's own model
+    endpoint.__doc__ = task.summary
     return endpoint
 
 
-for _path, _name, _type, _doc in ROUTES:
+for _task in TASKS.values():
     router.add_api_route(
-        _path,
-        _endpoint(_type, REQUEST_MODELS[_type], _doc),
+        _task.path,
+        _endpoint(_task),
         methods=["POST"],
-        name=_name,
+        name=_task.name,
         status_code=202,
         response_model=Job,
         responses={

@@ -1,43 +1,38 @@
-"""The dispatch table: one executor per (model kind, job type), one module per task (the trainers live in
-``core/training``).
+"""The worker's table: what runs each task (``core/tasks``) on each kind of model, one :class:`Executor` per row,
+imported as modules (one module per task; the trainers live in ``core/training``). Importing it imports torch;
+diffusers loads when a pipeline is first served.
 
-Adding a task is one module with a ``run(request, model, ctx, engines)`` and one row here.
+Every (type, kind) a Task lists in ``kinds`` has a row (``tests/core/test_tasks.py``).
 """
 
 from __future__ import annotations
 
-import importlib
-
 from core.catalog import ModelKind
 from core.contract import Executor
 from core.errors import JobError
+from core.executors import controlnet, engine_txt2img, grid, img2img, inpaint, txt2img, video
 from core.schemas import JobType
+from core.training import ddpm_job, lora_job
 
-# (kind of the model that serves the job, or None for a job that makes a new model) -> the module whose ``run`` it is
-EXECUTORS: dict[tuple[ModelKind | None, JobType], str] = {
-    (ModelKind.engine, JobType.txt2img): "core.executors.engine_txt2img",
-    (ModelKind.diffusers, JobType.txt2img): "core.executors.txt2img",
-    (ModelKind.diffusers, JobType.img2img): "core.executors.img2img",
-    (ModelKind.diffusers, JobType.inpaint): "core.executors.inpaint",
-    (ModelKind.diffusers, JobType.controlnet): "core.executors.controlnet",
-    (ModelKind.diffusers, JobType.video): "core.executors.video",
-    (ModelKind.diffusers, JobType.lora_training): "core.training.lora_job",
-    (None, JobType.ddpm_training): "core.training.ddpm_job",
-    (ModelKind.engine, JobType.grid): "core.executors.grid",
-    (ModelKind.diffusers, JobType.grid): "core.executors.grid",
+# (job type, kind of the model that serves it, or None for a job that makes a new model) -> its executor
+EXECUTORS: dict[tuple[JobType, ModelKind | None], Executor] = {
+    (JobType.txt2img, ModelKind.engine): engine_txt2img.EXECUTOR,
+    (JobType.txt2img, ModelKind.diffusers): txt2img.EXECUTOR,
+    (JobType.img2img, ModelKind.diffusers): img2img.EXECUTOR,
+    (JobType.inpaint, ModelKind.diffusers): inpaint.EXECUTOR,
+    (JobType.controlnet, ModelKind.diffusers): controlnet.EXECUTOR,
+    (JobType.video, ModelKind.diffusers): video.EXECUTOR,
+    (JobType.lora_training, ModelKind.diffusers): lora_job.EXECUTOR,
+    (JobType.ddpm_training, None): ddpm_job.EXECUTOR,
+    (JobType.grid, ModelKind.engine): grid.for_cells(engine_txt2img.EXECUTOR),
+    (JobType.grid, ModelKind.diffusers): grid.for_cells(txt2img.EXECUTOR),
 }
 
 
-def executor_module(kind: ModelKind | None, job_type: JobType):
-    """The task's module (its ``run``, and ``batch_key``/``run_batch`` where it batches), imported on first use:
-    torch and diffusers load with it."""
-    module = EXECUTORS.get((kind, job_type))
-    if module is None:
+def executor_for(job_type: JobType, kind: ModelKind | None) -> Executor:
+    executor = EXECUTORS.get((job_type, kind))
+    if executor is None:
         raise JobError(
             "unsupported_task", f"no executor for {job_type.value} on a {kind.value if kind else 'new'} model"
         )
-    return importlib.import_module(module)
-
-
-def executor_for(kind: ModelKind | None, job_type: JobType) -> Executor:
-    return executor_module(kind, job_type).run
+    return executor

@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 
 from core import previews
-from core.contract import Artifact, RunContext, RunResult
+from core.contract import Artifact, Batching, Executor, RunContext, RunResult
 from core.errors import DeadlineExceeded, JobCancelled, LeaseLost
 from core.registry import ModelEntry
 from core.schemas import ModelRef, Txt2ImgRequest
+from core.warm import Warm
 
 
 def encode(
@@ -31,9 +32,9 @@ def encode(
     return RunResult(artifacts, load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version), versions)
 
 
-def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     # 1. load (0 ms when warm)
-    engine, load_ms = engines.load_engine(model)
+    engine, load_ms = warm.load_engine(model)
     # 2. denoise, reporting every step (progress raises JobCancelled when asked to stop), previews of image 0
     every = request.preview_every
 
@@ -54,7 +55,7 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
         preview=preview if every else None,
     )
     # 3. encode
-    return encode(images, request, engine, model, load_ms, (time.perf_counter() - t0) * 1000, engines.versions)
+    return encode(images, request, engine, model, load_ms, (time.perf_counter() - t0) * 1000, warm.versions)
 
 
 def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
@@ -74,7 +75,7 @@ def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
 
 
 def run_batch(
-    requests: list[Txt2ImgRequest], model: ModelEntry, ctxs: list[RunContext], engines
+    requests: list[Txt2ImgRequest], model: ModelEntry, ctxs: list[RunContext], warm: Warm
 ) -> list[RunResult | BaseException]:
     """Several requests of one ``batch_key`` in one batch. Progress goes to each job; a job canceled, past its
     deadline or no longer ours leaves with that outcome at the next step while the others go on."""
@@ -82,7 +83,7 @@ def run_batch(
     from core.ddpm.samplers import Cancelled
 
     # 1. load (0 ms when warm)
-    engine, load_ms = engines.load_engine(model)
+    engine, load_ms = warm.load_engine(model)
     # 2. one job's bad input fails that job alone
     outcomes: list[RunResult | BaseException | None] = [_bad_label(engine, model, r) for r in requests]
     members = [i for i, o in enumerate(outcomes) if o is None]
@@ -114,7 +115,7 @@ def run_batch(
     # 4. encode each job's images (a job that left the batch keeps its outcome)
     for i, im in zip(members, images, strict=True):
         if outcomes[i] is None:
-            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, engines.versions)
+            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, warm.versions)
     return outcomes
 
 
@@ -154,3 +155,6 @@ def _previews_of(requests: list[Txt2ImgRequest], ctxs: list[RunContext], outcome
                 ctxs[i].preview(step, total, previews.engine_png(x0[first]))
 
     return preview
+
+
+EXECUTOR: Executor[Txt2ImgRequest] = Executor(run, Batching(batch_key, run_batch))

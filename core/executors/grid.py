@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import io
 
-from core.contract import Artifact, RunContext, RunResult
+from core.contract import Artifact, Executor, RunContext, RunResult
 from core.registry import ModelEntry
-from core.schemas import GridRequest, JobType
+from core.schemas import GridRequest, Txt2ImgRequest
+from core.warm import Warm
 
 LABEL_PX = 14  # the height of a label line
 
@@ -62,18 +63,20 @@ def contact_sheet(images: dict[tuple[int, int], object], request: GridRequest) -
     return buf.getvalue()
 
 
-def run(request: GridRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def for_cells(draw: Executor[Txt2ImgRequest]) -> Executor[GridRequest]:
+    """The grid executor of a model kind, drawing each cell with that kind's txt2img executor (``draw``)."""
+    return Executor(lambda request, model, ctx, warm: run(request, model, ctx, warm, draw))
+
+
+def run(request: GridRequest, model: ModelEntry, ctx: RunContext, warm: Warm, draw: Executor) -> RunResult:
     from PIL import Image
 
-    from core.executors import executor_for
-
     cells = request.cells()
-    draw = executor_for(model.kind, JobType.txt2img)
     grid_steps = sum(cell.num_inference_steps for _, _, cell in cells)
     # 1. every cell, one after the other, as the txt2img request it is
     artifacts, images, done, load_ms, inference_ms = [], {}, 0, 0.0, 0.0
     for col, row, cell in cells:
-        result = draw(cell, model, CellContext(ctx, done, grid_steps), engines)
+        result = draw.run(cell, model, CellContext(ctx, done, grid_steps), warm)
         done += cell.num_inference_steps
         load_ms += result.load_ms
         inference_ms += result.inference_ms

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from core.catalog import FAMILIES
-from core.contract import RunContext, RunResult
+from core.contract import Batching, Executor, RunContext, RunResult
 from core.pipelines.loader import denoise, denoise_batch, image_result, open_image
 from core.registry import ModelEntry
 from core.schemas import Img2ImgRequest
+from core.warm import Warm
 
 
-def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     import diffusers
 
     # 1. load (0 ms when warm) and activate this request's LoRAs
-    base, load_ms = engines.pipelines.base(model)
-    engines.pipelines.apply_loras(model, base, request.loras, ctx)
+    base, load_ms = warm.pipelines.base(model)
+    warm.pipelines.apply_loras(model, base, request.loras, ctx)
     # 2. the image-to-image pipeline of the same components, with a fresh scheduler
-    scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
+    scheduler = warm.pipelines.scheduler(request.scheduler, base, model)
     pipe = diffusers.AutoPipelineForImage2Image.from_pipe(base, scheduler=scheduler)
     # 3. the input image at the requested size (once per image where the pipeline encodes one per generator)
     image = open_image(ctx, request.image, (request.width, request.height))
@@ -27,7 +28,7 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, engines) ->
         pipe,
         request,
         ctx,
-        engines.pipelines.fast,
+        warm.pipelines.fast,
         image=image,
         strength=request.strength,
         num_images_per_prompt=request.num_images,
@@ -46,17 +47,17 @@ def batch_key(request: Img2ImgRequest, model: ModelEntry) -> tuple | None:
 
 
 def run_batch(
-    requests: list[Img2ImgRequest], model: ModelEntry, ctxs: list[RunContext], engines
+    requests: list[Img2ImgRequest], model: ModelEntry, ctxs: list[RunContext], warm: Warm
 ) -> list[RunResult | BaseException]:
     """Several requests of one ``batch_key`` in one call; a request whose image cannot be read fails alone."""
     import diffusers
 
     r0 = requests[0]
     # 1. load (0 ms when warm) and activate the LoRAs the batch shares
-    base, load_ms = engines.pipelines.base(model)
-    engines.pipelines.apply_loras(model, base, r0.loras, ctxs[0])
+    base, load_ms = warm.pipelines.base(model)
+    warm.pipelines.apply_loras(model, base, r0.loras, ctxs[0])
     # 2. the image-to-image pipeline of the same components, with a fresh scheduler
-    scheduler = engines.pipelines.scheduler(r0.scheduler, base, model)
+    scheduler = warm.pipelines.scheduler(r0.scheduler, base, model)
     pipe = diffusers.AutoPipelineForImage2Image.from_pipe(base, scheduler=scheduler)
     # 3. each request's image at the requested size (one that cannot be read fails that job alone)
     outcomes: list = [None] * len(requests)
@@ -71,10 +72,13 @@ def run_batch(
         pipe,
         requests,
         ctxs,
-        engines.pipelines.fast,
+        warm.pipelines.fast,
         outcomes,
         model,
         load_ms,
         per_request={"image": images},
         strength=r0.strength,
     )
+
+
+EXECUTOR: Executor[Img2ImgRequest] = Executor(run, Batching(batch_key, run_batch))

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from core.catalog import FAMILIES
-from core.contract import RunContext, RunResult
+from core.contract import Executor, RunContext, RunResult
 from core.pipelines.loader import denoise, image_result, open_image
 from core.registry import ModelEntry
 from core.schemas import InpaintRequest
+from core.warm import Warm
 
 
-def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     import diffusers
 
     # 1. load (0 ms when warm) and activate this request's LoRAs
-    base, load_ms = engines.pipelines.base(model)
-    engines.pipelines.apply_loras(model, base, request.loras, ctx)
+    base, load_ms = warm.pipelines.base(model)
+    warm.pipelines.apply_loras(model, base, request.loras, ctx)
     # 2. an inpainting model's own pipeline, or the inpainting pipeline of a text-to-image model's components
-    scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
+    scheduler = warm.pipelines.scheduler(request.scheduler, base, model)
     if FAMILIES[model.pipeline_class].inpaint_native:
         pipe = type(base).from_pipe(base, scheduler=scheduler)
     else:
@@ -29,7 +30,7 @@ def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, engines) ->
         pipe,
         request,
         ctx,
-        engines.pipelines.fast,
+        warm.pipelines.fast,
         image=image,
         mask_image=mask,
         strength=request.strength,
@@ -37,3 +38,6 @@ def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, engines) ->
         output_type="pil",
     )
     return image_result(out, request, model, load_ms, inference_ms)
+
+
+EXECUTOR: Executor[InpaintRequest] = Executor(run)

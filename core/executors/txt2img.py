@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from core.contract import RunContext, RunResult
+from core.contract import Batching, Executor, RunContext, RunResult
 from core.pipelines.loader import denoise, denoise_batch, image_result
 from core.registry import ModelEntry
 from core.schemas import Txt2ImgRequest
+from core.warm import Warm
 
 
-def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     # 1. load (0 ms when warm) and activate this request's LoRAs
-    base, load_ms = engines.pipelines.base(model)
-    engines.pipelines.apply_loras(model, base, request.loras, ctx)
+    base, load_ms = warm.pipelines.base(model)
+    warm.pipelines.apply_loras(model, base, request.loras, ctx)
     # 2. this request's pipeline: the cached components with a fresh scheduler
-    scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
+    scheduler = warm.pipelines.scheduler(request.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler) if hasattr(base, "from_pipe") else base
     # 3. denoise, one generator per image
     out, inference_ms = denoise(
-        pipe, request, ctx, engines.pipelines.fast, num_images_per_prompt=request.num_images, output_type="pil"
+        pipe, request, ctx, warm.pipelines.fast, num_images_per_prompt=request.num_images, output_type="pil"
     )
     # 4. encode
     return image_result(out, request, model, load_ms, inference_ms)
@@ -46,19 +47,22 @@ def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
 
 
 def run_batch(
-    requests: list[Txt2ImgRequest], model: ModelEntry, ctxs: list[RunContext], engines
+    requests: list[Txt2ImgRequest], model: ModelEntry, ctxs: list[RunContext], warm: Warm
 ) -> list[RunResult | BaseException]:
     """Several requests of one ``batch_key`` in one pipeline call (``loader.denoise_batch``): each image has its own
     generator, so it equals the same request alone."""
     r0 = requests[0]
     # 1. load (0 ms when warm) and activate the LoRAs the batch shares
-    base, load_ms = engines.pipelines.base(model)
-    engines.pipelines.apply_loras(model, base, r0.loras, ctxs[0])
+    base, load_ms = warm.pipelines.base(model)
+    warm.pipelines.apply_loras(model, base, r0.loras, ctxs[0])
     # 2. the pipeline of the cached components, with a fresh scheduler
-    scheduler = engines.pipelines.scheduler(r0.scheduler, base, model)
+    scheduler = warm.pipelines.scheduler(r0.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler)
     # 3. denoise together, one prompt and one generator per image; 4. each job's images
     outcomes: list = [None] * len(requests)
     return denoise_batch(
-        pipe, requests, ctxs, engines.pipelines.fast, outcomes, model, load_ms, height=r0.height, width=r0.width
+        pipe, requests, ctxs, warm.pipelines.fast, outcomes, model, load_ms, height=r0.height, width=r0.width
     )
+
+
+EXECUTOR: Executor[Txt2ImgRequest] = Executor(run, Batching(batch_key, run_batch))

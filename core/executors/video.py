@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.contract import Artifact, RunContext, RunResult
+from core.contract import Artifact, Executor, RunContext, RunResult
 from core.pipelines.loader import denoise, png
 from core.registry import ModelEntry
 from core.schemas import ModelRef, VideoRequest
+from core.warm import Warm
 
 
 def encode(frames: np.ndarray, request: VideoRequest) -> list[Artifact]:
@@ -31,15 +32,18 @@ def encode(frames: np.ndarray, request: VideoRequest) -> list[Artifact]:
     ]
 
 
-def run(request: VideoRequest, model: ModelEntry, ctx: RunContext, engines) -> RunResult:
+def run(request: VideoRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     # 1. load (0 ms when warm)
-    base, load_ms = engines.pipelines.base(model)
+    base, load_ms = warm.pipelines.base(model)
     # 2. this request's pipeline: the cached components with a fresh scheduler
-    scheduler = engines.pipelines.scheduler(request.scheduler, base, model)
+    scheduler = warm.pipelines.scheduler(request.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler) if hasattr(base, "from_pipe") else base
     # 3. denoise the frames
     out, inference_ms = denoise(
-        pipe, request, ctx, engines.pipelines.fast, num_frames=request.num_frames, output_type="np"
+        pipe, request, ctx, warm.pipelines.fast, num_frames=request.num_frames, output_type="np"
     )
     # 4. encode
     return RunResult(encode(out.frames[0], request), load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version))
+
+
+EXECUTOR: Executor[VideoRequest] = Executor(run)

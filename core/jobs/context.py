@@ -56,7 +56,7 @@ class JobContext:
         if self.lost.is_set():
             raise LeaseLost(f"job {self.job.id} is no longer ours")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise DeadlineExceeded(f"the job ran past its timeout_s of {self.job.input.get('timeout_s')}")
+            raise DeadlineExceeded(f"the job ran past its timeout_s of {self.job.options.timeout_s}")
 
     def progress(self, step: int, total: int, **extra: float) -> None:
         """Every step is an event (what streams show) and a cancel check; the record's ``progress`` is rewritten at

@@ -93,7 +93,7 @@ def _group(
     queued = [job for job in (store.jobs.get(job_id) for job_id in job_ids) if job and job.status == JobStatus.queued]
     try:
         runner = runner_factory()
-        groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.cache_dir))
+        groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.warm.cache_dir))
     except Exception:  # noqa: BLE001 - grouping is an optimisation: run them one by one
         log.warning("could not group %d jobs; running them one by one", len(queued), exc_info=True)
         groups = [[job] for job in queued]
@@ -119,7 +119,7 @@ def compatible_queued(
     if not candidates:
         return [job_id]
     for group in runner.group(
-        [job, *candidates], lambda j: JobContext(store, j, storage, "", None, runner.cache_dir), max_batch
+        [job, *candidates], lambda j: JobContext(store, j, storage, "", None, runner.warm.cache_dir), max_batch
     ):
         if group[0].id == job_id:
             return [j.id for j in group]
@@ -155,7 +155,7 @@ def _run_group(
         startup_ms = round((time.perf_counter() - t0) * 1000, 3)
         ctxs = {}
         for job in jobs:
-            timeout = job.input.get("timeout_s")
+            timeout = job.options.timeout_s
             deadline = time.monotonic() + timeout if timeout else None
             ctxs[job.id] = JobContext(
                 store, job, storage, job.lease_token, deadline, getattr(runner, "cache_dir", None), lost[job.id]

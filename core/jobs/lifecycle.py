@@ -34,7 +34,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_job(job_type: JobType, input: dict[str, Any], tenant: str, model: ModelRef | None = None) -> JobRecord:
+def new_job(
+    job_type: JobType, input: dict[str, Any], tenant: str, model: ModelRef | None = None, queue: str = "inference"
+) -> JobRecord:
+    """A queued job's record; ``input`` is its complete request as admission left it, ``queue`` its task's."""
     return JobRecord(
         id=f"job_{uuid.uuid4().hex}",
         type=job_type,
@@ -43,6 +46,7 @@ def new_job(job_type: JobType, input: dict[str, Any], tenant: str, model: ModelR
         input=input,
         model=model,
         tenant=tenant,
+        queue=queue,
     )
 
 
@@ -81,7 +85,7 @@ def submit(
     store.events.add_event(job.id, "status", status_event(job))
     store.limits.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
     try:
-        queue.enqueue(job.id, job.type.queue)
+        queue.enqueue(job.id, job.queue)
     except Exception as e:
         log.warning("could not enqueue %s: %s", job.id, type(e).__name__)
         try:
@@ -310,7 +314,7 @@ def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, ma
     store.events.add_event(job_id, "status", status_event(job))
     if job.status == JobStatus.queued:
         log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
-        queue.enqueue(job_id, job.type.queue)
+        queue.enqueue(job_id, job.queue)
         return True
     _count_finished(store, job)
     return False
@@ -319,7 +323,7 @@ def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, ma
 def _orphaned(job: JobRecord, wall: datetime, max_attempts: int, lease_alive: Callable[[], bool]) -> bool:
     """A running job's fate, decided in place: failed past its deadline, else (when its lease is gone) canceled as
     asked, failed after ``max_attempts``, or queued again, its owner token dropped. False: left running."""
-    timeout = job.input.get("timeout_s")
+    timeout = job.options.timeout_s
     overdue = timeout and job.started_at and (wall - job.started_at).total_seconds() > timeout + DEADLINE_GRACE_S
     if overdue:
         job.status = JobStatus.failed
@@ -349,7 +353,7 @@ def _resend_unsent(store: JobStore, queue: Queue, wall: datetime, enqueue_grace_
         if job is None or job.enqueued or (wall - job.created_at).total_seconds() < enqueue_grace_s:
             continue
         log.warning("job %s never reached the queue; sending it now", job_id)
-        queue.enqueue(job_id, job.type.queue)
+        queue.enqueue(job_id, job.queue)
         store.jobs.update(job_id, _mark_enqueued)
         sent.append(job_id)
     return sent

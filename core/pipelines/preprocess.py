@@ -1,4 +1,4 @@
-"""ControlNet preprocessors, in one table: ``PREPROCESSORS[name](image, request, engines) -> control image``.
+"""ControlNet preprocessors, in one table: ``PREPROCESSORS[name](image, request, warm: Warm) -> control image``.
 
 - ``canny``: OpenCV's edge map;
 - ``depth``: a transformers depth-estimation model (Depth Anything, DPT) from MODELS_DIR or a hub id, loaded once
@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.warm import Warm
 
-def canny(image, request, engines):
+
+def canny(image, request, warm: Warm):
     import cv2
     from PIL import Image
 
@@ -23,11 +25,11 @@ def canny(image, request, engines):
     return Image.fromarray(np.stack([edges] * 3, axis=-1))
 
 
-def depth(image, request, engines):
+def depth(image, request, warm: Warm):
     import torch
     from PIL import Image
 
-    model, processor = engines.pipelines.depth_model()
+    model, processor = warm.pipelines.depth_model()
     inputs = processor(images=image.convert("RGB"), return_tensors="pt").to(model.device)
     with torch.inference_mode():
         predicted = model(**inputs).predicted_depth  # (1, h, w): larger is nearer
@@ -40,7 +42,7 @@ def depth(image, request, engines):
     return Image.fromarray(np.stack([arr] * 3, axis=-1))
 
 
-def none(image, request, engines):
+def none(image, request, warm: Warm):
     return image
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from core.contract import Artifact, RunContext, RunResult
+from core.contract import Artifact, Executor, RunContext, RunResult
 from core.ddpm.data import load_digits_dataset, load_image_folder
 from core.ddpm.pipeline import DDPMEngineModel, make_grid
 from core.ddpm.process import make_objective
@@ -23,6 +23,7 @@ from core.ddpm.unet import UNet, UNetConfig, count_parameters
 from core.errors import InvalidDataset
 from core.schemas import DDPMTrainingRequest, ModelRef
 from core.training.datasets import IMAGE_SUFFIXES, check_images, extract_zip
+from core.warm import Warm
 
 STATE = "train_state.pt"  # the checkpoint's name among the job's files
 
@@ -76,7 +77,7 @@ def sample_grid(model: DDPMEngineModel, names: list[str] | None, seed: int) -> A
 
 
 def run(
-    request: DDPMTrainingRequest, model: None, ctx: RunContext, engines, checkpoint_every: int | None = None
+    request: DDPMTrainingRequest, model: None, ctx: RunContext, warm: Warm, checkpoint_every: int | None = None
 ) -> RunResult:
     r = request
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +113,7 @@ def run(
         # 4. train (checkpointing into `state`, saved for a later attempt after each save)
         t0 = time.perf_counter()
         ema = train(
-            unet, make_objective(sched), images, labels, cfg, callback=on_step, state_path=state, device=engines.device
+            unet, make_objective(sched), images, labels, cfg, callback=on_step, state_path=state, device=warm.device
         )
         train_ms = (time.perf_counter() - t0) * 1000
         # 5. save, register under the tenant, and draw a grid to show
@@ -149,3 +150,6 @@ def run(
         inference_ms=train_ms,
         model=ModelRef(id=r.name, sha256=record["version"]),
     )
+
+
+EXECUTOR: Executor[DDPMTrainingRequest] = Executor(run)

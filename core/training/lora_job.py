@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from core.catalog import LORA_TRAINABLE
-from core.contract import Artifact, RunContext, RunResult
+from core.contract import Artifact, Executor, RunContext, RunResult
 from core.errors import JobError
 from core.registry import ModelEntry
 from core.schemas import LoraTrainingRequest, ModelRef
 from core.training.datasets import captioned_images, check_images, extract_zip
+from core.warm import Warm
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -164,8 +165,8 @@ def save_adapter(folder: Path, t: Trainee, with_text_encoder: bool) -> None:
     )
 
 
-def run(request: LoraTrainingRequest, entry: ModelEntry, ctx: RunContext, engines) -> RunResult:
-    r, device = request, engines.device
+def run(request: LoraTrainingRequest, entry: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
+    r, device = request, warm.device
     if entry.pipeline_class not in LORA_TRAINABLE:
         raise JobError("unsupported_task", f"LoRA training supports {LORA_TRAINABLE}, not {entry.pipeline_class}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,3 +231,6 @@ def run(request: LoraTrainingRequest, entry: ModelEntry, ctx: RunContext, engine
         inference_ms=train_ms,
         model=ModelRef(id=entry.id, sha256=entry.version),
     )
+
+
+EXECUTOR: Executor[LoraTrainingRequest] = Executor(run)

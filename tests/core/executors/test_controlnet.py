@@ -25,7 +25,7 @@ def draw(engines, image, preprocess: str = "canny") -> tuple[np.ndarray, np.ndar
         scheduler="ddim",
         seed=5,
     )
-    result = controlnet.run(req, engines.registry.get("tiny-sd"), ctx, engines)
+    result = controlnet.run(req, engines.registry.get("tiny-sd"), ctx, engines.warm)
     assert [a.meta.get("role") for a in result.artifacts] == [None, "control_image"]
     return decode(result.artifacts[0]), decode(result.artifacts[1])
 
@@ -35,7 +35,7 @@ def give_the_zero_convolutions_weights(engines) -> None:
     tiny fixture's: seeded weights let the control image reach the pixels, which is what this test holds."""
     import torch
 
-    model, _ = engines.pipelines.controlnet("tiny-controlnet", engines.registry.get("tiny-sd"))
+    model, _ = engines.warm.pipelines.controlnet("tiny-controlnet", engines.registry.get("tiny-sd"))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         convs = [*model.controlnet_down_blocks, model.controlnet_mid_block, model.controlnet_cond_embedding.conv_out]

@@ -18,7 +18,7 @@ def request(**kw) -> Txt2ImgRequest:
 def test_draws_the_label_from_the_seed_with_a_pinned_slice(engines):
     ctx = Ctx()
     entry = engines.registry.get("digits")
-    result = engine_txt2img.run(request(num_images=2), entry, ctx, engines)
+    result = engine_txt2img.run(request(num_images=2), entry, ctx, engines.warm)
     a, b = (decode(x) for x in result.artifacts)
     assert a.shape == (16, 16) and a.std() > 30 and np.abs(a - b).mean() > 5  # two draws of a 7, not blanks
     assert [x.meta["seed"] for x in result.artifacts] == [3, 4] and result.artifacts[0].meta["label"] == "7"
@@ -31,8 +31,8 @@ def test_draws_the_label_from_the_seed_with_a_pinned_slice(engines):
 def test_a_batch_draws_each_request_as_alone(engines):
     entry = engines.registry.get("digits")
     requests = [request(prompt="1", seed=5), request(prompt="9", seed=6, num_images=2)]
-    outcomes = engine_txt2img.run_batch(requests, entry, [Ctx(), Ctx()], engines)
+    outcomes = engine_txt2img.run_batch(requests, entry, [Ctx(), Ctx()], engines.warm)
     for r, outcome in zip(requests, outcomes, strict=True):
-        alone = engine_txt2img.run(r, entry, Ctx(), engines)
+        alone = engine_txt2img.run(r, entry, Ctx(), engines.warm)
         for x, y in zip(outcome.artifacts, alone.artifacts, strict=True):
             assert np.abs(decode(x) - decode(y)).max() <= 1

@@ -15,7 +15,7 @@ def draw(engines, color, strength: float) -> np.ndarray:
     ctx = Ctx()
     req = Img2ImgRequest(model="tiny-sd", prompt="a tree", image=ctx.add(solid(color)), strength=strength, width=64,
                          height=64, num_inference_steps=4, guidance_scale=5.0, scheduler="ddim", seed=2)  # fmt: skip
-    return decode(img2img.run(req, engines.registry.get("tiny-sd"), ctx, engines).artifacts[0])
+    return decode(img2img.run(req, engines.registry.get("tiny-sd"), ctx, engines.warm).artifacts[0])
 
 
 def test_the_output_follows_the_input_image_by_strength(engines):
@@ -37,7 +37,7 @@ def test_sd3_draws_several_images_each_equal_to_its_seed_alone(engines):
         req = Img2ImgRequest(model="tiny-sd3", prompt="a tree", image=image, strength=0.8, width=32, height=32,
                              num_inference_steps=2, guidance_scale=5.0, scheduler="default", seed=seed,
                              num_images=n)  # fmt: skip
-        return [decode(a) for a in img2img.run(req, engines.registry.get("tiny-sd3"), ctx, engines).artifacts]
+        return [decode(a) for a in img2img.run(req, engines.registry.get("tiny-sd3"), ctx, engines.warm).artifacts]
 
     pair = draw(4, 2)
     assert len(pair) == 2 and np.abs(pair[0] - pair[1]).mean() > 0.5

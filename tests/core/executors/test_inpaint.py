@@ -19,7 +19,7 @@ def draw(engines, seed: int) -> np.ndarray:
     req = InpaintRequest(model="tiny-sd", prompt="a dog", image=ctx.add(split()),
                          mask_image=ctx.add(Image.fromarray(mask)), width=64, height=64, num_inference_steps=2,
                          guidance_scale=5.0, scheduler="ddim", seed=seed)  # fmt: skip
-    return decode(inpaint.run(req, engines.registry.get("tiny-sd"), ctx, engines).artifacts[0])
+    return decode(inpaint.run(req, engines.registry.get("tiny-sd"), ctx, engines.warm).artifacts[0])
 
 
 def test_the_seed_repaints_the_masked_half_only(engines):

@@ -16,12 +16,12 @@ def request(**kw) -> Txt2ImgRequest:
 
 
 def draw(engines, **kw) -> np.ndarray:
-    return decode(txt2img.run(request(**kw), engines.registry.get("tiny-sd"), Ctx(), engines).artifacts[0])
+    return decode(txt2img.run(request(**kw), engines.registry.get("tiny-sd"), Ctx(), engines.warm).artifacts[0])
 
 
 def test_pinned_slice_and_what_changes_the_pixels(engines):
     ctx = Ctx()
-    result = txt2img.run(request(), engines.registry.get("tiny-sd"), ctx, engines)
+    result = txt2img.run(request(), engines.registry.get("tiny-sd"), ctx, engines.warm)
     a = decode(result.artifacts[0])
     assert a.shape == (64, 64, 3) and ctx.steps[-1] == (2, 2)
     expected = [[77, 147, 105], [124, 124, 76], [151, 142, 59]]

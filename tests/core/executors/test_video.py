@@ -13,7 +13,7 @@ def render(engines, model: str, seed: int, frames: int):
     req = VideoRequest(model=model, prompt="a cat", width=16 if "cog" in model else 32, height=16 if "cog" in model
                        else 32, num_frames=frames, num_inference_steps=2, guidance_scale=5.0, scheduler="default",
                        seed=seed, fps=4)  # fmt: skip
-    return video.run(req, engines.registry.get(model), Ctx(), engines)
+    return video.run(req, engines.registry.get(model), Ctx(), engines.warm)
 
 
 def test_mp4_and_poster_from_the_seed(engines, tmp_path):

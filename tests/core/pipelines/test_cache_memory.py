@@ -43,8 +43,8 @@ def _job(model, prompt="a cat", **extra):
 def test_task_pipelines_share_the_cached_weights(tiny_models_dir):
     runner = Engines(ModelRegistry([tiny_models_dir]), device="cpu", torch_threads=1)
     entry = runner.registry.get("tiny-sd")
-    base, cold = runner.pipelines.base(entry)
-    again, warm = runner.pipelines.base(entry)
+    base, cold = runner.warm.pipelines.base(entry)
+    again, warm = runner.warm.pipelines.base(entry)
     assert again is base and cold > 0 and warm == 0
     import diffusers
 
@@ -54,7 +54,7 @@ def test_task_pipelines_share_the_cached_weights(tiny_models_dir):
 
 def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path):
     registry = ModelRegistry([tiny_models_dir])
-    one = module_bytes(Engines(registry, device="cpu").pipelines.base(registry.get("tiny-sd"))[0])
+    one = module_bytes(Engines(registry, device="cpu").warm.pipelines.base(registry.get("tiny-sd"))[0])
     # a budget that holds about two of the three models, so the cycle evicts and reloads all the time
     runner = Engines(registry, device="cpu", torch_threads=1, pipeline_budget_bytes=int(one * 2.2))
     store, storage = memory_store(), LocalStorage(tmp_path, "k")
@@ -83,8 +83,8 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
         if i % 3 == 2:
             gc.collect()
             rss.append(proc.memory_info().rss)
-    assert runner.cache.evictions >= 40
-    assert len(runner.cache.keys()) <= 2
+    assert runner.warm.cache.evictions >= 40
+    assert len(runner.warm.cache.keys()) <= 2
     first, last = rss[0], rss[-1]
     print(f"RSS after the first cycle {first / 2**20:.1f} MiB, after 50 jobs {last / 2**20:.1f} MiB")
     assert last <= first * 1.10
@@ -108,7 +108,7 @@ def test_rss_stays_flat_over_50_jobs_alternating_two_loras(tiny_models_dir, drop
             gc.collect()
             rss.append(proc.memory_info().rss)
     assert outputs["ink"] != outputs["neon"]
-    assert len(runner.cache.keys()) == 1  # the base model loaded once, never again
+    assert len(runner.warm.cache.keys()) == 1  # the base model loaded once, never again
     print(f"RSS after the first pair {rss[0] / 2**20:.1f} MiB, after 50 jobs {rss[-1] / 2**20:.1f} MiB")
     assert rss[-1] <= rss[0] * 1.10
     base = _job("tiny-sd")
