@@ -43,7 +43,7 @@ def _image_upload(store, storage, w: int, h: int, mask: bool = False) -> str:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     data = buf.getvalue()
-    return uploads.save(store, storage, "bench", data, uploads.describe(data, "image", 10**7), 3600)["id"]
+    return uploads.save(store.retention, storage, "bench", data, uploads.describe(data, "image", 10**7), 3600)["id"]
 
 
 def cases(store, storage) -> list[tuple[str, JobType, dict]]:

@@ -86,6 +86,11 @@ class Engines:
         self.max_batch = max_batch
         self.memory = BatchMemory.for_device(self.warm.device)
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where the jobs' contexts keep tenants' files (models, LoRAs) fetched from storage."""
+        return self.warm.cache_dir
+
     # -- dispatch -----------------------------------------------------------------------------------
     def run(self, job: JobRecord, ctx: RunContext) -> RunResult:
         from core.executors import executor_for

@@ -13,10 +13,13 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.jobs.store import JobStore
 from core.registry import ModelEntry, engine_entry_from_configs
 from core.storage import Storage
+
+if TYPE_CHECKING:
+    from core.jobs.store import Registrations
 
 
 def prefix(tenant: str, kind: str, name: str, version: str) -> str:
@@ -24,7 +27,7 @@ def prefix(tenant: str, kind: str, name: str, version: str) -> str:
 
 
 def publish(
-    store: JobStore,
+    registrations: Registrations,
     storage: Storage,
     tenant: str,
     kind: str,
@@ -55,7 +58,7 @@ def publish(
         "files": [p.relative_to(folder).as_posix() for p in files],
         **(extra or {}),
     }
-    store.registrations.register(tenant, kind, name, record)
+    registrations.register(tenant, kind, name, record)
     return record
 
 
@@ -83,9 +86,9 @@ def entry_from_record(record: dict) -> ModelEntry | None:
     )
 
 
-def tenant_model_entry(store: JobStore, tenant: str, name: str) -> ModelEntry | None:
+def tenant_model_entry(registrations: Registrations, tenant: str, name: str) -> ModelEntry | None:
     """The registry entry of a model the tenant trained, or None."""
-    record = store.registrations.registration(tenant, "model", name)
+    record = registrations.registration(tenant, "model", name)
     return entry_from_record(record) if record else None
 
 

@@ -9,11 +9,14 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.errors import InputError
 from core.images import decode_data_uri, inspect_image
-from core.jobs.store import JobStore
 from core.storage import Storage, upload_key
+
+if TYPE_CHECKING:
+    from core.jobs.store import Retention
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -42,13 +45,13 @@ def describe(data: bytes, field: str, max_pixels: int) -> dict:
     return info
 
 
-def save(store: JobStore, storage: Storage, tenant: str, data: bytes, info: dict, ttl_s: float) -> dict:
+def save(retention: Retention, storage: Storage, tenant: str, data: bytes, info: dict, ttl_s: float) -> dict:
     """Store ``data`` as a new upload of ``tenant`` (deleted after ``ttl_s``); returns its metadata with its id."""
     info = {"id": f"upl_{uuid.uuid4().hex}", **info}
     key = upload_key(tenant, info["id"])
     storage.put(key, data, info["content_type"])
     storage.put(key + ".json", json.dumps(info).encode(), "application/json")
-    store.retention.schedule_expiry(f"upload:{tenant}/{info['id']}", time.time() + ttl_s)
+    retention.schedule_expiry(f"upload:{tenant}/{info['id']}", time.time() + ttl_s)
     return info
 
 
@@ -73,7 +76,7 @@ def check_image(storage: Storage, tenant: str, field: str, ref: str, max_bytes: 
     return ImageInput(field, meta["width"], meta["height"], meta.get("sha256", ""), upload_id=ref)
 
 
-def save_inline(store: JobStore, storage: Storage, tenant: str, image: ImageInput, ttl_s: float) -> str:
+def save_inline(retention: Retention, storage: Storage, tenant: str, image: ImageInput, ttl_s: float) -> str:
     """The upload id of ``image``, saving inline bytes as an upload first."""
     if image.upload_id is None:
         info = {
@@ -83,6 +86,6 @@ def save_inline(store: JobStore, storage: Storage, tenant: str, image: ImageInpu
             "width": image.width,
             "height": image.height,
         }
-        image.upload_id = save(store, storage, tenant, image.data, info, ttl_s)["id"]
+        image.upload_id = save(retention, storage, tenant, image.data, info, ttl_s)["id"]
         image.data = None
     return image.upload_id

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 from core.errors import InputError
 
 if TYPE_CHECKING:
-    from core.jobs.store import JobStore
+    from core.jobs.store import JobStore, WebhookQueue
     from core.schemas import JobRecord
 
 log = logging.getLogger("diffuserve.webhooks")
@@ -144,7 +144,7 @@ def wanted(job: JobRecord, event: str) -> bool:
     return bool(options.webhook) and event in options.webhook_events_filter
 
 
-def emit(store: JobStore, job: JobRecord, event: str) -> None:
+def emit(deliveries: WebhookQueue, job: JobRecord, event: str) -> None:
     """Queue a delivery of ``event`` for ``job`` when its request asked for it (never raises: an event the store
     cannot take is logged, the job goes on)."""
     if not wanted(job, event):
@@ -162,7 +162,7 @@ def emit(store: JobStore, job: JobRecord, event: str) -> None:
         "attempts": 0,
     }
     try:
-        store.webhooks.add(delivery, time.time())
+        deliveries.add(delivery, time.time())
     except Exception:  # noqa: BLE001 - a lost event must not fail the job
         log.warning("could not queue the %s webhook of %s", event, job.id, exc_info=True)
 

@@ -48,7 +48,7 @@ class Process:
         self.last_batch = 1  # jobs in the previous batch this process ran
 
     def _record_load(self, model: str, ms: float) -> None:
-        lifecycle.record_model_load(self.store, model, ms)
+        lifecycle.record_model_load(self.store.limits, model, ms)
 
     def warm_up(self) -> None:
         self.runner().warm.warm_up(self.settings.warm_model_ids)

@@ -49,7 +49,7 @@ def entry_for(b: Backends, tenant: str, model_id: str) -> ModelEntry:
     """The registry entry of ``model_id`` (the tenant's own trained models first). Blocking."""
     if not re.match(NAME_PATTERN, model_id):  # before any lookup: never a path, never quoted whole
         raise InputError(f"unknown model {shown(model_id)!r}", field="model", code="unknown_model")
-    return tenant_model_entry(b.store, tenant, model_id) or b.registry.get(model_id)
+    return tenant_model_entry(b.store.registrations, tenant, model_id) or b.registry.get(model_id)
 
 
 def data_uri(value: str, field: str) -> str:

@@ -392,7 +392,7 @@ async def _model_or_404(b: Backends, t: str, name: str) -> tuple[ModelEntry, str
 
     def find() -> tuple[ModelEntry, str]:
         entry = entry_for(b, t, name)
-        return entry, "private" if tenant_model_entry(b.store, t, name) is not None else "public"
+        return entry, "private" if tenant_model_entry(b.store.registrations, t, name) is not None else "public"
 
     try:
         return await run_in_threadpool(find)

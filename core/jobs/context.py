@@ -132,4 +132,5 @@ class JobContext:
         from core import tenant_models
 
         self._owned()
-        return tenant_models.publish(self.store, self.storage, self.tenant, kind, name, folder, self.job.id, extra)
+        registrations = self.store.registrations
+        return tenant_models.publish(registrations, self.storage, self.tenant, kind, name, folder, self.job.id, extra)

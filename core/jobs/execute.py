@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from core.contract import RunResult
 from core.errors import JobCancelled, LeaseLost, OutOfMemory, ServiceError
@@ -18,7 +18,7 @@ from core.jobs import lifecycle
 from core.jobs.context import JobContext
 from core.jobs.heartbeat import Heartbeat
 from core.jobs.records import output_key, records
-from core.jobs.store import JobStore
+from core.jobs.store import JobStore, Limits
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, Metrics, OutputItem
 from core.storage import Storage
 
@@ -28,9 +28,20 @@ log = logging.getLogger("diffuserve.worker")
 class JobRunner(Protocol):
     """Turns a job into a result (``core.runner.Engines``: typed request, executor table)."""
 
+    def run(self, job: JobRecord, ctx: JobContext) -> RunResult: ...
+
+
+@runtime_checkable
+class BatchRunner(JobRunner, Protocol):
+    """A runner that also groups jobs into shared denoising loops and keeps tenants' files in ``cache_dir``."""
+
     cache_dir: Path
 
-    def run(self, job: JobRecord, ctx: JobContext) -> RunResult: ...
+    def group(
+        self, jobs: list[JobRecord], context: Callable[[JobRecord], JobContext], max_batch: int | None = None
+    ) -> list[list[JobRecord]]: ...
+
+    def run_batch(self, jobs: list[JobRecord], ctxs: list[JobContext]) -> list[RunResult | BaseException]: ...
 
 
 def _failure(e: BaseException, job_id: str) -> JobErrorInfo:
@@ -87,13 +98,13 @@ def execute_batch(
 
 
 def _group(
-    job_ids: list[str], store: JobStore, storage: Storage, runner_factory: Callable[[], JobRunner]
+    job_ids: list[str], store: JobStore, storage: Storage, runner_factory: Callable[[], BatchRunner]
 ) -> list[list[str]]:
     """The queued ones among ``job_ids``, grouped by the runner (one by one when it cannot group them)."""
     queued = [job for job in (store.jobs.get(job_id) for job_id in job_ids) if job and job.status == JobStatus.queued]
     try:
         runner = runner_factory()
-        groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.warm.cache_dir))
+        groups = runner.group(queued, lambda job: JobContext(store, job, storage, "", None, runner.cache_dir))
     except Exception:  # noqa: BLE001 - grouping is an optimisation: run them one by one
         log.warning("could not group %d jobs; running them one by one", len(queued), exc_info=True)
         groups = [[job] for job in queued]
@@ -107,7 +118,7 @@ def compatible_queued(
     store's queued index (at most ``scan`` of them, however long the queue). Their own queue messages stay where
     they are; when one arrives later its claim finds the job taken and does nothing, and if this worker dies with the
     batch, each job's lease expires and the reaper queues it again."""
-    if not hasattr(runner, "group"):
+    if not isinstance(runner, BatchRunner):
         return [job_id]
     others = [i for i in store.jobs.ids_with_status(JobStatus.queued, scan) if i != job_id]
     if not others:  # the common case when the service keeps up: one read, no record parsed
@@ -119,7 +130,7 @@ def compatible_queued(
     if not candidates:
         return [job_id]
     for group in runner.group(
-        [job, *candidates], lambda j: JobContext(store, j, storage, "", None, runner.warm.cache_dir), max_batch
+        [job, *candidates], lambda j: JobContext(store, j, storage, "", None, runner.cache_dir), max_batch
     ):
         if group[0].id == job_id:
             return [j.id for j in group]
@@ -154,18 +165,17 @@ def _run_group(
             runner = _Broken(e)
         startup_ms = round((time.perf_counter() - t0) * 1000, 3)
         ctxs = {}
+        cache_dir = runner.cache_dir if isinstance(runner, BatchRunner) else None
         for job in jobs:
             timeout = job.options.timeout_s
             deadline = time.monotonic() + timeout if timeout else None
-            ctxs[job.id] = JobContext(
-                store, job, storage, job.lease_token, deadline, getattr(runner, "cache_dir", None), lost[job.id]
-            )
+            ctxs[job.id] = JobContext(store, job, storage, job.lease_token, deadline, cache_dir, lost[job.id])
         # 3. run: one batch, or the job alone
         store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
         if len(jobs) == 1:
             outcomes = [_attempt(lambda: runner.run(jobs[0], ctxs[jobs[0].id]))]
         else:
-            try:
+            try:  # several jobs are a group, made by a BatchRunner
                 outcomes = runner.run_batch(jobs, [ctxs[j.id] for j in jobs])
             except Exception as e:  # noqa: BLE001 - the batch could not start: each job records why
                 outcomes = [e] * len(jobs)
@@ -183,6 +193,9 @@ class _Broken:
 
     def run(self, job: JobRecord, ctx: JobContext) -> RunResult:
         raise self.error
+
+    def run_batch(self, jobs: list[JobRecord], ctxs: list[JobContext]) -> list[RunResult | BaseException]:
+        return [self.error] * len(jobs)
 
 
 def _attempt(fn: Callable[[], RunResult]) -> RunResult | BaseException:
@@ -221,7 +234,7 @@ def _complete(
     if done is None:
         return store.jobs.get(job_id)  # someone else finished it (the reaper, or a newer owner)
     if done.status == JobStatus.succeeded:
-        _count_images(store, done)
+        _count_images(store.limits, done)
     else:
         _remove_outputs(storage, written, job_id)  # no half set of outputs stays behind a failed job
     if error is None or error.code != "storage_unavailable":
@@ -261,12 +274,12 @@ def _publish(
     )
 
 
-def _count_images(store: JobStore, done: JobRecord) -> None:
+def _count_images(limits: Limits, done: JobRecord) -> None:
     """Per-model throughput: rate(diffuserve_images_total[1m]) is images/s."""
     images = sum(1 for o in done.output if o.content_type.startswith("image/"))
     if images:
         model = done.model.id if done.model else "none"
-        store.limits.incr("diffuserve_images_total", {"model": model, "type": done.type.value}, images)
+        limits.incr("diffuserve_images_total", {"model": model, "type": done.type.value}, images)
 
 
 def _remove_outputs(storage: Storage, keys: list[str], job_id: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from core import webhooks
 from core.errors import Conflict, LeaseLost, Unavailable
-from core.jobs.store import JobStore
+from core.jobs.store import JobStore, Limits, Retention
 from core.schemas import UPLOAD_ID_PATTERN, JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
 from core.storage import Storage, upload_key
 
@@ -72,7 +72,7 @@ def submit(
     When the queue refuses the message the job is failed (``unavailable``), its idempotency key released so that a
     retry makes a new job, and :class:`Unavailable` raised. When even that write fails (the store went down with the
     broker), the job stays ``queued`` with ``enqueued`` False and the reaper sends it once the store is back."""
-    keep_inputs(store, job)
+    keep_inputs(store.retention, store.job_ttl_s, job)
     job, created, stored_hash = store.jobs.create(job, idempotency, max_active)
     if not created:
         if stored_hash != idempotency[1]:
@@ -104,13 +104,13 @@ def submit(
     return store.jobs.update(job.id, _mark_enqueued) or job, True
 
 
-def keep_inputs(store: JobStore, job: JobRecord) -> None:
+def keep_inputs(retention: Retention, ttl_s: float, job: JobRecord) -> None:
     """The uploads a job reads (images, datasets) live at least as long as the job: each one's retention is pushed
     to a job TTL from now, at submit and again when an attempt starts (never made earlier)."""
-    at = time.time() + store.job_ttl_s
+    at = time.time() + ttl_s
     for value in job.input.values():
         if isinstance(value, str) and UPLOAD_ID_PATTERN.match(value):
-            store.retention.extend_expiry(f"upload:{job.tenant}/{value}", at)
+            retention.extend_expiry(f"upload:{job.tenant}/{value}", at)
 
 
 def _mark_enqueued(job: JobRecord) -> JobRecord | None:
@@ -145,11 +145,12 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     if not claimed or job is None:
         return None
     try:
-        keep_inputs(store, job)  # the uploads it reads outlive this attempt, however long it waited
+        # the uploads it reads outlive this attempt, however long it waited
+        keep_inputs(store.retention, store.job_ttl_s, job)
     except Unavailable:  # the claim holds: the submit already kept them a TTL; retention may still win (input_expired)
         log.warning("job %s: could not push its uploads' retention at start", job_id)
     store.events.add_event(job_id, "status", status_event(job))
-    webhooks.emit(store, job, "start")
+    webhooks.emit(store.webhooks, job, "start")
     store.limits.observe(
         "diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS
     )
@@ -184,7 +185,7 @@ def report_progress(
     if not owned or job is None:
         raise LeaseLost(f"job {job_id} is no longer ours")
     store.events.add_event(job_id, "progress", {"step": step, "total": total, **extra})
-    webhooks.emit(store, job, "progress")  # as often as the record is written (every 0.5 s at most)
+    webhooks.emit(store.webhooks, job, "progress")  # as often as the record is written (every 0.5 s at most)
     return job.cancel_requested
 
 
@@ -233,23 +234,23 @@ def finish(
     if not done or job is None:
         return None
     store.events.add_event(job_id, "status", status_event(job))
-    _count_finished(store, job)
+    _count_finished(store.limits, job)
     if job.status == JobStatus.succeeded and job.output:
-        webhooks.emit(store, job, "output")
-    webhooks.emit(store, job, "completed")
+        webhooks.emit(store.webhooks, job, "output")
+    webhooks.emit(store.webhooks, job, "completed")
     return job
 
 
-def _count_finished(store: JobStore, job: JobRecord) -> None:
-    store.limits.incr("diffuserve_jobs_finished_total", {"type": job.type.value, "status": job.status.value})
+def _count_finished(limits: Limits, job: JobRecord) -> None:
+    limits.incr("diffuserve_jobs_finished_total", {"type": job.type.value, "status": job.status.value})
     if job.started_at and job.finished_at:
         run_s = (job.finished_at - job.started_at).total_seconds()
-        store.limits.observe("diffuserve_job_run_seconds", {"type": job.type.value}, run_s, SECONDS_BUCKETS)
+        limits.observe("diffuserve_job_run_seconds", {"type": job.type.value}, run_s, SECONDS_BUCKETS)
 
 
-def record_model_load(store: JobStore, model: str, load_ms: float) -> None:
+def record_model_load(limits: Limits, model: str, load_ms: float) -> None:
     """Every cold model load, warm-ups at start included, feeds the model-load-time histogram."""
-    store.limits.observe("diffuserve_model_load_seconds", {"model": model}, load_ms / 1000, SECONDS_BUCKETS)
+    limits.observe("diffuserve_model_load_seconds", {"model": model}, load_ms / 1000, SECONDS_BUCKETS)
 
 
 def cancel(store: JobStore, job_id: str) -> JobRecord | None:
@@ -272,8 +273,8 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
     job = store.jobs.update(job_id, fn)
     if job is not None and changed == "canceled":
         store.events.add_event(job_id, "status", status_event(job))
-        _count_finished(store, job)
-        webhooks.emit(store, job, "completed")
+        _count_finished(store.limits, job)
+        webhooks.emit(store.webhooks, job, "completed")
     elif job is not None and changed == "flagged":
         store.events.add_event(job_id, "cancel_requested", {"id": job_id})
     return job
@@ -316,7 +317,7 @@ def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, ma
         log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
         queue.enqueue(job_id, job.queue)
         return True
-    _count_finished(store, job)
+    _count_finished(store.limits, job)
     return False
 
 

@@ -96,7 +96,7 @@ def admit(v: Inputs, tenant: str, task: Task, body: BaseModel) -> tuple[BaseMode
         changes["seed"] = seed
     # 5. inline images saved as uploads (the request keeps their ids)
     for f, im in images.items():
-        changes[f] = uploads.save_inline(v.store, v.storage, tenant, im, v.job_ttl_s)
+        changes[f] = uploads.save_inline(v.store.retention, v.storage, tenant, im, v.job_ttl_s)
     return updated(request, **changes), done.model, {f: im.sha256 for f, im in images.items()}
 
 
@@ -108,7 +108,7 @@ Extra = Callable[[Inputs, ModelEntry, G], G]
 def model_entry(v: Inputs, tenant: str, model_id: str, field: str = "model") -> ModelEntry:
     """The tenant's own model of that name, else a served one."""
     try:
-        return tenant_model_entry(v.store, tenant, model_id) or v.registry.get(model_id)
+        return tenant_model_entry(v.store.registrations, tenant, model_id) or v.registry.get(model_id)
     except InputError as e:
         raise InputError(e.message, field=field, code=e.code) from None
 

@@ -65,7 +65,7 @@ def world(tiny_models_dir, tmp_path_factory):
     for tenant, seed in (("a", 1), ("b", 2)):
         folder = root / f"lora-{tenant}"
         lora_file(tiny_models_dir / "tiny-sd", seed, folder / "pytorch_lora_weights.safetensors")
-        tenant_models.publish(store, storage, tenant, "lora", "style", folder, f"job_train_{tenant}")
+        tenant_models.publish(store.registrations, storage, tenant, "lora", "style", folder, f"job_train_{tenant}")
     registry = ModelRegistry([tiny_models_dir, root / "shared"])
     engines = Engines(registry, device="cpu", torch_threads=1, cache_dir=root / "cache")
     return {"store": store, "storage": storage, "engines": engines, "alone": {}}
@@ -151,7 +151,7 @@ def test_a_lora_retrained_after_grouping_is_not_drawn_with_the_old_batchmates(wo
     lora_file(tiny_models_dir / "tiny-sd", 9, folder / "pytorch_lora_weights.safetensors")
     old = store.registrations.registration("a", "lora", "style")
     try:
-        tenant_models.publish(store, storage, "a", "lora", "style", folder, "job_retrain")
+        tenant_models.publish(store.registrations, storage, "a", "lora", "style", folder, "job_retrain")
         assert engines._batch_key(jobs[0], ctx0) != key0  # the new weights version is part of the key
     finally:
         store.registrations.register("a", "lora", "style", old)
@@ -192,7 +192,7 @@ def test_a_lora_registered_between_grouping_and_start_splits_the_batch(world, ti
     assert [len(g) for g in engines.group(jobs, lambda j: engines_ctx(world, j))] == [2]
     folder = tmp_path / "d-style"
     lora_file(tiny_models_dir / "tiny-sd", 7, folder / "pytorch_lora_weights.safetensors")
-    tenant_models.publish(store, storage, "d", "lora", "style", folder, "job_train_d")
+    tenant_models.publish(store.registrations, storage, "d", "lora", "style", folder, "job_train_d")
     claimed = [lifecycle.claim(store, i, "w", 60.0) for i in ids]
     outcomes = engines.run_batch(claimed, [engines_ctx(world, j, j.lease_token) for j in claimed])
     own = alone(world, "d", "a cat", 21, 1.0)  # drawn after d's registration: with d's own LoRA

@@ -245,7 +245,7 @@ def test_replicate_version_names_the_tenants_own_trained_model(gw, tmp_path):
     folder = tmp_path / "mine"
     shutil.copytree(REPO / "models" / "digits", folder)
     (folder / "README.md").write_text("own copy\n")  # its own version (sha256 of the files)
-    record = tenant_models.publish(b.store, b.storage, "own", "model", "mine", folder, "job_0",
+    record = tenant_models.publish(b.store.registrations, b.storage, "own", "model", "mine", folder, "job_0",
                                    tenant_models.read_configs(folder))  # fmt: skip
     versions = [record["version"], record["version"][:12], "mine", "acme/mine:" + record["version"]]
     for version in versions:

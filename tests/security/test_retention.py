@@ -37,11 +37,12 @@ def zip_upload(store, storage, tenant: str) -> str:
             Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(img, format="PNG")
             zf.writestr(f"img{i}.png", img.getvalue())
     data = buf.getvalue()
-    return uploads.save(store, storage, tenant, data, uploads.describe(data, "file", 1 << 20), TTL)["id"]
+    return uploads.save(store.retention, storage, tenant, data, uploads.describe(data, "file", 1 << 20), TTL)["id"]
 
 
 def training(store, tenant: str, dataset: str):
     data = {"name": "mine", "dataset": dataset, "resolution": 16, "max_train_steps": 1, "train_batch_size": 4}
+    data.update(seed=1, timeout_s=600)  # as admission completes it
     job, _ = lifecycle.submit(store, NoQueue(), lifecycle.new_job(JobType.ddpm_training, data, tenant))
     return job
 

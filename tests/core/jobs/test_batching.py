@@ -151,7 +151,7 @@ def test_diffusers_img2img_batches_each_with_its_own_image_and_a_bad_image_fails
         buf = io.BytesIO()
         Image.new("RGB", (64, 64), color).save(buf, format="PNG")
         data = buf.getvalue()
-        return uploads.save(store, storage, "t", data, uploads.describe(data, "file", 10**6), 3600)["id"]
+        return uploads.save(store.retention, storage, "t", data, uploads.describe(data, "file", 10**6), 3600)["id"]
 
     def i2i_job(image: str, seed: int, num_images: int = 1):
         data = {

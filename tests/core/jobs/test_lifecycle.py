@@ -277,7 +277,7 @@ def test_retention_deletes_records_events_outputs_and_uploads(store, tmp_path):
     storage = LocalStorage(tmp_path, "k")
     q = ListQueue()
     tenant = "ret-" + uuid.uuid4().hex[:6]
-    info = uploads.save(store, storage, tenant, png_bytes(), uploads.describe(png_bytes(), "file", 10**6), 60)
+    info = uploads.save(store.retention, storage, tenant, png_bytes(), uploads.describe(png_bytes(), "file", 10**6), 60)
     job, _ = lifecycle.submit(store, q, _job(tenant))
     done = execute_job(job.id, store, storage, lambda: OneImage(), "w")
     assert storage.exists(done.output[0].key) and records.flush()

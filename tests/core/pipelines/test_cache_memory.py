@@ -69,7 +69,7 @@ def test_rss_stays_flat_over_50_jobs_cycling_3_models(tiny_models_dir, tmp_path)
             from tests.api.test_pipelines import mask, rgb
 
             image, mask_image = (
-                uploads.save(store, storage, "t", b, uploads.describe(b, "image", 10**7), 3600)["id"]
+                uploads.save(store.retention, storage, "t", b, uploads.describe(b, "image", 10**7), 3600)["id"]
                 for b in (rgb(), mask())
             )
             job = lifecycle.new_job(
