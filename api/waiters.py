@@ -48,6 +48,22 @@ class Waiters:
                 code="too_many_waits",
             )
 
+    def take(self, tenant: str) -> Callable[[], None]:
+        """One of the tenant's open waits, taken now (429 ``too_many_waits`` past the cap), for a wait whose end is
+        not a block: an event stream, which runs after its handler returned. Returns its release, which may be
+        called more than once (the stream's end and the response's background task both call it)."""
+        self.check(tenant)
+        self._open[tenant] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._open[tenant] -= 1
+
+        return release
+
     @contextmanager
     def held(self, tenant: str) -> Iterator[None]:
         """One of the tenant's open waits, held for the block (429 ``too_many_waits`` past the cap). A call that

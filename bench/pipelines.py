@@ -58,6 +58,7 @@ def cases(store, storage) -> list[tuple[str, JobType, dict]]:
         "seed": 1,
         "num_images": 1,
         "loras": [],
+        "timeout_s": 900,  # every field admission fills: the worker refuses a request without them
     }
     img, msk = _image_upload(store, storage, 64, 64), _image_upload(store, storage, 64, 64, mask=True)
     video = {k: v for k, v in base.items() if k not in ("num_images", "loras")}

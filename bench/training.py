@@ -129,6 +129,7 @@ def main() -> int:
                 "resolution": 64,
                 "seed": 0,
                 "train_text_encoder": False,
+                "timeout_s": 3600,
             }
             with PeakRSS() as peak:
                 card = run_job(runner, store, storage, JobType.lora_training, params)
@@ -151,6 +152,7 @@ def main() -> int:
             "train_batch_size": a.batch_size,
             "learning_rate": 1e-3,
             "seed": 0,
+            "timeout_s": 3600,
         }
         job_card = run_job(runner, store, storage, JobType.ddpm_training, ddpm)
         job_sps = a.ddpm_steps / job_card["train_seconds"]

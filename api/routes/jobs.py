@@ -7,6 +7,7 @@ import json
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from api.deps import backends, tenant
 from api.errors import ApiError, shown
@@ -92,24 +93,32 @@ async def job_events(
 
     async def stream():
         seq = start
-        async with b.waiters.watch(t, job_id) as changed:
-            while True:
-                changed.clear()
-                events = await run_in_threadpool(b.store.events.events, job_id, seq)
-                for e in events:
-                    seq = e["seq"] + 1
-                    yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
-                    if e["event"] == "status" and JobStatus(e["data"]["status"]).is_terminal():
+        try:
+            async with b.waiters.watch(t, job_id, held=True) as changed:
+                while True:
+                    changed.clear()
+                    events = await run_in_threadpool(b.store.events.events, job_id, seq)
+                    for e in events:
+                        seq = e["seq"] + 1
+                        yield f"id: {e['seq']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
+                        if e["event"] == "status" and JobStatus(e["data"]["status"]).is_terminal():
+                            return
+                    if events or await wait_for(changed, KEEPALIVE_S):
+                        continue
+                    # nothing new for a while: end if the job is gone or finished (its log expired), else keep alive
+                    job = await run_in_threadpool(b.store.jobs.get, job_id)
+                    if job is None or job.status.is_terminal():
                         return
-                if events or await wait_for(changed, KEEPALIVE_S):
-                    continue
-                # nothing new for a while: end if the job is gone or finished (its log expired), else keep alive
-                job = await run_in_threadpool(b.store.jobs.get, job_id)
-                if job is None or job.status.is_terminal():
-                    return
-                yield ": keep-alive\n\n"
+                    yield ": keep-alive\n\n"
+        finally:
+            release()
 
-    b.waiters.check(t)  # past the tenant's cap on open waits: 429 before the stream starts
+    # the stream's open wait is taken here, before it starts: past the tenant's cap a 429, never a stream that breaks
+    # on its first read; released when the stream ends, or after the response when it never started
+    release = b.waiters.take(t)
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),
     )

@@ -58,8 +58,6 @@ function currentModel() { return state.models.find((m) => m.id === $("model").va
 function onModel() {
   const m = currentModel();
   if (!m) return;
-  options($("scheduler"), [["", `default (${m.default_scheduler || "model's"})`],
-    ...(m.schedulers || []).map((s) => [s, s])]);
   for (const opt of $("task").options) opt.disabled = !m.tasks.includes(opt.value);
   if (!m.tasks.includes($("task").value)) $("task").value = m.tasks[0];
   $("prompt").placeholder = m.labels ? `a label: ${m.labels.slice(0, 10).join(", ")}` : "a prompt";
@@ -68,6 +66,14 @@ function onModel() {
 
 function onTask() {
   const task = $("task").value;
+  const m = currentModel();
+  if (m) {  // the schedulers this model runs for this task (a flow model's img2img: euler only)
+    const kept = $("scheduler").value;
+    const names = (m.schedulers_by_task || {})[task] || m.schedulers || [];
+    options($("scheduler"), [["", `default (${m.default_scheduler || "model's"})`],
+      ...names.filter((s) => s !== "default").map((s) => [s, s])]);
+    if (names.includes(kept)) $("scheduler").value = kept;
+  }
   $("image-inputs").hidden = !["img2img", "inpaint", "controlnet"].includes(task);
   for (const el of document.querySelectorAll("[data-for]")) el.hidden = !el.dataset.for.split(" ").includes(task);
 }

@@ -31,3 +31,35 @@ def test_long_polls_wake_on_status_streams_on_every_event():
         stop.set()
 
     asyncio.run(scenario())
+
+
+def test_event_streams_take_their_slot_before_they_start():
+    """Streams opened together: past the cap a 429 at once, never a stream that passes the check and breaks when it
+    starts; a stream that never starts gives its slot back with the response's background task."""
+    from types import SimpleNamespace
+
+    from api.routes.jobs import job_events
+    from core.jobs import lifecycle
+    from core.schemas import JobType
+
+    async def scenario():
+        store = memory_store()
+        job = lifecycle.new_job(JobType.txt2img, {}, "t")
+        store.jobs.create(job)
+        b = SimpleNamespace(store=store, waiters=Waiters(store, max_per_tenant=2))
+        opened = [await job_events(job.id, "t", b, None) for _ in range(2)]
+        with pytest.raises(QuotaExceeded):
+            await job_events(job.id, "t", b, None)
+        await opened[0].background()  # the first never started: its slot comes back
+        await opened[0].background()  # (once)
+        third = await job_events(job.id, "t", b, None)
+        with pytest.raises(QuotaExceeded):
+            await job_events(job.id, "t", b, None)
+        stream = third.body_iterator
+        await asyncio.to_thread(store.events.add_event, job.id, "status", {"status": "canceled"})
+        assert "canceled" in await anext(stream)
+        with pytest.raises(StopAsyncIteration):  # the terminal status ends the stream and frees its slot
+            await anext(stream)
+        await job_events(job.id, "t", b, None)
+
+    asyncio.run(scenario())

@@ -152,6 +152,33 @@ def test_controls_follow_the_task(page, console):
     assert_no_csp_violation(page, console)
 
 
+def test_schedulers_follow_the_model_and_task(browser, service):
+    """A flow model's image-to-image runs the flow Euler scheduler only: picking img2img offers just that, and
+    txt2img offers its full list again (GET /v1/models' schedulers_by_task)."""
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    flow = {
+        "id": "flow-model",
+        "kind": "diffusers",
+        "tasks": ["txt2img", "img2img"],
+        "schedulers": ["default", "euler", "unipc"],
+        "schedulers_by_task": {"txt2img": ["default", "euler", "unipc"], "img2img": ["default", "euler"]},
+        "default_scheduler": "default",
+    }
+    page.route("**/v1/models", lambda r: r.fulfill(json=[flow]))
+    page.goto(service + "/")
+    page.wait_for_function("() => document.querySelector('[data-testid=model]').options.length > 0")
+    values = lambda: page.eval_on_selector_all("[data-testid=scheduler] option", "os => os.map((o) => o.value)")  # noqa: E731
+    assert values() == ["", "euler", "unipc"]
+    page.get_by_test_id("scheduler").select_option("unipc")
+    page.get_by_test_id("task").select_option("img2img")
+    assert values() == ["", "euler"] and page.get_by_test_id("scheduler").input_value() == ""
+    page.get_by_test_id("scheduler").select_option("euler")
+    page.get_by_test_id("task").select_option("txt2img")
+    assert values() == ["", "euler", "unipc"] and page.get_by_test_id("scheduler").input_value() == "euler"
+    page.close()
+
+
 def png_data_uri() -> str:
     buf = io.BytesIO()
     Image.new("L", (16, 16), 200).save(buf, format="PNG")

@@ -34,6 +34,7 @@ def _job(model, prompt="a cat", **extra):
             "seed": 1,
             "num_images": 1,
             "loras": [],
+            "timeout_s": 600,
             **extra,
         },
         "t",
