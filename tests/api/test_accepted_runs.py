@@ -32,24 +32,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from api.config import Settings
+from core.schemas import JobType
+from core.tasks import TASKS
 from serve import create_app
 from tests.api.helpers import data_uri, wait_job
 
 EXAMPLES = int(os.environ.get("ACCEPTED_RUNS_EXAMPLES", "120"))
-PATHS = {
-    "txt2img": "/v1/txt2img",
-    "img2img": "/v1/img2img",
-    "inpaint": "/v1/inpaint",
-    "controlnet": "/v1/controlnet",
-    "video": "/v1/video",
-}
-BODIES = {
-    "txt2img": "Txt2ImgRequest",
-    "img2img": "Img2ImgRequest",
-    "inpaint": "InpaintRequest",
-    "controlnet": "ControlNetRequest",
-    "video": "VideoRequest",
-}
+GENERATION = ("txt2img", "img2img", "inpaint", "controlnet", "video")
+PATHS = {t: f"/v1{TASKS[JobType(t)].path}" for t in GENERATION}  # routes and bodies: the tasks'
+BODIES = {t: TASKS[JobType(t)].request.__name__ for t in GENERATION}
 IMAGE_TASKS = ("img2img", "inpaint", "controlnet")
 # what one draw may cost, inside the advertised ranges: sizes up to 4x a model's native size, a few steps, images
 # and frames
