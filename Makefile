@@ -1,4 +1,4 @@
-# diffuserve — `make run` serves the bundled digits model in embedded mode; `make test` runs the whole suite.
+# diffuserve — `make run` serves the bundled digits and mnist models in embedded mode; `make test` runs the whole suite.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -338,7 +338,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preprocess", help="ControlNet preprocessing of the control image (canny, depth)")
     g.add_argument("--lora", action="append", help="NAME[:SCALE], repeatable")
     g.add_argument("--preview-every", type=int)
-    g.add_argument("--out", default=".", help="folder for the outputs, named JOB_SEED.png")
+    g.add_argument("--out", default=".", help="folder for the outputs, named JOB_SEED.png (default: here)")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(fn=cmd_generate)
 

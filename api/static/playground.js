@@ -58,6 +58,12 @@ function currentModel() { return state.models.find((m) => m.id === $("model").va
 function onModel() {
   const m = currentModel();
   if (!m) return;
+  for (const [side, native, top] of [["width", m.width, m.max_width], ["height", m.height, m.max_height]]) {
+    const input = $(side);  // the model's size rule (GET /v1/models): a multiple of its step, up to its largest
+    input.step = input.min = String(m.size_multiple || 8);
+    if (top) input.max = String(top); else input.removeAttribute("max");
+    input.placeholder = native ? `${native} (native)` : "model's";
+  }
   for (const opt of $("task").options) opt.disabled = !m.tasks.includes(opt.value);
   if (!m.tasks.includes($("task").value)) $("task").value = m.tasks[0];
   $("prompt").placeholder = m.labels ? `a label: ${m.labels.slice(0, 10).join(", ")}` : "a prompt";

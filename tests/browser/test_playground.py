@@ -128,6 +128,23 @@ def test_generate_shows_the_image_and_a_preview(page, service, console):
         page.screenshot(path=str(REPO / "docs" / "playground.png"), full_page=True)
 
 
+def test_size_inputs_follow_the_models_size_rule(page, console):
+    """mnist draws multiples of 4 up to 112: the size boxes take its native 28 and 56 (a step of 8 refused both),
+    refuse 30, and a job at 56 answers a 56x56 image."""
+    page.wait_for_function("() => document.querySelector('[data-testid=model]').options.length > 1")
+    page.get_by_test_id("model").select_option("mnist")
+    valid = lambda v: page.locator("#width").evaluate(f"(e) => {{ e.value = '{v}'; return e.checkValidity(); }}")  # noqa: E731
+    assert valid(28) and valid(56) and not valid(30) and not valid(116)
+    page.get_by_test_id("prompt").fill("seven")
+    page.locator("#width").fill("56")
+    page.get_by_test_id("steps").fill("2")
+    page.get_by_test_id("generate").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=status]').textContent.includes('succeeded')")
+    page.wait_for_function("() => document.querySelector('[data-testid=result] img')?.naturalWidth === 56")
+    assert page.locator("[data-testid=result] img").first.evaluate("(i) => i.naturalHeight") == 56  # square model
+    assert_no_csp_violation(page, console)
+
+
 def test_cancel_a_long_job(page):
     page.get_by_test_id("model").select_option("digits")
     page.get_by_test_id("prompt").fill("3")
