@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from core.schemas import ModelRef
+from core.schemas import ModelRef, Registration
 
 if TYPE_CHECKING:
     from core.registry import ModelEntry
@@ -76,15 +76,15 @@ class RunContext(Protocol):
     def open_input(self, upload_id: str) -> bytes:
         """The bytes of one of the tenant's uploads (images, datasets); InputExpired when retention deleted it."""
 
-    def registration(self, kind: str, name: str) -> dict | None:
+    def registration(self, kind: str, name: str) -> Registration | None:
         """The record of the tenant's ``kind`` named ``name`` (its ``version`` is the sha256 of its files), or None;
         no file is read."""
 
-    def registered(self, kind: str, name: str) -> tuple[dict, Path] | None:
+    def registered(self, kind: str, name: str) -> tuple[Registration, Path] | None:
         """A model or LoRA the tenant trained (``kind`` ``model`` | ``lora``): its record and a local folder of its
         files; None when the tenant has none by that name."""
 
-    def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> dict:
+    def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> Registration:
         """Publish the files of ``folder`` as the tenant's ``kind`` named ``name``; returns the record."""
 
 

@@ -336,6 +336,27 @@ class ModelRef(BaseModel):
     sha256: str | None = None
 
 
+class Registration(BaseModel):
+    """A model or LoRA a tenant trained (``core/tenant_models.py``), as the job store keeps it (JSON, by tenant, kind
+    and name). Extras this model does not name (a later version's) are kept, so a record read and written again loses
+    nothing."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kind: Literal["model", "lora"]
+    version: str = Field(description="sha256 of the files (their paths and bytes)")
+    prefix: str = Field(description="where the files are in storage: registry/{tenant}/{kind}/{name}/{version[:16]}")
+    job_id: str = Field(description="the training job that produced it")
+    files: list[str] = Field(default_factory=list, description="paths under ``prefix``")
+    # a model's configs (tenant_models.read_configs): the gateway validates requests with them, no file read
+    config: dict[str, Any] | None = None
+    scheduler_config: dict[str, Any] | None = None
+    # a LoRA's base: a LoRA serves only models of the pipeline class it was trained on
+    base_model: str | None = None
+    base_pipeline_class: str | None = None
+
+
 class WebhookAttempt(BaseModel):
     webhook_id: str
     type: str

@@ -13,7 +13,7 @@ from pathlib import Path
 from core.errors import DeadlineExceeded, InputExpired, JobCancelled, LeaseLost, StorageUnavailable, Unavailable
 from core.jobs import lifecycle
 from core.jobs.store import JobStore
-from core.schemas import JobRecord
+from core.schemas import JobRecord, Registration
 from core.storage import Storage, upload_key
 
 log = logging.getLogger("diffuserve.worker")
@@ -117,10 +117,12 @@ class JobContext:
         except KeyError:
             raise InputExpired(f"upload {upload_id!r} expired before the job read it; upload it again") from None
 
-    def registration(self, kind: str, name: str) -> dict | None:
-        return self.store.registrations.registration(self.tenant, kind, name)
+    def registration(self, kind: str, name: str) -> Registration | None:
+        from core import tenant_models
 
-    def registered(self, kind: str, name: str) -> tuple[dict, Path] | None:
+        return tenant_models.registration(self.store.registrations, self.tenant, kind, name)
+
+    def registered(self, kind: str, name: str) -> tuple[Registration, Path] | None:
         from core import tenant_models
 
         record = self.registration(kind, name)
@@ -128,7 +130,7 @@ class JobContext:
             return None
         return record, tenant_models.materialize(self.storage, record, self.cache_dir)
 
-    def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> dict:
+    def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> Registration:
         from core import tenant_models
 
         self._owned()

@@ -107,7 +107,9 @@ class Retention(Protocol):
 
 
 class Registrations(Protocol):
-    """What tenants trained: models and LoRAs registered under a name, files in storage."""
+    """What tenants trained: models and LoRAs registered under a name, files in storage. Records are JSON dicts
+    (a model's or LoRA's is ``core.schemas.Registration.model_dump(mode="json")``, read back typed through
+    ``core.tenant_models.registration``; an adapter may keep a record of its own kind here)."""
 
     def register(self, tenant: str, kind: str, name: str, record: dict) -> None: ...
 
@@ -118,7 +120,8 @@ class Registrations(Protocol):
 
 class WebhookQueue(Protocol):
     """Webhook deliveries waiting to be sent (``core/webhooks.py``): a delivery claimed and not acknowledged within
-    its lease is due again, so one that a dying gateway held is not lost."""
+    its lease is due again, so one that a dying gateway held is not lost. A delivery is a JSON dict with an ``id``
+    (``core.webhooks.Delivery.wire()``; the deliverer parses what it claims)."""
 
     def add(self, delivery: dict, due: float) -> None: ...
 

@@ -132,7 +132,7 @@ class Pipelines:
         same pixels only when these are equal (the batch key holds them)."""
         record = ctx.registration("lora", name)
         if record is not None:
-            return ctx.tenant, name, record["version"]
+            return ctx.tenant, name, record.version
         path = self.registry.lora(name)
         if path is None:
             raise JobError("unknown_lora", f"unknown LoRA {name!r}")
@@ -144,7 +144,7 @@ class Pipelines:
         own = ctx.registered("lora", name)
         if own:
             record, folder = own
-            return f"t_{ctx.tenant}_{name}_{record['version'][:12]}", folder / "pytorch_lora_weights.safetensors"
+            return f"t_{ctx.tenant}_{name}_{record.version[:12]}", folder / "pytorch_lora_weights.safetensors"
         path = self.registry.lora(name)
         if path is None:
             raise JobError("unknown_lora", f"unknown LoRA {name!r}")

@@ -184,15 +184,17 @@ def engine_request(entry: ModelEntry, request: G) -> G:
 
 def check_loras(v: Inputs, tenant: str, entry: ModelEntry, request: GenerationBase) -> None:
     """Each LoRA exists for this tenant (its own, else a served one) and was trained for this model's family."""
+    from core.tenant_models import registration
+
     for i, ref in enumerate(getattr(request, "loras", ())):
         if entry.pipeline_class not in LORA_SERVABLE:
             raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
-        record = v.store.registrations.registration(tenant, "lora", ref.name)
+        record = registration(v.store.registrations, tenant, "lora", ref.name)
         if record is None and v.registry.lora(ref.name) is None:
             raise InputError(f"unknown LoRA {ref.name!r}", field=f"loras.{i}.name", code="unknown_lora")
-        if record is not None and record.get("base_pipeline_class") != entry.pipeline_class:
+        if record is not None and record.base_pipeline_class != entry.pipeline_class:
             raise InputError(
-                f"LoRA {ref.name!r} was trained for a {record.get('base_pipeline_class')}, not for {entry.id!r}",
+                f"LoRA {ref.name!r} was trained for a {record.base_pipeline_class}, not for {entry.id!r}",
                 field=f"loras.{i}.name",
             )
 

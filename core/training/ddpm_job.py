@@ -133,7 +133,7 @@ def run(
         grid = sample_grid(engine, names, r.seed)
     card = {
         "name": r.name,
-        "version": record["version"],
+        "version": record.version,
         "parameters": count_parameters(unet),
         "dataset": r.dataset,
         "images": int(images.shape[0]),
@@ -148,7 +148,7 @@ def run(
             Artifact(json.dumps(card, indent=2).encode(), "application/json", "json", {"role": "model_card"}),
         ],
         inference_ms=train_ms,
-        model=ModelRef(id=r.name, sha256=record["version"]),
+        model=ModelRef(id=r.name, sha256=record.version),
     )
 
 

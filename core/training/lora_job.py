@@ -222,7 +222,7 @@ def run(request: LoraTrainingRequest, entry: ModelEntry, ctx: RunContext, warm: 
         extra = {"base_model": entry.id, "base_pipeline_class": entry.pipeline_class}
         record = ctx.register("lora", r.name, folder, extra)
         weights = (folder / LORA_FILE).read_bytes()
-    card["version"] = record["version"]
+    card["version"] = record.version
     return RunResult(
         [
             Artifact(weights, "application/octet-stream", "safetensors", {"role": "lora", "name": r.name}),

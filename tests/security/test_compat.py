@@ -247,19 +247,19 @@ def test_replicate_version_names_the_tenants_own_trained_model(gw, tmp_path):
     (folder / "README.md").write_text("own copy\n")  # its own version (sha256 of the files)
     record = tenant_models.publish(b.store.registrations, b.storage, "own", "model", "mine", folder, "job_0",
                                    tenant_models.read_configs(folder))  # fmt: skip
-    versions = [record["version"], record["version"][:12], "mine", "acme/mine:" + record["version"]]
+    versions = [record.version, record.version[:12], "mine", "acme/mine:" + record.version]
     for version in versions:
         r = httpx.post(f"{url}/v1/predictions", json={"version": version, "input": {"prompt": "7", "seed": 1,
                        "num_inference_steps": 2}}, headers={**auth("own"), "Prefer": "wait=60"})  # fmt: skip
         assert r.status_code == 201, (version, r.text)
         p = r.json()
-        assert p["status"] == "succeeded" and p["version"] == record["version"], p
+        assert p["status"] == "succeeded" and p["version"] == record.version, p
         image = Image.open(io.BytesIO(httpx.get(p["output"][0]).content))
         assert image.size == (16, 16)
     r = httpx.post(f"{url}/v1/predictions", json={"model": "own/mine", "input": {"prompt": "7"}}, headers=auth("own"))
     assert r.status_code == 201, r.text
     # another tenant's model stays out of reach, by name and by version
-    for version in ("mine", record["version"]):
+    for version in ("mine", record.version):
         r = httpx.post(f"{url}/v1/predictions", json={"version": version, "input": {"prompt": "7"}},
                        headers=auth("other"))  # fmt: skip
         assert r.status_code == 422 and r.json()["error"]["field"] in ("version", "model"), r.text

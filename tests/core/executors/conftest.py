@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import uuid
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from core.schemas import Registration
 
 
 class Ctx:
@@ -47,13 +50,13 @@ class Ctx:
     def open_input(self, upload_id):
         return self.uploads[upload_id]
 
-    def registration(self, kind, name):
+    def registration(self, kind: str, name: str) -> Registration | None:
         return None
 
-    def registered(self, kind, name):
+    def registered(self, kind: str, name: str) -> tuple[Registration, Path] | None:
         return None
 
-    def register(self, kind, name, folder, extra=None):
+    def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> Registration:
         raise AssertionError("an inference executor registers nothing")
 
 

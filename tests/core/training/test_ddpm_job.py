@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidDataset
-from core.schemas import DDPMTrainingRequest
+from core.schemas import DDPMTrainingRequest, Registration
 from core.training import ddpm_job
 from tests.core.executors.conftest import Ctx
 
@@ -44,7 +44,11 @@ class TrainCtx(Ctx):
         kept = self.root / f"{kind}-{name}"
         shutil.copytree(folder, kept)
         self.registered_as = (kind, name, kept)
-        return {"name": name, "kind": kind, "version": "f" * 64, **(extra or {})}
+        files = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+        version, prefix = "f" * 64, f"registry/{self.tenant}/{kind}/{name}/{'f' * 16}"
+        return Registration(
+            name=name, kind=kind, version=version, prefix=prefix, job_id=self.job_id, files=files, **(extra or {})
+        )
 
 
 def request(**kw) -> DDPMTrainingRequest:
