@@ -13,7 +13,9 @@
    ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers of Standard Webhooks (the
    ``standardwebhooks`` package). Each attempt has a wall-clock deadline, reads the status and never the body, and
    takes a slot of a small pool shared fairly: a tenant holds at most ``per_tenant`` slots, a receiving host (host
-   and port) at most ``per_host``, more than one tenant's share, so no tenant fills a receiver that others use.
+   and port) at most ``per_host``, more than one tenant's share, so no tenant fills a receiver that others use. The
+   DNS lookups have their own pool, shared the same way (``Deliverer._lookup``): a lookup that hangs past its
+   attempt's deadline keeps its thread, and a tenant holding its share of them waits (``dns_busy``, retried).
 4. A non-2xx answer, a timeout or a refused connection is retried with exponential backoff under the same
    ``webhook-id`` until ``WEBHOOK_RETRY_S`` has passed since the event; every attempt is recorded on the job
    (``webhooks``).
@@ -39,8 +41,10 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import InputError
 
@@ -139,6 +143,36 @@ def check_target(url: str, allow_private: bool) -> None:
 # -- 2. events become deliveries ----------------------------------------------------------------------
 
 
+class Delivery(BaseModel):
+    """One event on its way to a receiver. The store's ``WebhookQueue`` keeps it as a JSON dict (:meth:`wire`): the
+    deliverer parses what it claims and writes back what it adds, so the attempt count and the pinned address live in
+    the store between attempts, and any gateway (of any version) can pick it up."""
+
+    model_config = ConfigDict(extra="allow")  # fields another version wrote survive a round trip
+
+    id: str  # msg_<uuid>: the webhook-id, the same on every attempt
+    job_id: str
+    tenant: str = ""
+    url: str
+    type: str  # job.<event>
+    data: dict[str, Any]  # the job envelope when the event happened (output items with storage keys)
+    base_url: str | None = None  # the gateway URL the job was submitted to (local output URLs)
+    via: dict[str, Any] | None = None  # a job from a compatibility adapter is delivered in that API's shape
+    created: float  # when the event happened (epoch seconds): the order of a job's events, the retry window
+    attempts: int = 0
+    pushed: int = 0  # times sent back to the queue because its tenant held its share of the waiting line
+    # set at the first attempt and kept for every later one: the address checked and pinned, the body signed
+    address: str | None = None
+    host: str | None = None
+    port: int | None = None
+    body: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The dict the store keeps: only the fields that were set, as before this model (a delivery without a pinned
+        address has no ``address`` key), so every gateway reads what another wrote."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 def wanted(job: JobRecord, event: str) -> bool:
     options = job.options
     return bool(options.webhook) and event in options.webhook_events_filter
@@ -149,20 +183,20 @@ def emit(deliveries: WebhookQueue, job: JobRecord, event: str) -> None:
     cannot take is logged, the job goes on)."""
     if not wanted(job, event):
         return
-    delivery = {
-        "id": f"msg_{uuid.uuid4().hex}",
-        "job_id": job.id,
-        "tenant": job.tenant,
-        "url": job.options.webhook,
-        "type": f"job.{event}",
-        "data": job.public(),
-        "base_url": job.base_url,
-        "via": job.via,  # a job from a compatibility adapter is delivered in that API's shape
-        "created": time.time(),
-        "attempts": 0,
-    }
     try:
-        deliveries.add(delivery, time.time())
+        delivery = Delivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            job_id=job.id,
+            tenant=job.tenant,
+            url=job.options.webhook,
+            type=f"job.{event}",
+            data=job.public(),
+            base_url=job.base_url,
+            via=job.via,
+            created=time.time(),
+            attempts=0,
+        )
+        deliveries.add(delivery.wire(), time.time())
     except Exception:  # noqa: BLE001 - a lost event must not fail the job
         log.warning("could not queue the %s webhook of %s", event, job.id, exc_info=True)
 
@@ -181,6 +215,10 @@ def new_secret() -> str:
     import secrets
 
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class DnsBusy(Exception):
+    """No DNS thread for this lookup: the tenant's share (or the whole pool) is held by lookups that hang."""
 
 
 class Deliverer:
@@ -221,8 +259,12 @@ class Deliverer:
         self.concurrency = concurrency
         self.per_tenant = per_tenant
         self.per_host = max(per_host, per_tenant)
-        self.in_flight: dict[str, tuple[dict, float]] = {}  # delivery id -> (delivery, when its lease was renewed)
-        self.waiting: list[tuple[dict, float]] = []  # claimed, waiting for a slot: (delivery, lease renewed at)
+        self.in_flight: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, when its lease was renewed)
+        self.waiting: list[tuple[Delivery, float]] = []  # claimed, waiting for a slot: (delivery, lease renewed at)
+        # DNS lookups: a pool of their own, and the lookups each tenant has on it (running or abandoned; _lookup)
+        self.dns_threads = concurrency
+        self._resolving: Counter[str] = Counter()
+        self._resolving_lock = threading.Lock()  # taken on the loop and in the pool's threads (a lookup's end)
 
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=lambda: asyncio.run(self.run(stop)), name="webhooks", daemon=True)
@@ -235,7 +277,7 @@ class Deliverer:
         import httpx
 
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=0)
-        self._dns = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-dns")  # a hung lookup waits here
+        self._dns = ThreadPoolExecutor(self.dns_threads, thread_name_prefix="webhook-dns")  # see _lookup
         async with httpx.AsyncClient(
             timeout=self.timeout_s, follow_redirects=False, trust_env=False, limits=limits
         ) as http:
@@ -262,11 +304,18 @@ class Deliverer:
             return 0
         due = await asyncio.to_thread(self.store.webhooks.claim_due, time.time(), LEASE_S, min(room, CLAIM_BATCH))
         held = Counter(self._slots(d)[0] for d, _ in self.waiting)
-        for delivery in due:
+        for raw in due:
+            try:
+                delivery = Delivery.model_validate(raw)
+            except ValidationError:  # it could never be sent: dropped, or it would come back after every lease
+                log.warning("dropped a malformed webhook delivery %s", raw.get("id"), exc_info=True)
+                if raw.get("id"):
+                    await asyncio.to_thread(self.store.webhooks.done, raw["id"])
+                continue
             tenant = self._slots(delivery)[0]
             if held[tenant] >= HELD_PER_SLOT * self.per_tenant:
-                pushed = delivery.get("pushed", 0)
-                delivery["pushed"] = pushed + 1
+                pushed = delivery.pushed
+                delivery.pushed = pushed + 1
                 later = time.time() + min(self.timeout_s, self.interval_s * 2**pushed)
                 await asyncio.to_thread(self._reschedule, delivery, later)
                 continue
@@ -277,7 +326,7 @@ class Deliverer:
     def _start_ready(self) -> None:
         """Start waiting deliveries, oldest event first, while the pool, their tenant's share, their receiver's share
         and their job (its events go one at a time, in order) allow."""
-        self.waiting.sort(key=lambda item: (item[0].get("created", 0.0), item[0]["id"]))
+        self.waiting.sort(key=lambda item: (item[0].created, item[0].id))
         kept = []
         for delivery, renewed in self.waiting:
             tenant, host = self._slots(delivery)
@@ -286,26 +335,26 @@ class Deliverer:
                 len(flying) >= self.concurrency
                 or sum(self._slots(d)[0] == tenant for d in flying) >= self.per_tenant
                 or sum(self._slots(d)[1] == host for d in flying) >= self.per_host
-                or any(d["job_id"] == delivery["job_id"] for d in flying)
-                or any(d["job_id"] == delivery["job_id"] for d, _ in kept)  # an older event of its job waits
+                or any(d.job_id == delivery.job_id for d in flying)
+                or any(d.job_id == delivery.job_id for d, _ in kept)  # an older event of its job waits
             ):
                 kept.append((delivery, renewed))
                 continue
-            self.in_flight[delivery["id"]] = (delivery, renewed)
+            self.in_flight[delivery.id] = (delivery, renewed)
             task = asyncio.get_running_loop().create_task(self._attempt(delivery))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self.waiting = kept
 
     @staticmethod
-    def _slots(delivery: dict) -> tuple[str, str]:
+    def _slots(delivery: Delivery) -> tuple[str, str]:
         """Whose share an attempt takes: its tenant's, and its receiver's (host and port)."""
-        parts = urlsplit(delivery.get("url") or "")
+        parts = urlsplit(delivery.url)
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             port = 0
-        return delivery.get("tenant") or "", f"{(parts.hostname or '').lower()}:{port}"
+        return delivery.tenant, f"{(parts.hostname or '').lower()}:{port}"
 
     async def _renew_leases(self) -> None:
         """Deliveries held here (in flight or waiting) keep their claim: re-leased every third of LEASE_S. The times
@@ -325,34 +374,66 @@ class Deliverer:
         for delivery in due:
             await asyncio.to_thread(self._reschedule, delivery, time.time() + LEASE_S)
 
-    def _reschedule(self, delivery: dict, due: float) -> None:
+    def _reschedule(self, delivery: Delivery, due: float) -> None:
         try:
-            self.store.webhooks.reschedule(delivery, due)
+            self.store.webhooks.reschedule(delivery.wire(), due)
         except Exception:  # noqa: BLE001 - its lease brings it back anyway
-            log.warning("could not reschedule webhook delivery %s", delivery["id"])
+            log.warning("could not reschedule webhook delivery %s", delivery.id)
 
-    async def _attempt(self, delivery: dict) -> None:
+    async def _attempt(self, delivery: Delivery) -> None:
         try:
             status, error, refused = await self._post(self._http, delivery)
         finally:
-            self.in_flight.pop(delivery["id"], None)
+            self.in_flight.pop(delivery.id, None)
         await asyncio.to_thread(self._settle, delivery, status, error, refused)
         self._start_ready()  # a slot is free: the next in line goes now, not at the next pass
 
-    def body(self, delivery: dict) -> str:
-        data = dict(delivery["data"])
+    def body(self, delivery: Delivery) -> str:
+        data = dict(delivery.data)
         data["output"] = [dict(item) for item in data.get("output", [])]
         for item in data["output"]:  # output keys become URLs the receiver can GET, as in a GET of the job
             key = item.pop("key", None)
             if key:
-                item["url"] = self.url_for(key, delivery.get("base_url") or "")
-        shape = self.shapes.get((delivery.get("via") or {}).get("api"))
-        if shape is not None:
-            return json.dumps(shape(data, delivery), separators=(",", ":"))
-        sent = datetime.fromtimestamp(delivery["created"], UTC).isoformat().replace("+00:00", "Z")
-        return json.dumps({"type": delivery["type"], "timestamp": sent, "data": data}, separators=(",", ":"))
+                item["url"] = self.url_for(key, delivery.base_url or "")
+        shape = self.shapes.get((delivery.via or {}).get("api"))
+        if shape is not None:  # an adapter's shape reads the delivery as the store keeps it
+            return json.dumps(shape(data, delivery.wire()), separators=(",", ":"))
+        sent = datetime.fromtimestamp(delivery.created, UTC).isoformat().replace("+00:00", "Z")
+        return json.dumps({"type": delivery.type, "timestamp": sent, "data": data}, separators=(",", ":"))
 
-    async def _post(self, http, delivery: dict) -> tuple[int | None, str | None, bool]:
+    async def _lookup(self, delivery: Delivery) -> tuple[str, int, str]:
+        """``resolve`` on the DNS pool, bounded. A lookup the attempt's deadline abandons keeps its thread blocked in
+        getaddrinfo (a thread cannot be interrupted) until the resolver gives up, so hung lookups could fill the pool
+        and every later one would queue behind them. Two counts prevent that, each lookup counted from its start to
+        the end of its thread's call, abandoned or not:
+        - a tenant holds at most ``per_tenant`` lookups: its attempts in flight hold at most that many slots, so a
+          tenant at the count has an abandoned lookup, and its attempt fails ``dns_busy`` (retried with backoff)
+          instead of taking another thread;
+        - a lookup starts only while the pool has a free thread (fewer lookups than threads): none ever queues, and
+          when abandoned lookups of several tenants take every thread, the others fail ``dns_busy`` at once
+          rather than wait out their deadline behind them."""
+        tenant = delivery.tenant
+        with self._resolving_lock:
+            if self._resolving[tenant] >= self.per_tenant:
+                raise DnsBusy("dns_busy: this tenant's earlier DNS lookups still hang")
+            if self._resolving.total() >= self.dns_threads:
+                raise DnsBusy("dns_busy: every DNS thread is held by a lookup that hangs")
+            self._resolving[tenant] += 1
+        try:
+            future = self._dns.submit(resolve, delivery.url, self.allow_private)
+        except BaseException:
+            self._resolved(tenant)
+            raise
+        future.add_done_callback(lambda _: self._resolved(tenant))  # when the thread returns, even if abandoned
+        return await asyncio.wrap_future(future)
+
+    def _resolved(self, tenant: str) -> None:
+        with self._resolving_lock:
+            self._resolving[tenant] -= 1
+            if self._resolving[tenant] <= 0:
+                del self._resolving[tenant]
+
+    async def _post(self, http, delivery: Delivery) -> tuple[int | None, str | None, bool]:
         """One attempt: (status code, error, refused). Its whole run, the DNS lookup included, is under
         ``timeout_s``; only the status line and headers are read, never the body."""
         from standardwebhooks import Webhook
@@ -360,32 +441,28 @@ class Deliverer:
         try:
             async with asyncio.timeout(self.timeout_s):
                 # 1. the address, resolved once per delivery and checked again, then pinned for every attempt
-                if "address" not in delivery:
-                    loop = asyncio.get_running_loop()
-                    host, port, address = await loop.run_in_executor(
-                        self._dns, resolve, delivery["url"], self.allow_private
-                    )
-                    delivery.update(address=address, host=host, port=port)
-                check_address(delivery["address"], self.allow_private)
-                parts = urlsplit(delivery["url"])
-                ip = delivery["address"]
-                netloc = f"[{ip}]:{delivery['port']}" if ":" in ip else f"{ip}:{delivery['port']}"
+                if delivery.address is None:
+                    delivery.host, delivery.port, delivery.address = await self._lookup(delivery)
+                check_address(delivery.address, self.allow_private)
+                parts = urlsplit(delivery.url)
+                ip = delivery.address
+                netloc = f"[{ip}]:{delivery.port}" if ":" in ip else f"{ip}:{delivery.port}"
                 pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
                 # 2. signed as Standard Webhooks: the same webhook-id and body on every attempt (built once)
-                if "body" not in delivery:
-                    delivery["body"] = self.body(delivery)
-                body = delivery["body"]
+                if delivery.body is None:
+                    delivery.body = self.body(delivery)
+                body = delivery.body
                 now = datetime.now(UTC)
-                signer = Webhook(tenant_secret(self.master_secret, delivery["tenant"]))
+                signer = Webhook(tenant_secret(self.master_secret, delivery.tenant))
                 headers = {
                     "content-type": "application/json",
                     "host": parts.netloc.rpartition("@")[2],
                     "user-agent": "diffuserve-webhooks",
-                    "webhook-id": delivery["id"],
+                    "webhook-id": delivery.id,
                     "webhook-timestamp": str(int(now.timestamp())),
-                    "webhook-signature": signer.sign(delivery["id"], now, body),
+                    "webhook-signature": signer.sign(delivery.id, now, body),
                 }
-                extensions = {"sni_hostname": delivery["host"]} if parts.scheme == "https" else {}
+                extensions = {"sni_hostname": delivery.host} if parts.scheme == "https" else {}
                 request = http.build_request(
                     "POST", pinned, content=body.encode(), headers=headers, extensions=extensions
                 )
@@ -395,34 +472,36 @@ class Deliverer:
                 return response.status_code, None, False
         except InputError as e:  # the address is not allowed (any more): not retried
             return None, e.message, True
+        except DnsBusy as e:  # this tenant's (or every) DNS thread is held by a hung lookup: retried later
+            return None, str(e), False
         except TimeoutError:
             return None, f"no answer within {self.timeout_s:g} s", False
         except Exception as e:  # noqa: BLE001 - a refused connection or a protocol error: retried
             return None, type(e).__name__, False
 
-    def _settle(self, delivery: dict, status: int | None, error: str | None, refused: bool) -> None:
+    def _settle(self, delivery: Delivery, status: int | None, error: str | None, refused: bool) -> None:
         """Done, retried later with backoff, or given up; the attempt is recorded on the job either way."""
-        attempt = delivery["attempts"] + 1
+        attempt = delivery.attempts + 1
         ok = status is not None and 200 <= status < 300
-        delivery["attempts"] = attempt
+        delivery.attempts = attempt
         next_at = None
         if not ok:
             delay = min(self.backoff_s * 2 ** (attempt - 1), 600.0)
-            if time.time() + delay - delivery["created"] <= self.retry_s and not refused:
+            if time.time() + delay - delivery.created <= self.retry_s and not refused:
                 next_at = time.time() + delay
         try:
             if ok or next_at is None:
-                self.store.webhooks.done(delivery["id"])
+                self.store.webhooks.done(delivery.id)
             else:
-                self.store.webhooks.reschedule(delivery, next_at)
+                self.store.webhooks.reschedule(delivery.wire(), next_at)
         except Exception:  # noqa: BLE001 - the lease brings it back
-            log.warning("could not update webhook delivery %s", delivery["id"])
+            log.warning("could not update webhook delivery %s", delivery.id)
         self._record(delivery, attempt, status, error, next_at)
 
-    def _record(self, delivery: dict, attempt: int, status: int | None, error: str | None, next_at: float | None):
+    def _record(self, delivery: Delivery, attempt: int, status: int | None, error: str | None, next_at: float | None):
         entry = {
-            "webhook_id": delivery["id"],
-            "type": delivery["type"],
+            "webhook_id": delivery.id,
+            "type": delivery.type,
             "attempt": attempt,
             "status_code": status,
             "error": error,
@@ -435,7 +514,7 @@ class Deliverer:
             return job
 
         try:
-            self.store.jobs.update(delivery["job_id"], fn)
+            self.store.jobs.update(delivery.job_id, fn)
         except Exception:  # noqa: BLE001 - the attempt is logged even when the record cannot take it
-            log.warning("could not record webhook attempt of %s", delivery["job_id"])
-        log.info("webhook %s %s attempt %d: %s", delivery["id"], delivery["type"], attempt, status or error)
+            log.warning("could not record webhook attempt of %s", delivery.job_id)
+        log.info("webhook %s %s attempt %d: %s", delivery.id, delivery.type, attempt, status or error)

@@ -5,6 +5,7 @@ never read, a per-tenant and per-host share of a small pool, and the lease renew
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -314,4 +315,63 @@ def test_a_jobs_events_arrive_in_the_order_they_happened():
         assert [json.loads(g["body"])["type"] for g in honest.got] == kinds
     finally:
         stop.set()
+        honest.close()
+
+
+def test_lookups_that_hang_hold_only_their_tenants_dns_share_and_are_retried_once_the_name_resolves(
+    monkeypatch, caplog
+):
+    """Mallory's receiver is named through a DNS server that never answers: each attempt gives up at its deadline, but
+    its lookup stays blocked in getaddrinfo, holding a DNS thread. Her hung lookups hold at most her share of the DNS
+    pool (her later attempts fail ``dns_busy`` and are retried), so alice's lookup still finds a thread and her
+    delivery goes out at once; once the name resolves, mallory's deliveries go out too."""
+    real = socket.getaddrinfo
+    answer, lock = threading.Event(), threading.Lock()
+    hanging = {"now": 0, "most": 0}  # lookups of the hung name blocked in getaddrinfo: now, and the most at once
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "hung.example":
+            with lock:
+                hanging["now"] += 1
+                hanging["most"] = max(hanging["most"], hanging["now"])
+            try:
+                answer.wait(60)  # set by the test, at the latest when it ends
+            finally:
+                with lock:
+                    hanging["now"] -= 1
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+
+    def attempts() -> list[logging.LogRecord]:  # mallory's attempts, as the deliverer logs them
+        return [r for r in caplog.records if r.getMessage().startswith("webhook msg_m")]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    caplog.set_level(logging.INFO, logger="diffuserve.webhooks")
+    store, mallorys, honest, stop = memory_store(), Receiver(), Receiver(), threading.Event()
+    try:
+        now, hung_url = time.time(), mallorys.url.replace("127.0.0.1", "hung.example")
+        for i in range(6):
+            store.webhooks.add(_delivery(f"msg_m{i}", "mallory", hung_url), now)
+        deliverer = webhooks.Deliverer(
+            store, webhooks.new_secret(), lambda k, b: k, allow_private=True, timeout_s=0.5, backoff_s=0.05,
+            concurrency=4, per_tenant=2,
+        )  # fmt: skip
+        deliverer.start(stop)
+        # mallory's attempts: each abandoned at its deadline, its lookup left hanging, and retried; eight of them
+        # would leave every DNS thread blocked if each retry took another one
+        wait_for(lambda: len(attempts()) >= 8, 15, what="mallory's attempts retried")
+        store.webhooks.add(_delivery("msg_a", "alice", honest.url), time.time())
+        got = wait_for(lambda: honest.got, 3, what="alice's delivery while mallory's lookups hang")
+        assert got[0]["headers"]["webhook-id"] == "msg_a"
+        assert hanging["most"] <= 2 and hanging["now"] == 2  # mallory's share of the DNS pool, never more
+        assert any("dns_busy" in r.getMessage() for r in attempts())  # her later attempts: refused, not queued
+        assert mallorys.got == []
+        answer.set()  # the DNS answers: the next attempts resolve, and every one of mallory's events goes out
+        wait_for(lambda: len(mallorys.got) == 6, 20, what="mallory's deliveries once her name resolves")
+        assert sorted(g["headers"]["webhook-id"] for g in mallorys.got) == [f"msg_m{i}" for i in range(6)]
+        wait_for(lambda: not deliverer._resolving, 5, what="every lookup's count released")
+    finally:
+        answer.set()
+        stop.set()
+        mallorys.close()
         honest.close()
