@@ -73,6 +73,11 @@ def registration(registrations: Registrations, tenant: str, kind: str, name: str
     return Registration.model_validate(record) if record else None
 
 
+def registrations_of(registrations: Registrations, tenant: str, kind: str) -> list[Registration]:
+    """Every ``kind`` the tenant registered, by name, typed."""
+    return [Registration.model_validate(r) for r in registrations.registrations(tenant, kind)]
+
+
 def materialize(storage: Storage, record: Registration, cache_dir: Path) -> Path:
     """Download a registered model or LoRA into ``cache_dir`` once (keyed by version) and return its folder."""
     dest = cache_dir / record.prefix
@@ -90,11 +95,9 @@ def materialize(storage: Storage, record: Registration, cache_dir: Path) -> Path
     return dest
 
 
-def entry_from_record(record: Registration | dict) -> ModelEntry | None:
+def entry_from_record(record: Registration) -> ModelEntry | None:
     """The registry entry of a registered model (its path is filled in by the worker after materialising); None for
-    a record that holds no engine configs. A record straight from the store (a dict) is parsed first."""
-    if not isinstance(record, Registration):
-        record = Registration.model_validate(record)
+    a record that holds no engine configs."""
     if record.config is None or record.scheduler_config is None:
         return None
     return engine_entry_from_configs(

@@ -10,14 +10,14 @@ from api.state import Backends
 from core.catalog import SCHEDULER_DESCRIPTIONS
 from core.registry import ModelEntry
 from core.schemas import ModelInfo
-from core.tenant_models import entry_from_record
+from core.tenant_models import entry_from_record, registrations_of
 
 router = APIRouter()
 
 
 def model_entries(b: Backends, t: str) -> list[ModelEntry]:
     """Every model the tenant may use: the registry's, then those it trained. Blocking."""
-    own = [e for r in b.store.registrations.registrations(t, "model") if (e := entry_from_record(r))]
+    own = [e for r in registrations_of(b.store.registrations, t, "model") if (e := entry_from_record(r))]
     return b.registry.list() + own
 
 

@@ -26,4 +26,4 @@ async def upload(file: UploadFile = File(...), t: str = Depends(rate_limited), b
         raise ApiError(422, "validation_error", "the file is empty", "file")
     # header parsing runs in a thread: a crafted file must not stall the event loop (and every other request)
     info = await run_in_threadpool(uploads.describe, data, "file", b.settings.max_image_pixels)
-    return await run_in_threadpool(uploads.save, b.store, b.storage, t, data, info, b.settings.job_ttl_s)
+    return await run_in_threadpool(uploads.save, b.store.retention, b.storage, t, data, info, b.settings.job_ttl_s)

@@ -23,7 +23,7 @@ from core.jobs.store import JobStore
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import MAX_SEED, GenerationBase, ModelRef, Txt2ImgRequest
 from core.storage import Storage
-from core.tenant_models import tenant_model_entry
+from core.tenant_models import registration, tenant_model_entry
 
 if TYPE_CHECKING:
     from core.tasks.base import Admitted, Task
@@ -184,8 +184,6 @@ def engine_request(entry: ModelEntry, request: G) -> G:
 
 def check_loras(v: Inputs, tenant: str, entry: ModelEntry, request: GenerationBase) -> None:
     """Each LoRA exists for this tenant (its own, else a served one) and was trained for this model's family."""
-    from core.tenant_models import registration
-
     for i, ref in enumerate(getattr(request, "loras", ())):
         if entry.pipeline_class not in LORA_SERVABLE:
             raise InputError(f"model {entry.id!r} takes no LoRAs", field="loras", code="unsupported_task")
