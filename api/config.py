@@ -7,11 +7,14 @@ import binascii
 import os
 import re
 import secrets
+from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from core.schemas import Priority
 from core.settings import ServiceSettings
+from core.tenants import TenantPolicy, Tenants
 
 WEBHOOK_SECRET_MIN_BYTES = 24
 
@@ -34,6 +37,11 @@ class Settings(ServiceSettings):
         900.0, gt=0, description="AUTOMATIC1111 routes answer synchronously: at most this long, then 504 with job ids"
     )
     max_active_jobs_per_tenant: int = Field(64, ge=1, description="queued + running jobs per tenant; past it 429")
+    tenants_config: Path | None = Field(
+        None, description="JSON: tenant -> {weight, max_priority, max_active_jobs}; others get the defaults below"
+    )
+    default_tenant_weight: float = Field(1.0, gt=0, le=1000, description="a tenant's share of the workers")
+    default_max_priority: Priority = Field("normal", description="the highest priority a tenant's job may ask for")
     max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
     redis_max_connections: int = Field(64, ge=4)
     metrics_token: str | None = Field(None, description="set: /metrics needs Authorization: Bearer <token>")
@@ -136,6 +144,15 @@ class Settings(ServiceSettings):
                 pass
             tmp.unlink()
         return path.read_text().strip()
+
+    def tenants(self) -> Tenants:
+        """Every tenant's policy: TENANTS_CONFIG over the defaults (read once, at start)."""
+        default = TenantPolicy(
+            weight=self.default_tenant_weight,
+            max_priority=self.default_max_priority,
+            max_active_jobs=self.max_active_jobs_per_tenant,
+        )
+        return Tenants.load(self.tenants_config, default)
 
     def tenants_by_key(self) -> dict[str, str]:
         out = {}

@@ -19,6 +19,7 @@ from core.jobs.store import JobStore
 from core.registry import ModelRegistry
 from core.settings import build_registry, build_storage
 from core.storage import Storage
+from core.tenants import Tenants
 
 # a webhook body by the API a job came through (``via.api``): its delivery record → the body sent
 WebhookShape = Callable[[dict, dict], dict]
@@ -40,6 +41,7 @@ class Backends:
     registry: ModelRegistry
     tenants_by_key: dict[str, str]
     waiters: Waiters
+    tenants: Tenants = field(default_factory=Tenants)
     webhook_shapes: dict[str, WebhookShape] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -119,5 +121,6 @@ def build_backends(
         registry,
         settings.tenants_by_key(),
         Waiters(store, settings.max_waits_per_tenant),
+        settings.tenants(),
         webhook_shapes or {},
     )

@@ -42,6 +42,7 @@ def inputs(b: Backends) -> Inputs:
         s.job_ttl_s,
         s.webhook_allow_private,
         s.grid_max_total_steps,
+        b.tenants,
     )
 
 
@@ -57,11 +58,12 @@ def _submit(
     """The blocking part, in one threadpool call: the rate limit, the inputs (uploads saved), create and enqueue."""
     check_rate(b, tenant)
     request, model, hashes = admit(inputs(b), tenant, task, body)
-    job = lifecycle.new_job(task.type, request.model_dump(mode="json"), tenant, model, task.queue)
+    policy = b.tenants.of(tenant)
+    job = lifecycle.new_job(task.type, request.model_dump(mode="json"), tenant, model, task.queue, policy.weight)
     job.input_sha256 = hashes
     job.base_url = base_url  # what output URLs in webhooks are built on (local storage)
     job.via = via
-    return lifecycle.submit(b.store, b.queue, job, idempotency, b.settings.max_active_jobs_per_tenant)
+    return lifecycle.submit(b.store, b.queue, job, idempotency, policy.max_active_jobs)
 
 
 def idempotency_of(request: Request, task: Task, body: BaseModel) -> tuple[str, str] | None:

@@ -73,6 +73,7 @@ class LoraRef(Strict):
 
 
 WebhookEvent = Literal["start", "progress", "output", "completed"]
+Priority = Literal["high", "normal", "low"]
 
 
 class Notified(Strict):
@@ -89,6 +90,13 @@ class Notified(Strict):
         min_length=1,
         max_length=4,
         description="which events are sent: start, progress, output, completed",
+    )
+    priority: Priority | None = Field(
+        None,
+        description=(
+            "high, normal or low: higher levels start first, tenants share each level fairly, a job waiting "
+            "PRIORITY_AGE_S moves up a level; default normal (trainings: low); at most the tenant's max_priority"
+        ),
     )
 
     @field_validator("webhook")
@@ -296,6 +304,7 @@ class JobOptions(BaseModel):
     timeout_s: int | None = None
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] = Field(default_factory=lambda: ["completed"])
+    priority: Priority = "normal"
 
 
 class Progress(BaseModel):
@@ -404,6 +413,7 @@ class JobRecord(Job):
     base_url: str | None = None  # the gateway URL the job was submitted to (local output URLs in webhooks)
     via: dict[str, Any] | None = None  # the compatibility adapter it came through: {"api": "a1111" | "replicate", ...}
     queue: str = "inference"  # the queue its task waits in (``Task.queue``), where the reaper sends it again
+    weight: float = 1.0  # its tenant's share of the workers when it was submitted (TENANTS_CONFIG)
 
     @property
     def options(self) -> JobOptions:
@@ -413,7 +423,17 @@ class JobRecord(Job):
     def public(self) -> dict[str, Any]:
         return self.model_dump(
             mode="json",
-            exclude={"tenant", "cancel_requested", "worker", "lease_token", "enqueued", "base_url", "via", "queue"},
+            exclude={
+                "tenant",
+                "cancel_requested",
+                "worker",
+                "lease_token",
+                "enqueued",
+                "base_url",
+                "via",
+                "queue",
+                "weight",
+            },
         )
 
 

@@ -38,6 +38,9 @@ class ServiceSettings(BaseSettings):
     lease_ttl_s: float = 15.0
     heartbeat_s: float = 3.0
     max_attempts: int = 3
+    priority_age_s: float = Field(
+        300.0, gt=0, description="a queued job moves up one priority level for every this many seconds it waits"
+    )
     reaper_interval_s: float = 5.0
     visibility_timeout_s: int = 3600
     job_ttl_s: float = Field(

@@ -17,7 +17,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutdown
 from kombu import Queue as KombuQueue
 
 from core.jobs import lifecycle
-from core.jobs.execute import compatible_queued, execute_batch
+from core.jobs.execute import compatible_queued, execute_batch, take_turn
 from core.jobs.queue import QUEUES, TASK_NAME, CeleryQueue, make_celery
 from core.jobs.redis_store import redis_store
 from core.settings import build_registry, build_storage
@@ -92,8 +92,16 @@ def _shutdown(**_: object) -> None:
 
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: str) -> str | None:
-    """Thin: everything happens in core.jobs.execute (claim, heartbeat, run, store, finish)."""
+    """Thin: the message wakes this worker; the scheduler picks the job it runs (``take_turn``: fair share between
+    tenants, priorities); everything else happens in core.jobs.execute (claim, heartbeat, run, store, finish)."""
     p, s = process(), settings
+    done = take_turn(job_id, p.store, lambda chosen: _run_with_batch(p, chosen), s.priority_age_s, stop=p._stop)
+    return done.status.value if done else None
+
+
+def _run_with_batch(p: Process, job_id: str):
+    """``job_id`` and the queued jobs that can share its denoising loop; its record (None: another worker took it)."""
+    s = settings
     ids = [job_id]
     if s.batch_window_ms > 0 and s.max_batch > 1:
         try:
@@ -106,5 +114,4 @@ def run_job(job_id: str) -> str | None:
         except Exception:  # noqa: BLE001 - batching is an optimisation; run the job alone
             log.warning("could not gather a batch for %s", job_id, exc_info=True)
     p.last_batch = len(ids)
-    jobs = execute_batch(ids, p.store, p.storage, p.runner, p.worker_id, s.lease_ttl_s, s.heartbeat_s)
-    return jobs[0].status.value if jobs[0] else None
+    return execute_batch(ids, p.store, p.storage, p.runner, p.worker_id, s.lease_ttl_s, s.heartbeat_s)[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from core.jobs import lifecycle
-from core.jobs.execute import execute_batch, execute_job
+from core.jobs.execute import execute_batch, execute_job, take_turn
 from core.jobs.queue import InProcessQueue
 from core.jobs.store import JobStore
 from core.registry import ModelRegistry
@@ -33,11 +33,25 @@ class EmbeddedWorker:
         s = self.settings
         runner = build_engines(s, registry, lambda model, ms: lifecycle.record_model_load(store.limits, model, ms))
 
+        def attempt(job_id: str):
+            return execute_job(job_id, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
+
         def handle(job_id: str) -> None:
-            execute_job(job_id, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
+            take_turn(job_id, store, attempt, s.priority_age_s)  # the message wakes; the scheduler picks the job
 
         def handle_batch(job_ids: list[str]) -> None:
-            execute_batch(job_ids, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
+            # as many jobs as messages, the scheduler's picks, run together where they can share a loop
+            chosen: list[str] = []
+            for _ in job_ids:
+                found = lifecycle.next_job(store, "inference", s.priority_age_s, exclude=chosen)
+                if found is None:
+                    break
+                chosen.append(found)
+            chosen += [j for j in job_ids if j not in chosen][: len(job_ids) - len(chosen)]
+            done = execute_batch(chosen, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
+            for record in done:
+                if record is None:  # canceled between the pick and the claim: its message still runs one job
+                    take_turn(chosen[0], store, attempt, s.priority_age_s)
 
         queue = InProcessQueue(
             handle, handle_batch=handle_batch, batch_window_s=s.batch_window_ms / 1000, max_batch=s.max_batch

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from core.contract import RunResult
-from core.errors import JobCancelled, LeaseLost, OutOfMemory, ServiceError
+from core.errors import JobCancelled, LeaseLost, OutOfMemory, ServiceError, Unavailable
 from core.jobs import lifecycle
 from core.jobs.context import JobContext
 from core.jobs.heartbeat import Heartbeat
@@ -72,6 +72,52 @@ def execute_job(
     Only the lease owner writes: a worker that lost its job (frozen past its lease, then woken) stops at its next
     step and neither finishes nor records anything. A failed or canceled job leaves no outputs behind."""
     return execute_batch([job_id], store, storage, runner_factory, worker_id, lease_ttl, heartbeat_interval)[0]
+
+
+def take_turn(
+    message_id: str,
+    store: JobStore,
+    attempt: Callable[[str], JobRecord | None],
+    age_s: float = 300.0,
+    drain: int = 64,
+    stop: threading.Event | None = None,
+) -> JobRecord | None:
+    """What one queue message wakes a worker for: the queued job the scheduler picks now (fair share between tenants,
+    priorities aged by ``age_s``; ``lifecycle.next_job``), run by ``attempt`` (None: another worker claimed it
+    first, so the next pick is tried); then, while jobs wait and up to ``drain`` in all, the next pick again. A job's
+    message is what wakes a worker for it (and what autoscaling counts); which job runs is the rule's, and a worker
+    never sleeps while the backlog holds a job whose message another turn used up. An empty backlog (an older record,
+    the store away) runs the message's own job. Returns the first job run, or None."""
+    queue = _queue_of(store, message_id)
+    tried: set[str] = set()
+    first: JobRecord | None = None
+    for _ in range(drain + 8):
+        if stop is not None and stop.is_set():
+            break
+        try:
+            chosen = lifecycle.next_job(store, queue, age_s, exclude=tried)
+        except Unavailable:
+            chosen = None
+        if chosen is None and first is None and message_id not in tried:
+            chosen = message_id
+        if chosen is None:
+            break
+        tried.add(chosen)
+        done = attempt(chosen)
+        if done is not None:
+            first = first or done
+            drain -= 1
+            if drain <= 0:
+                break
+    return first
+
+
+def _queue_of(store: JobStore, job_id: str) -> str:
+    try:
+        job = store.jobs.get(job_id)
+    except Unavailable:
+        job = None
+    return job.queue if job else "inference"
 
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)

@@ -9,12 +9,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from core import webhooks
 from core.errors import Conflict, LeaseLost, Unavailable
+from core.jobs.schedule import LEVEL, Waiting, pick
 from core.jobs.store import JobStore, Limits, Retention
 from core.schemas import UPLOAD_ID_PATTERN, JobErrorInfo, JobRecord, JobStatus, JobType, Metrics, ModelRef, OutputItem
 from core.storage import Storage, upload_key
@@ -34,8 +35,39 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def waiting_of(job: JobRecord) -> Waiting:
+    """A queued job as the scheduler sees it (``core/jobs/schedule.py``)."""
+    return Waiting(
+        job.id, job.tenant, LEVEL[job.options.priority], job.model.id if job.model else None, job.created_at.timestamp()
+    )
+
+
+def next_job(
+    store: JobStore, queue_name: str, age_s: float = 300.0, exclude: Collection[str] = (), tries: int = 16
+) -> str | None:
+    """The queued job a free worker of ``queue_name`` should run now, by the scheduling rule (fair share between
+    tenants within a priority level, priorities aged by ``age_s``); None when nothing waits. An entry whose job is no
+    longer queued (canceled, finished, expired) is dropped on the way."""
+    wall = time.time()
+    for _ in range(tries):
+        chosen = pick(store.backlog.heads(queue_name), store.backlog.passes(queue_name), wall, age_s,
+                      lambda w: w.job_id in exclude)  # fmt: skip
+        if chosen is None:
+            return None
+        job = store.jobs.get(chosen.job_id)
+        if job is not None and job.status == JobStatus.queued:
+            return chosen.job_id
+        store.backlog.take(queue_name, chosen.job_id, charge=False)
+    return None
+
+
 def new_job(
-    job_type: JobType, input: dict[str, Any], tenant: str, model: ModelRef | None = None, queue: str = "inference"
+    job_type: JobType,
+    input: dict[str, Any],
+    tenant: str,
+    model: ModelRef | None = None,
+    queue: str = "inference",
+    weight: float = 1.0,
 ) -> JobRecord:
     """A queued job's record; ``input`` is its complete request as admission left it, ``queue`` its task's."""
     return JobRecord(
@@ -47,6 +79,7 @@ def new_job(
         model=model,
         tenant=tenant,
         queue=queue,
+        weight=weight,
     )
 
 
@@ -85,7 +118,8 @@ def submit(
     store.events.add_event(job.id, "status", status_event(job))
     store.limits.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
     try:
-        queue.enqueue(job.id, job.queue)
+        store.backlog.add(job.queue, waiting_of(job), job.weight)  # what the scheduler picks from
+        queue.enqueue(job.id, job.queue)  # one message per job: it wakes a worker (and counts for autoscaling)
     except Exception as e:
         log.warning("could not enqueue %s: %s", job.id, type(e).__name__)
         try:
@@ -98,6 +132,7 @@ def submit(
             )
             if idempotency:
                 store.jobs.release_idempotency(job.tenant, idempotency[0], job.id)
+            store.backlog.take(job.queue, job.id, charge=False)
         except Unavailable:
             pass  # the reaper sends it later (enqueued stays False)
         raise Unavailable("the job queue is unavailable; retry shortly", code="queue_unavailable") from e
@@ -144,6 +179,10 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     job = store.jobs.update(job_id, fn, lease=(token, lease_ttl))
     if not claimed or job is None:
         return None
+    try:  # it leaves the backlog, its tenant's pass grows by 1 / weight (fair share)
+        store.backlog.take(job.queue, job_id)
+    except Unavailable:  # the claim holds; the scheduler drops the entry when it next meets it
+        log.warning("job %s: could not take it out of the backlog at start", job_id)
     try:
         # the uploads it reads outlive this attempt, however long it waited
         keep_inputs(store.retention, store.job_ttl_s, job)
@@ -272,6 +311,7 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
 
     job = store.jobs.update(job_id, fn)
     if job is not None and changed == "canceled":
+        store.backlog.take(job.queue, job_id, charge=False)
         store.events.add_event(job_id, "status", status_event(job))
         _count_finished(store.limits, job)
         webhooks.emit(store.webhooks, job, "completed")
@@ -315,6 +355,7 @@ def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, ma
     store.events.add_event(job_id, "status", status_event(job))
     if job.status == JobStatus.queued:
         log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
+        store.backlog.add(job.queue, waiting_of(job), job.weight)  # at its place: the time it was first queued
         queue.enqueue(job_id, job.queue)
         return True
     _count_finished(store.limits, job)
@@ -354,6 +395,7 @@ def _resend_unsent(store: JobStore, queue: Queue, wall: datetime, enqueue_grace_
         if job is None or job.enqueued or (wall - job.created_at).total_seconds() < enqueue_grace_s:
             continue
         log.warning("job %s never reached the queue; sending it now", job_id)
+        store.backlog.add(job.queue, waiting_of(job), job.weight)
         queue.enqueue(job_id, job.queue)
         store.jobs.update(job_id, _mark_enqueued)
         sent.append(job_id)

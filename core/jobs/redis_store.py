@@ -25,6 +25,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from core.errors import Unavailable
+from core.jobs.backlog import RedisBacklog
 from core.jobs.store import INDEXED, JobStore, _labels_key, over_quota
 from core.schemas import JobRecord
 
@@ -487,6 +488,20 @@ class RedisWebhooks:
         pipe.execute()
 
 
+class RedisBacklogs(RedisBacklog):
+    """The backlog on the store's Redis (``core/jobs/backlog.py``), behind the same breaker as the other adapters."""
+
+    def __init__(self, conn: RedisConn):
+        super().__init__(conn.r, f"{P}bk:")
+        self.c = conn
+
+    add = _unavailable(RedisBacklog.add)
+    take = _unavailable(RedisBacklog.take)
+    heads = _unavailable(RedisBacklog.heads)
+    passes = _unavailable(RedisBacklog.passes)
+    depth = _unavailable(RedisBacklog.depth)
+
+
 def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64) -> JobStore:
     """The store of distributed mode: the gateway and every worker share it."""
     c = RedisConn(url, job_ttl_s, max_connections)
@@ -498,5 +513,6 @@ def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int
         RedisRetention(c),
         RedisRegistrations(c),
         RedisWebhooks(c),
+        RedisBacklogs(c),
         c,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from core.errors import QuotaExceeded
+from core.jobs.backlog import Backlog, MemoryBacklog
 from core.schemas import JobRecord, JobStatus
 
 Mutator = Callable[[JobRecord], JobRecord | None]
@@ -155,6 +156,7 @@ class JobStore:
     retention: Retention
     registrations: Registrations
     webhooks: WebhookQueue
+    backlog: Backlog
     backend: Backend
 
     @property
@@ -500,5 +502,6 @@ def memory_store(job_ttl_s: float = 7 * 24 * 3600) -> JobStore:
         MemoryRetention(s),
         MemoryRegistrations(s),
         MemoryWebhooks(s),
+        MemoryBacklog(),
         s,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -19,11 +19,13 @@ from pydantic import BaseModel, ValidationError
 from core import uploads, webhooks
 from core.catalog import LIMITS, LORA_SERVABLE, MAX_VIDEO_VOLUME, ModelKind, denoising_steps
 from core.errors import InputError
+from core.jobs.schedule import LEVEL
 from core.jobs.store import JobStore
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import MAX_SEED, GenerationBase, ModelRef, Txt2ImgRequest
 from core.storage import Storage
 from core.tenant_models import registration, tenant_model_entry
+from core.tenants import Tenants
 
 if TYPE_CHECKING:
     from core.tasks.base import Admitted, Task
@@ -44,6 +46,7 @@ class Inputs:
     job_ttl_s: float
     allow_private_webhooks: bool = False
     grid_max_total_steps: int = 4096  # denoising steps over all of a grid's cells (GRID_MAX_TOTAL_STEPS)
+    tenants: Tenants = field(default_factory=Tenants)  # each tenant's ceiling on priority (TENANTS_CONFIG)
 
 
 def updated(request: M, **changes) -> M:
@@ -81,9 +84,13 @@ def admit(v: Inputs, tenant: str, task: Task, body: BaseModel) -> tuple[BaseMode
     # 3. the task's own step: the model's defaults and rules
     done: Admitted = task.admit(v, tenant, body, next(iter(dims.values()), None))
     request = done.request
-    # 4. the timeout (default and cap: the family's), the seed (random when null: image i uses seed + i)
+    # 4. the priority (the task's default; at most the tenant's ceiling), the timeout (default and cap: the
+    # family's), the seed (random when null: image i uses seed + i)
+    changes: dict = {"priority": request.priority or task.priority}
+    ceiling = v.tenants.of(tenant).max_priority
+    if LEVEL[changes["priority"]] < LEVEL[ceiling]:
+        raise InputError(f"at most {ceiling} for this tenant (its max_priority)", field="priority")
     lim = LIMITS[done.limits]
-    changes: dict = {}
     if request.timeout_s is None:
         changes["timeout_s"] = lim.default_timeout_s
     elif request.timeout_s > lim.max_timeout_s:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.catalog import ModelKind, family_of
 from core.errors import RequestUnreadable
-from core.schemas import JobType, ModelRef
+from core.schemas import JobType, ModelRef, Priority
 
 if TYPE_CHECKING:
     from core.registry import ModelEntry
@@ -48,7 +48,7 @@ class Task(Generic[R]):
     - ``request``: the request model; the route's body, what admission fills in and what the worker parses;
     - ``path``, ``name``, ``summary``: its route (``POST /v1{path}``, operation id ``name``);
     - ``admit``: its admission step (``core/tasks/admission.py`` runs the steps every task shares around it);
-    - ``queue``: the queue its jobs wait in (``inference`` or ``training``);
+    - ``queue``: the queue its jobs wait in (``inference`` or ``training``); ``priority``: their default level;
     - ``kinds``: the kinds of model that serve it (None: a job that makes a new model); the worker's executor table
       has a row for each (checked by ``tests/core/test_tasks.py``);
     - ``limits``: the limits family (``core/catalog.LIMITS``) of its costs; None: the serving model's
@@ -65,6 +65,7 @@ class Task(Generic[R]):
     summary: str
     admit: AdmitStep
     queue: Literal["inference", "training"] = "inference"
+    priority: Priority = "normal"
     kinds: tuple[ModelKind | None, ...] = (ModelKind.diffusers,)
     limits: str | None = None
     images: tuple[str, ...] = ()

@@ -24,6 +24,7 @@ TASK: Task[DDPMTrainingRequest] = Task(
     summary="Queue a training job of the from-scratch engine.",
     admit=admit,
     queue="training",
+    priority="low",
     kinds=(None,),
     limits="ddpm_training",
     filled=("seed", "timeout_s"),

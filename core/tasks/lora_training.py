@@ -32,6 +32,7 @@ TASK: Task[LoraTrainingRequest] = Task(
     summary="Queue a LoRA fine-tuning job on an uploaded dataset.",
     admit=admit,
     queue="training",
+    priority="low",
     limits="lora_training",
     filled=("seed", "timeout_s"),
 )

@@ -126,3 +126,34 @@ def test_a_trained_model_may_not_take_a_served_name_and_its_work_is_capped(input
             DDPMTrainingRequest(name="big", max_train_steps=200_000, train_batch_size=512, resolution=64),
         )
     assert (e.value.field, e.value.code) == ("max_train_steps", "too_expensive")
+
+
+def test_priority_defaults_by_task_and_is_capped_by_the_tenants_ceiling(inputs):
+    from dataclasses import replace
+
+    from core.tenants import TenantPolicy, Tenants
+
+    request, _ = complete(inputs, TXT2IMG, Txt2ImgRequest(model="digits", prompt="1"))
+    assert request.priority == "normal"
+    trained, _ = complete(inputs, TASKS[JobType.ddpm_training], DDPMTrainingRequest(name="mine"))
+    assert trained.priority == "low"
+    with pytest.raises(InputError) as e:  # the default ceiling is normal: nobody jumps the queue unless granted
+        admit(inputs, "t", TXT2IMG, Txt2ImgRequest(model="digits", prompt="1", priority="high"))
+    assert e.value.field == "priority" and "normal" in e.value.message
+    granted = replace(inputs, tenants=Tenants(TenantPolicy(), {"vip": TenantPolicy(max_priority="high")}))
+    request, _, _ = admit(granted, "vip", TXT2IMG, Txt2ImgRequest(model="digits", prompt="1", priority="high"))
+    assert request.priority == "high"
+
+
+def test_tenants_config_is_read_over_the_defaults_and_a_bad_one_names_the_tenant(tmp_path):
+    from core.tenants import TenantPolicy, Tenants
+
+    path = tmp_path / "tenants.json"
+    path.write_text('{"vip": {"weight": 4, "max_priority": "high"}, "batch": {"max_active_jobs": 500}}')
+    tenants = Tenants.load(path, TenantPolicy(max_active_jobs=64))
+    assert tenants.of("vip").weight == 4 and tenants.of("vip").max_active_jobs == 64
+    assert tenants.of("batch").max_active_jobs == 500 and tenants.of("batch").max_priority == "normal"
+    assert tenants.of("anyone") == TenantPolicy(max_active_jobs=64)
+    path.write_text('{"vip": {"weight": -1}}')
+    with pytest.raises(ValueError, match="tenant 'vip', weight"):
+        Tenants.load(path, TenantPolicy())

@@ -1,0 +1,174 @@
+"""The backlog: every queued job as the scheduler sees it (``core/jobs/schedule.py``), per queue, and each tenant's
+pass. The queue's messages only wake workers (one per job, so a queue's length is its real backlog, what KEDA
+scales on); which job a woken worker runs is the scheduler's choice over the backlog (``lifecycle.next_job``).
+
+Redis layout under ``ds:bk:{queue}:``: ``q:{tenant}\\t{level}`` a sorted set of job ids by the time they joined,
+``heads`` the set of non-empty (tenant, level) pairs, ``meta`` the JSON of each waiting job, ``count`` jobs waiting
+per tenant, ``pass`` each tenant's pass. Adding and taking are Lua scripts, so counts, heads and passes change
+together.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Protocol
+
+from core.jobs.schedule import Waiting, joining_pass
+
+
+class Backlog(Protocol):
+    def add(self, queue: str, job: Waiting, weight: float = 1.0) -> bool:
+        """``job`` joins the queue's backlog (False: it was there already); a tenant with nothing waiting joins at
+        the least pass of those waiting."""
+
+    def take(self, queue: str, job_id: str, charge: bool = True) -> Waiting | None:
+        """``job_id`` leaves the backlog (it started, was canceled or is gone); ``charge``: its tenant's pass grows
+        by 1 / its weight. None when it was not there."""
+
+    def heads(self, queue: str) -> list[Waiting]:
+        """The oldest waiting job of each (tenant, level)."""
+
+    def passes(self, queue: str) -> dict[str, float]: ...
+
+    def depth(self, queue: str) -> dict[tuple[int, str], int]:
+        """Jobs waiting by (level, model)."""
+
+
+class MemoryBacklog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, dict[str, tuple[Waiting, float]]] = defaultdict(dict)  # queue -> id -> (job, weight)
+        self._passes: dict[str, dict[str, float]] = defaultdict(dict)
+
+    def add(self, queue, job, weight=1.0):
+        with self._lock:
+            jobs = self._jobs[queue]
+            if job.job_id in jobs:
+                return False
+            waiting = {w.tenant for w, _ in jobs.values()}
+            if job.tenant not in waiting:
+                passes = self._passes[queue]
+                passes[job.tenant] = joining_pass(passes.get(job.tenant), [passes.get(t, 0.0) for t in waiting])
+            jobs[job.job_id] = (job, weight)
+            return True
+
+    def take(self, queue, job_id, charge=True):
+        with self._lock:
+            found = self._jobs[queue].pop(job_id, None)
+            if found is None:
+                return None
+            job, weight = found
+            if charge:
+                passes = self._passes[queue]
+                passes[job.tenant] = passes.get(job.tenant, 0.0) + 1.0 / weight
+            return job
+
+    def heads(self, queue):
+        with self._lock:
+            out: dict[tuple[str, int], Waiting] = {}
+            for job, _ in self._jobs[queue].values():
+                key = (job.tenant, job.level)
+                if key not in out or (job.since, job.job_id) < (out[key].since, out[key].job_id):
+                    out[key] = job
+            return list(out.values())
+
+    def passes(self, queue):
+        with self._lock:
+            return dict(self._passes[queue])
+
+    def depth(self, queue):
+        with self._lock:
+            out: dict[tuple[int, str], int] = defaultdict(int)
+            for job, _ in self._jobs[queue].values():
+                out[(job.level, job.model or "")] += 1
+            return dict(out)
+
+
+ADD = """
+local p, tenant, level, id, since, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if redis.call('HEXISTS', p .. 'meta', id) == 1 then return 0 end
+if tonumber(redis.call('HGET', p .. 'count', tenant) or '0') <= 0 then
+  local floor = nil
+  local counts = redis.call('HGETALL', p .. 'count')
+  for i = 1, #counts, 2 do
+    if tonumber(counts[i + 1]) > 0 then
+      local v = tonumber(redis.call('HGET', p .. 'pass', counts[i]) or '0')
+      if floor == nil or v < floor then floor = v end
+    end
+  end
+  local own = tonumber(redis.call('HGET', p .. 'pass', tenant) or '0')
+  if floor ~= nil and floor > own then redis.call('HSET', p .. 'pass', tenant, tostring(floor)) end
+end
+redis.call('HINCRBY', p .. 'count', tenant, 1)
+redis.call('ZADD', p .. 'q:' .. tenant .. '\\t' .. level, since, id)
+redis.call('SADD', p .. 'heads', tenant .. '\\t' .. level)
+redis.call('HSET', p .. 'meta', id, meta)
+return 1
+"""
+
+TAKE = """
+local p, id, charge = ARGV[1], ARGV[2], ARGV[3]
+local meta = redis.call('HGET', p .. 'meta', id)
+if not meta then return false end
+local w = cjson.decode(meta)
+local pair = w.tenant .. '\\t' .. w.level
+redis.call('HDEL', p .. 'meta', id)
+redis.call('ZREM', p .. 'q:' .. pair, id)
+if redis.call('ZCARD', p .. 'q:' .. pair) == 0 then redis.call('SREM', p .. 'heads', pair) end
+if redis.call('HINCRBY', p .. 'count', w.tenant, -1) <= 0 then redis.call('HDEL', p .. 'count', w.tenant) end
+if charge == '1' then redis.call('HINCRBYFLOAT', p .. 'pass', w.tenant, 1.0 / w.weight) end
+return meta
+"""
+
+
+def _waiting(meta: str | bytes) -> Waiting:
+    d = json.loads(meta)
+    d.pop("weight", None)
+    return Waiting(**d)
+
+
+class RedisBacklog:
+    def __init__(self, r, prefix: str = "ds:bk:"):
+        self.r = r
+        self.prefix = prefix
+        self._add = r.register_script(ADD)
+        self._take = r.register_script(TAKE)
+
+    def _p(self, queue: str) -> str:
+        return f"{self.prefix}{queue}:"
+
+    def add(self, queue, job, weight=1.0):
+        meta = json.dumps({**asdict(job), "weight": weight})
+        return bool(self._add(args=[self._p(queue), job.tenant, job.level, job.job_id, job.since, meta]))
+
+    def take(self, queue, job_id, charge=True):
+        meta = self._take(args=[self._p(queue), job_id, "1" if charge else "0"])
+        return _waiting(meta) if meta else None
+
+    def heads(self, queue):
+        p = self._p(queue)
+        pairs = [x.decode() if isinstance(x, bytes) else x for x in self.r.smembers(p + "heads")]
+        if not pairs:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for pair in pairs:
+            pipe.zrange(p + "q:" + pair, 0, 0)
+        ids = [found[0] for found in pipe.execute() if found]
+        metas = self.r.hmget(p + "meta", ids) if ids else []
+        return [_waiting(m) for m in metas if m]
+
+    def passes(self, queue):
+        return {
+            (k.decode() if isinstance(k, bytes) else k): float(v)
+            for k, v in self.r.hgetall(self._p(queue) + "pass").items()
+        }
+
+    def depth(self, queue):
+        out: dict[tuple[int, str], int] = defaultdict(int)
+        for meta in self.r.hvals(self._p(queue) + "meta"):
+            w = _waiting(meta)
+            out[(w.level, w.model or "")] += 1
+        return dict(out)

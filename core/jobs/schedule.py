@@ -1,0 +1,68 @@
+"""Which queued job a worker takes next: fair share between tenants within a priority level, priorities with aging.
+Pure policy (no store, no clock of its own): the workers call it through ``lifecycle.next_job`` and the fleet
+simulator (``bench/fleet_sim.py``) drives the same function on a simulated clock.
+
+The rule, in order:
+
+1. **Priority, aged.** A job's level is ``high`` (0), ``normal`` (1) or ``low`` (2); every ``age_s`` it waits lifts it
+   one level, so low work is never starved for ever. The lowest effective level present goes first.
+2. **Fair share (stride scheduling).** Among the tenants with a job at that level, the one with the least *pass*
+   goes; each job a tenant starts adds ``1 / weight`` to its pass. A tenant that had nothing queued joins at the
+   least pass of those waiting (no credit banked while idle), so a flood of one tenant delays another tenant's next job
+   by at most about one job per worker, and tenants share the workers in proportion to their weights.
+3. **Oldest first** within the tenant and level.
+
+No tenant can starve others by raising its priority: the level a tenant may ask for is capped by its
+``max_priority`` (``TENANTS_CONFIG``; the default ceiling is ``normal``), checked at submit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+PRIORITIES = ("high", "normal", "low")
+LEVEL = {name: i for i, name in enumerate(PRIORITIES)}
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queued job as the scheduler sees it: whose, at which level, for which model, since when (epoch seconds)."""
+
+    job_id: str
+    tenant: str
+    level: int
+    model: str | None
+    since: float
+
+    def effective_level(self, now: float, age_s: float) -> int:
+        return max(0, self.level - int(max(0.0, now - self.since) // age_s)) if age_s > 0 else self.level
+
+
+def pick(
+    heads: Iterable[Waiting],
+    passes: dict[str, float],
+    now: float,
+    age_s: float,
+    exclude: Callable[[Waiting], bool] = lambda w: False,
+) -> Waiting | None:
+    """The next job among ``heads`` (the oldest waiting job of each (tenant, level)), by the rule above; None when
+    there is none (``exclude``: jobs to pass over, e.g. already taken into this batch)."""
+    best: tuple | None = None
+    chosen: Waiting | None = None
+    for w in heads:
+        if exclude(w):
+            continue
+        key = (w.effective_level(now, age_s), passes.get(w.tenant, 0.0), w.since, w.level, w.job_id)
+        if best is None or key < best:
+            best, chosen = key, w
+    return chosen
+
+
+def joining_pass(own: float | None, waiting_passes: Iterable[float]) -> float:
+    """The pass of a tenant whose first job joins the waiting: its own, raised to the least pass of the tenants
+    already waiting (an idle tenant banks no credit)."""
+    floor = min(waiting_passes, default=None)
+    if floor is None:
+        return own or 0.0
+    return max(own or 0.0, floor)
