@@ -42,6 +42,9 @@ class Settings(ServiceSettings):
     )
     default_tenant_weight: float = Field(1.0, gt=0, le=1000, description="a tenant's share of the workers")
     default_max_priority: Priority = Field("normal", description="the highest priority a tenant's job may ask for")
+    default_device_seconds_per_day: float | None = Field(
+        None, gt=0, description="device-seconds a tenant's jobs may use per UTC day; unset: no quota"
+    )
     max_waits_per_tenant: int = Field(100, ge=1, description="open long-polls and event streams per tenant and gateway")
     redis_max_connections: int = Field(64, ge=4)
     metrics_token: str | None = Field(None, description="set: /metrics needs Authorization: Bearer <token>")
@@ -151,6 +154,7 @@ class Settings(ServiceSettings):
             weight=self.default_tenant_weight,
             max_priority=self.default_max_priority,
             max_active_jobs=self.max_active_jobs_per_tenant,
+            device_seconds_per_day=self.default_device_seconds_per_day,
         )
         return Tenants.load(self.tenants_config, default)
 

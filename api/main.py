@@ -21,7 +21,7 @@ from api.compat import a1111, replicate
 from api.config import Settings
 from api.deps import tenant
 from api.limits import BodySizeLimit
-from api.routes import files, generate, health, jobs, models, uploads, webhooks
+from api.routes import files, generate, health, jobs, models, uploads, usage, webhooks
 from api.state import InProcessWorker, build_backends
 from core import __version__
 
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, worker: InProcessWorker | None 
     v1.include_router(uploads.router, tags=["uploads"])
     v1.include_router(models.router, tags=["models"])
     v1.include_router(webhooks.router, tags=["webhooks"])
+    v1.include_router(usage.router, tags=["usage"])
     app.include_router(v1)
     app.include_router(replicate.router, tags=["replicate"])
     app.include_router(a1111.router, tags=["a1111"])

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from api.deps import check_rate
 from api.state import Backends
 from core.errors import InputError
-from core.jobs import lifecycle
+from core.jobs import lifecycle, usage
 from core.schemas import JobRecord
 from core.tasks import Task
 from core.tasks.admission import Inputs, admit
@@ -57,8 +57,9 @@ def _submit(
 ) -> tuple[JobRecord, bool]:
     """The blocking part, in one threadpool call: the rate limit, the inputs (uploads saved), create and enqueue."""
     check_rate(b, tenant)
-    request, model, hashes = admit(inputs(b), tenant, task, body)
     policy = b.tenants.of(tenant)
+    usage.check_quota(b.store.usage, tenant, policy.device_seconds_per_day)  # 429 until the UTC day ends
+    request, model, hashes = admit(inputs(b), tenant, task, body)
     job = lifecycle.new_job(task.type, request.model_dump(mode="json"), tenant, model, task.queue, policy.weight)
     job.input_sha256 = hashes
     job.base_url = base_url  # what output URLs in webhooks are built on (local storage)

@@ -329,6 +329,11 @@ class Metrics(BaseModel):
     upload_ms: float | None = None
     other_ms: float | None = None
     total_ms: float | None = None
+    device_ms: float | None = Field(
+        None,
+        description="this job's share of the device's time: the time a worker ran it (a batch's split by images); "
+        "what GET /v1/usage and device_seconds_per_day count",
+    )
 
 
 class OutputItem(BaseModel):
@@ -491,3 +496,24 @@ class UploadInfo(BaseModel):
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+
+
+class UsageCounts(BaseModel):
+    jobs: int
+    images: int
+    device_seconds: float
+
+
+class UsageDay(UsageCounts):
+    day: str
+
+
+class UsageReport(UsageCounts):
+    """The caller's own usage over the last ``days`` UTC days: in all, by model and by day (days without jobs left
+    out)."""
+
+    tenant: str
+    since: str
+    until: str
+    by_model: dict[str, UsageCounts]
+    by_day: list[UsageDay]

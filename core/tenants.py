@@ -20,6 +20,9 @@ class TenantPolicy(BaseModel):
     weight: float = Field(1.0, gt=0, le=1000, description="share of the workers against other tenants waiting")
     max_priority: Priority = Field("normal", description="the highest priority its jobs may ask for")
     max_active_jobs: int | None = Field(None, ge=1, description="queued + running jobs; default: the deployment's")
+    device_seconds_per_day: float | None = Field(
+        None, gt=0, description="device time its jobs may use per UTC day; past it a submit gets 429 quota_exceeded"
+    )
 
 
 class Tenants:

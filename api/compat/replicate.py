@@ -220,7 +220,7 @@ def prediction(data: dict, via: dict | None, base_url: str) -> dict:
         "error": f"{err['code']}: {err['message']}" if err else None,
         "logs": _logs(data, via),
         "metrics": {
-            "predict_time": (metrics.get("inference_ms") or 0) / 1000 if metrics.get("inference_ms") else None,
+            "predict_time": _seconds(metrics.get("device_ms") or metrics.get("inference_ms")),
             "total_time": (metrics.get("total_ms") or 0) / 1000 if metrics.get("total_ms") else None,
         },
         "created_at": data.get("created_at"),
@@ -414,3 +414,8 @@ async def get_version(
     if version_id not in (entry.id, entry.version):
         raise ApiError(404, "not_found", f"no version {shown(version_id)!r} of {shown(name)!r}", "version_id")
     return _version_view(entry, version_id)
+
+
+def _seconds(ms: float | None) -> float | None:
+    """Replicate's ``metrics.predict_time``: the job's device time (``device_ms``), in seconds."""
+    return ms / 1000 if ms else None

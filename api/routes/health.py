@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Depends, Request
@@ -13,6 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from api.deps import backends
 from api.errors import ApiError
 from api.state import Backends
+from core.jobs.queue import QUEUES
+from core.jobs.schedule import PRIORITIES
 from core.schemas import JobStatus
 
 router = APIRouter()
@@ -51,8 +54,14 @@ def render_metrics(b: Backends) -> bytes:
     served = {e.id for e in b.registry.list()}
 
     def public(labels: tuple) -> tuple:
-        # a tenant's own model names are the tenant's data: never in an unauthenticated scrape
-        return tuple((k, v if k != "model" or v in served else "tenant_model") for k, v in labels)
+        # a tenant's own model names are the tenant's data: never in an unauthenticated scrape; tenants' names and
+        # what each costs only behind METRICS_TOKEN
+        return tuple(
+            (k, v if k != "model" or v in served else "tenant_model")
+            if k != "tenant" or b.settings.metrics_token
+            else (k, "all")
+            for k, v in labels
+        )
 
     merged_c: dict = {}
     for (name, labels), v in counters.items():
@@ -71,6 +80,9 @@ def render_metrics(b: Backends) -> bytes:
     counters, hists = merged_c, merged_h
     depth = len(b.store.jobs.ids_with_status(JobStatus.queued))
     running = len(b.store.jobs.ids_with_status(JobStatus.running))
+    backlog = {q: b.store.backlog.depth(q) for q in QUEUES}  # what autoscaling reads: queued by queue, level, model
+    now = time.time()
+    oldest = {q: min((w.since for w in b.store.backlog.heads(q)), default=None) for q in QUEUES}
 
     class Collector:
         def collect(self):
@@ -90,6 +102,19 @@ def render_metrics(b: Backends) -> bytes:
             yield g
             g = GaugeMetricFamily("diffuserve_jobs_running", "jobs running now")
             g.add_metric([], running)
+            yield g
+            g = GaugeMetricFamily(
+                "diffuserve_queued_jobs",
+                "jobs waiting, by queue, priority and model",
+                labels=["queue", "priority", "model"],
+            )
+            for q, rows in backlog.items():
+                for (level, model), n in sorted(rows.items()):
+                    g.add_metric([q, PRIORITIES[level], model if model in served else "tenant_model"], n)
+            yield g
+            g = GaugeMetricFamily("diffuserve_oldest_queued_seconds", "age of the oldest waiting job", labels=["queue"])
+            for q, since in oldest.items():
+                g.add_metric([q], max(0.0, now - since) if since is not None else 0.0)
             yield g
 
     reg = CollectorRegistry()

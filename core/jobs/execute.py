@@ -19,6 +19,7 @@ from core.jobs.context import JobContext
 from core.jobs.heartbeat import Heartbeat
 from core.jobs.records import output_key, records
 from core.jobs.store import JobStore, Limits
+from core.jobs.usage import today as usage_today
 from core.schemas import JobErrorInfo, JobRecord, JobStatus, Metrics, OutputItem
 from core.storage import Storage
 
@@ -218,6 +219,7 @@ def _run_group(
             ctxs[job.id] = JobContext(store, job, storage, job.lease_token, deadline, cache_dir, lost[job.id])
         # 3. run: one batch, or the job alone
         store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
+        t_run = time.perf_counter()
         if len(jobs) == 1:
             outcomes = [_attempt(lambda: runner.run(jobs[0], ctxs[jobs[0].id]))]
         else:
@@ -225,9 +227,10 @@ def _run_group(
                 outcomes = runner.run_batch(jobs, [ctxs[j.id] for j in jobs])
             except Exception as e:  # noqa: BLE001 - the batch could not start: each job records why
                 outcomes = [e] * len(jobs)
-        # 4. publish and finish each job on its own
+        # 4. each job's share of the device's time (the run's, split by images), then publish and finish it alone
+        shares = device_shares(jobs, (time.perf_counter() - t_run) * 1000)
         for job, outcome in zip(jobs, outcomes, strict=True):  # run_batch answers once per job
-            finals[job.id] = _complete(job, ctxs[job.id], outcome, store, storage, startup_ms)
+            finals[job.id] = _complete(job, ctxs[job.id], outcome, store, storage, startup_ms, shares[job.id])
     return finals
 
 
@@ -258,27 +261,32 @@ def _complete(
     store: JobStore,
     storage: Storage,
     startup_ms: float = 0.0,
+    device_ms: float = 0.0,
 ) -> JobRecord | None:
-    """Publish a job's outputs and finish it (succeeded, canceled or failed), as its lease owner only."""
+    """Publish a job's outputs and finish it (succeeded, canceled or failed), as its lease owner only; its device
+    time is recorded (metrics, usage) whatever the outcome."""
     job_id, token = job.id, ctx.token
     written: list[str] = []  # output keys, removed again unless the job succeeds
     error: JobErrorInfo | None = None
     try:
         if isinstance(outcome, BaseException):
             raise outcome
-        done = _publish(job_id, outcome, ctx, store, storage, startup_ms, written)
+        done = _publish(job_id, outcome, ctx, store, storage, startup_ms, written, device_ms)
     except LeaseLost:
         log.warning("job %s moved on to another worker; this attempt writes nothing", job_id)
         return store.jobs.get(job_id)
     except JobCancelled:
-        done = lifecycle.finish(store, job_id, token, JobStatus.canceled)
+        done = lifecycle.finish(store, job_id, token, JobStatus.canceled, metrics=Metrics(device_ms=device_ms))
     except Exception as e:  # noqa: BLE001 - recorded; the worker lives on
         if not isinstance(e, ServiceError):
             log.error("job %s failed", job_id, exc_info=e)
         error = _failure(e, job_id)
-        done = lifecycle.finish(store, job_id, token, JobStatus.failed, error=error)
+        done = lifecycle.finish(
+            store, job_id, token, JobStatus.failed, error=error, metrics=Metrics(device_ms=device_ms)
+        )
     if done is None:
         return store.jobs.get(job_id)  # someone else finished it (the reaper, or a newer owner)
+    _account(store, done, device_ms)
     if done.status == JobStatus.succeeded:
         _count_images(store.limits, done)
     else:
@@ -296,6 +304,7 @@ def _publish(
     storage: Storage,
     startup_ms: float,
     written: list[str],
+    device_ms: float = 0.0,
 ) -> JobRecord | None:
     """Write a result's artifacts under the job's output keys (appending each to ``written``) and finish the job
     succeeded; raises LeaseLost when the job is no longer ours."""
@@ -314,10 +323,30 @@ def _publish(
         load_ms=round(result.load_ms, 3),
         inference_ms=round(result.inference_ms, 3),
         upload_ms=round(upload_ms, 3),
+        device_ms=round(device_ms, 3),
     )
     return lifecycle.finish(
         store, job_id, ctx.token, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions
     )
+
+
+def device_shares(jobs: list[JobRecord], run_ms: float) -> dict[str, float]:
+    """Each job's share of a run's device time: by the images it asked for (a job alone: the whole run)."""
+    images = {job.id: max(1, int(job.input.get("num_images") or 1)) for job in jobs}
+    total = sum(images.values())
+    return {job_id: round(run_ms * n / total, 3) for job_id, n in images.items()}
+
+
+def _account(store: JobStore, done: JobRecord, device_ms: float) -> None:
+    """The tenant's usage (per UTC day and model: GET /v1/usage, the daily quota) and the per-tenant counter of
+    /metrics; never fails the job."""
+    model = done.model.id if done.model else "none"
+    images = sum(1 for o in done.output if o.content_type.startswith("image/"))
+    try:
+        store.usage.add(done.tenant, usage_today(), model, images, device_ms)
+        store.limits.incr("diffuserve_device_seconds_total", {"tenant": done.tenant, "model": model}, device_ms / 1000)
+    except Unavailable:
+        log.warning("job %s: its device time could not be recorded", done.id)
 
 
 def _count_images(limits: Limits, done: JobRecord) -> None:

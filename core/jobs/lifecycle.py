@@ -260,7 +260,7 @@ def finish(
         if metrics is not None:
             parts = {**metrics.model_dump(exclude_none=True), "queue_ms": job.metrics.queue_ms}
             total = round((job.finished_at - job.created_at).total_seconds() * 1000, 3)
-            known = sum(v for k, v in parts.items() if v is not None and k not in ("other_ms", "total_ms"))
+            known = sum(v for k, v in parts.items() if v is not None and k not in ("other_ms", "total_ms", "device_ms"))
             job.metrics = Metrics(**parts, other_ms=round(max(0.0, total - known), 3), total_ms=total)
         if model is not None:
             job.model = model

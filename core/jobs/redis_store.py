@@ -27,6 +27,7 @@ from redis.retry import Retry
 from core.errors import Unavailable
 from core.jobs.backlog import RedisBacklog
 from core.jobs.store import INDEXED, JobStore, _labels_key, over_quota
+from core.jobs.usage import RedisUsage
 from core.schemas import JobRecord
 
 P = "ds:"
@@ -502,6 +503,17 @@ class RedisBacklogs(RedisBacklog):
     depth = _unavailable(RedisBacklog.depth)
 
 
+class RedisUsages(RedisUsage):
+    """Device-time accounting on the store's Redis (``core/jobs/usage.py``), behind the breaker."""
+
+    def __init__(self, conn: RedisConn):
+        super().__init__(conn.r, f"{P}usage:")
+        self.c = conn
+
+    add = _unavailable(RedisUsage.add)
+    days = _unavailable(RedisUsage.days)
+
+
 def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64) -> JobStore:
     """The store of distributed mode: the gateway and every worker share it."""
     c = RedisConn(url, job_ttl_s, max_connections)
@@ -514,5 +526,6 @@ def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int
         RedisRegistrations(c),
         RedisWebhooks(c),
         RedisBacklogs(c),
+        RedisUsages(c),
         c,
     )

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from core.errors import QuotaExceeded
 from core.jobs.backlog import Backlog, MemoryBacklog
+from core.jobs.usage import MemoryUsage, Usage
 from core.schemas import JobRecord, JobStatus
 
 Mutator = Callable[[JobRecord], JobRecord | None]
@@ -157,6 +158,7 @@ class JobStore:
     registrations: Registrations
     webhooks: WebhookQueue
     backlog: Backlog
+    usage: Usage
     backend: Backend
 
     @property
@@ -503,5 +505,6 @@ def memory_store(job_ttl_s: float = 7 * 24 * 3600) -> JobStore:
         MemoryRegistrations(s),
         MemoryWebhooks(s),
         MemoryBacklog(),
+        MemoryUsage(),
         s,
     )
