@@ -80,9 +80,12 @@ class Engines:
         on_load: Callable[[str, float], None] | None = None,
         max_batch: int = 8,
         fast: FastPath | None = None,
+        max_warm_models: int | None = None,
     ):
         self.registry = registry
-        self.warm = Warm(registry, device, torch_threads, pipeline_budget_bytes, cache_dir, on_load, fast)
+        self.warm = Warm(
+            registry, device, torch_threads, pipeline_budget_bytes, cache_dir, on_load, fast, max_warm_models
+        )
         self.max_batch = max_batch
         self.memory = BatchMemory.for_device(self.warm.device)
 

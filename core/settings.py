@@ -33,6 +33,12 @@ class ServiceSettings(BaseSettings):
         None, description="memory the warm pipeline cache may hold; default 80% VRAM / 50% RAM"
     )
     warm_models: str = "digits"
+    max_warm_models: int | None = Field(
+        None, ge=1, description="models a worker holds warm at once, beside PIPELINE_BUDGET_MB; unset: the budget's"
+    )
+    affinity_wait_s: float = Field(
+        30.0, ge=0, description="a worker prefers jobs for its warm models over one that waited less than this"
+    )
     device: str | None = None
     torch_threads: int = 0
     lease_ttl_s: float = 15.0

@@ -95,7 +95,16 @@ def run_job(job_id: str) -> str | None:
     """Thin: the message wakes this worker; the scheduler picks the job it runs (``take_turn``: fair share between
     tenants, priorities); everything else happens in core.jobs.execute (claim, heartbeat, run, store, finish)."""
     p, s = process(), settings
-    done = take_turn(job_id, p.store, lambda chosen: _run_with_batch(p, chosen), s.priority_age_s, stop=p._stop)
+    held = p.runner.warm_models  # the models this worker holds warm (none before its engines are built)
+    done = take_turn(
+        job_id,
+        p.store,
+        lambda chosen: _run_with_batch(p, chosen),
+        s.priority_age_s,
+        stop=p._stop,
+        warm=held,
+        affinity_s=s.affinity_wait_s,
+    )
     return done.status.value if done else None
 
 

@@ -29,6 +29,7 @@ def build_engines(s: ServiceSettings, registry: ModelRegistry, on_load: Callable
                     cache_dir=s.data_dir / "cache",
                     on_load=on_load,
                     max_batch=s.max_batch,
+                    max_warm_models=s.max_warm_models,
                     fast=FastPath.for_device(
                         device,
                         enabled=s.fast_path,
@@ -42,4 +43,10 @@ def build_engines(s: ServiceSettings, registry: ModelRegistry, on_load: Callable
                 )
             return holder["e"]
 
+    def warm_models() -> set[str]:
+        """The models this worker holds warm now (none before its engines are built); the scheduler routes by it."""
+        built = holder.get("e")
+        return built.warm.cache.models() if built is not None else set()
+
+    engines.warm_models = warm_models  # type: ignore[attr-defined]
     return engines

@@ -2,10 +2,10 @@
 pass. The queue's messages only wake workers (one per job, so a queue's length is its real backlog, what KEDA
 scales on); which job a woken worker runs is the scheduler's choice over the backlog (``lifecycle.next_job``).
 
-Redis layout under ``ds:bk:{queue}:``: ``q:{tenant}\\t{level}`` a sorted set of job ids by the time they joined,
-``heads`` the set of non-empty (tenant, level) pairs, ``meta`` the JSON of each waiting job, ``count`` jobs waiting
-per tenant, ``pass`` each tenant's pass. Adding and taking are Lua scripts, so counts, heads and passes change
-together.
+Redis layout under ``ds:bk:{queue}:``: ``q:{tenant}\\t{level}\\t{model}`` a sorted set of job ids by the time they
+joined, ``heads`` the set of non-empty (tenant, level, model) triples, ``meta`` the JSON of each waiting job,
+``count`` jobs waiting per tenant, ``pass`` each tenant's pass. Adding and taking are Lua scripts, so counts, heads
+and passes change together.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Backlog(Protocol):
         by 1 / its weight. None when it was not there."""
 
     def heads(self, queue: str) -> list[Waiting]:
-        """The oldest waiting job of each (tenant, level)."""
+        """The oldest waiting job of each (tenant, level, model): what the rule, warm routing included, ranks."""
 
     def passes(self, queue: str) -> dict[str, float]: ...
 
@@ -68,9 +68,9 @@ class MemoryBacklog:
 
     def heads(self, queue):
         with self._lock:
-            out: dict[tuple[str, int], Waiting] = {}
+            out: dict[tuple[str, int, str | None], Waiting] = {}
             for job, _ in self._jobs[queue].values():
-                key = (job.tenant, job.level)
+                key = (job.tenant, job.level, job.model)
                 if key not in out or (job.since, job.job_id) < (out[key].since, out[key].job_id):
                     out[key] = job
             return list(out.values())
@@ -88,7 +88,7 @@ class MemoryBacklog:
 
 
 ADD = """
-local p, tenant, level, id, since, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local p, tenant, level, id, since, meta, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 if redis.call('HEXISTS', p .. 'meta', id) == 1 then return 0 end
 if tonumber(redis.call('HGET', p .. 'count', tenant) or '0') <= 0 then
   local floor = nil
@@ -103,8 +103,9 @@ if tonumber(redis.call('HGET', p .. 'count', tenant) or '0') <= 0 then
   if floor ~= nil and floor > own then redis.call('HSET', p .. 'pass', tenant, tostring(floor)) end
 end
 redis.call('HINCRBY', p .. 'count', tenant, 1)
-redis.call('ZADD', p .. 'q:' .. tenant .. '\\t' .. level, since, id)
-redis.call('SADD', p .. 'heads', tenant .. '\\t' .. level)
+local triple = tenant .. '\\t' .. level .. '\\t' .. model
+redis.call('ZADD', p .. 'q:' .. triple, since, id)
+redis.call('SADD', p .. 'heads', triple)
 redis.call('HSET', p .. 'meta', id, meta)
 return 1
 """
@@ -114,7 +115,9 @@ local p, id, charge = ARGV[1], ARGV[2], ARGV[3]
 local meta = redis.call('HGET', p .. 'meta', id)
 if not meta then return false end
 local w = cjson.decode(meta)
-local pair = w.tenant .. '\\t' .. w.level
+local model = w.model
+if model == nil or model == cjson.null then model = '' end
+local pair = w.tenant .. '\\t' .. w.level .. '\\t' .. model
 redis.call('HDEL', p .. 'meta', id)
 redis.call('ZREM', p .. 'q:' .. pair, id)
 if redis.call('ZCARD', p .. 'q:' .. pair) == 0 then redis.call('SREM', p .. 'heads', pair) end
@@ -142,7 +145,8 @@ class RedisBacklog:
 
     def add(self, queue, job, weight=1.0):
         meta = json.dumps({**asdict(job), "weight": weight})
-        return bool(self._add(args=[self._p(queue), job.tenant, job.level, job.job_id, job.since, meta]))
+        args = [self._p(queue), job.tenant, job.level, job.job_id, job.since, meta, job.model or ""]
+        return bool(self._add(args=args))
 
     def take(self, queue, job_id, charge=True):
         meta = self._take(args=[self._p(queue), job_id, "1" if charge else "0"])

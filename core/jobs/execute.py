@@ -82,9 +82,12 @@ def take_turn(
     age_s: float = 300.0,
     drain: int = 64,
     stop: threading.Event | None = None,
+    warm: Callable[[], set[str]] = set,
+    affinity_s: float = 0.0,
 ) -> JobRecord | None:
     """What one queue message wakes a worker for: the queued job the scheduler picks now (fair share between tenants,
-    priorities aged by ``age_s``; ``lifecycle.next_job``), run by ``attempt`` (None: another worker claimed it
+    priorities aged by ``age_s``, the worker's ``warm`` models preferred for ``affinity_s``; ``lifecycle.next_job``),
+    run by ``attempt`` (None: another worker claimed it
     first, so the next pick is tried); then, while jobs wait and up to ``drain`` in all, the next pick again. A job's
     message is what wakes a worker for it (and what autoscaling counts); which job runs is the rule's, and a worker
     never sleeps while the backlog holds a job whose message another turn used up. An empty backlog (an older record,
@@ -96,7 +99,7 @@ def take_turn(
         if stop is not None and stop.is_set():
             break
         try:
-            chosen = lifecycle.next_job(store, queue, age_s, exclude=tried)
+            chosen = lifecycle.next_job(store, queue, age_s, tried, warm=warm(), affinity_s=affinity_s)
         except Unavailable:
             chosen = None
         if chosen is None and first is None and message_id not in tried:

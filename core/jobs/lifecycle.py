@@ -43,15 +43,22 @@ def waiting_of(job: JobRecord) -> Waiting:
 
 
 def next_job(
-    store: JobStore, queue_name: str, age_s: float = 300.0, exclude: Collection[str] = (), tries: int = 16
+    store: JobStore,
+    queue_name: str,
+    age_s: float = 300.0,
+    exclude: Collection[str] = (),
+    tries: int = 16,
+    warm: frozenset[str] | set[str] = frozenset(),
+    affinity_s: float = 0.0,
 ) -> str | None:
     """The queued job a free worker of ``queue_name`` should run now, by the scheduling rule (fair share between
-    tenants within a priority level, priorities aged by ``age_s``); None when nothing waits. An entry whose job is no
-    longer queued (canceled, finished, expired) is dropped on the way."""
+    tenants within a priority level, priorities aged by ``age_s``, the models it holds ``warm`` preferred unless the
+    rule's pick waited ``affinity_s``); None when nothing waits. An entry whose job is no longer queued (canceled,
+    finished, expired) is dropped on the way."""
     wall = time.time()
     for _ in range(tries):
-        chosen = pick(store.backlog.heads(queue_name), store.backlog.passes(queue_name), wall, age_s,
-                      lambda w: w.job_id in exclude)  # fmt: skip
+        heads, passes = store.backlog.heads(queue_name), store.backlog.passes(queue_name)
+        chosen = pick(heads, passes, wall, age_s, lambda w: w.job_id in exclude, warm, affinity_s)
         if chosen is None:
             return None
         job = store.jobs.get(chosen.job_id)

@@ -11,6 +11,10 @@ The rule, in order:
    least pass of those waiting (no credit banked while idle), so a flood of one tenant delays another tenant's next job
    by at most about one job per worker, and tenants share the workers in proportion to their weights.
 3. **Oldest first** within the tenant and level.
+4. **Warm models.** A worker that holds models warm takes, in place of the job the rule picks, the best job at the
+   same effective level for a model it holds, unless the rule's pick has waited ``affinity_s`` already: a model is
+   loaded where the demand meets no warm worker (the first worker free loads it), and no job waits past the bound
+   because of affinity.
 
 No tenant can starve others by raising its priority: the level a tenant may ask for is capped by its
 ``max_priority`` (``TENANTS_CONFIG``; the default ceiling is ``normal``), checked at submit.
@@ -45,17 +49,25 @@ def pick(
     now: float,
     age_s: float,
     exclude: Callable[[Waiting], bool] = lambda w: False,
+    warm: frozenset[str] | set[str] = frozenset(),
+    affinity_s: float = 0.0,
 ) -> Waiting | None:
-    """The next job among ``heads`` (the oldest waiting job of each (tenant, level)), by the rule above; None when
-    there is none (``exclude``: jobs to pass over, e.g. already taken into this batch)."""
-    best: tuple | None = None
-    chosen: Waiting | None = None
-    for w in heads:
-        if exclude(w):
-            continue
-        key = (w.effective_level(now, age_s), passes.get(w.tenant, 0.0), w.since, w.level, w.job_id)
-        if best is None or key < best:
-            best, chosen = key, w
+    """The next job among ``heads`` (the oldest waiting job of each (tenant, level, model)), by the rule above; None
+    when there is none (``exclude``: jobs to pass over, e.g. already taken into this batch)."""
+    ranked = sorted(
+        ((w.effective_level(now, age_s), passes.get(w.tenant, 0.0), w.since, w.level, w.job_id), w)
+        for w in heads
+        if not exclude(w)
+    )
+    if not ranked:
+        return None
+    (level, *_), chosen = ranked[0]
+    if warm and chosen.model not in warm and now - chosen.since < affinity_s:
+        for (other_level, *_), w in ranked[1:]:
+            if other_level != level:
+                break
+            if w.model in warm:
+                return w
     return chosen
 
 

@@ -43,9 +43,18 @@ def release_memory() -> None:
         pass
 
 
+MODEL_KINDS = ("engine", "pipeline")  # cache keys that are models; the others (ControlNets, preprocessors) go along
+
+
 class PipelineCache:
-    def __init__(self, budget_bytes: int, on_load: Callable[[tuple, float], None] | None = None):
+    def __init__(
+        self,
+        budget_bytes: int,
+        on_load: Callable[[tuple, float], None] | None = None,
+        max_models: int | None = None,
+    ):
         self.budget_bytes = budget_bytes
+        self.max_models = max_models  # MAX_WARM_MODELS: models (engine or pipeline) held at once, beside the budget
         self.on_load = on_load  # (key, load_ms) after every cold load, warm-ups included
         self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
         self._lock = threading.RLock()
@@ -58,6 +67,17 @@ class PipelineCache:
     def keys(self) -> list[tuple]:
         with self._lock:
             return list(self._items)
+
+    def models(self) -> set[str]:
+        """The ids of the models held warm (what the scheduler routes by)."""
+        with self._lock:
+            return {k[1] for k in self._items if k[0] in MODEL_KINDS}
+
+    def _over(self) -> bool:
+        if self.used_bytes() > self.budget_bytes:
+            return True
+        held = sum(1 for k in self._items if k[0] in MODEL_KINDS)
+        return self.max_models is not None and held > self.max_models
 
     def get(self, key: tuple, load: Callable[[], object]) -> tuple[object, float]:
         """Return (item, load_ms); load_ms is 0 on a warm hit, and the time waited when another thread (a warm-up)
@@ -79,8 +99,9 @@ class PipelineCache:
 
     def _evict(self, keep: tuple) -> None:
         evicted = False
-        while self.used_bytes() > self.budget_bytes and len(self._items) > 1:
-            old = next(k for k in self._items if k != keep)
+        while self._over() and len(self._items) > 1:
+            over_budget = self.used_bytes() > self.budget_bytes  # else over MAX_WARM_MODELS: a model goes
+            old = next(k for k in self._items if k != keep and (over_budget or k[0] in MODEL_KINDS))
             self._items.pop(old)
             self.evictions += 1
             evicted = True

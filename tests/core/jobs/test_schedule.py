@@ -100,3 +100,26 @@ def test_property_every_waiting_tenant_starts_within_one_round(floods, taken_fir
     tenants = {j.tenant for j in s.jobs}
     order = [s.take(t + 2).tenant for _ in range(len(tenants))]
     assert "late" in order, (order, tenants)
+
+
+def test_a_worker_takes_a_job_for_its_warm_model_at_the_same_level():
+    heads = [
+        Waiting("cold", "a", 1, "mnist", since=0.0),  # the rule's pick: the oldest
+        Waiting("hot", "b", 1, "digits", since=5.0),
+        Waiting("urgent", "c", 0, "mnist", since=9.0),
+    ]
+    assert pick(heads, {}, 10, 300).job_id == "urgent"  # a higher level goes first, warm or not
+    normal = heads[:2]
+    assert pick(normal, {}, 10, 300, warm={"digits"}, affinity_s=30).job_id == "hot"
+    assert pick(normal, {}, 10, 300, warm={"mnist"}, affinity_s=30).job_id == "cold"
+    assert pick(normal, {}, 10, 300, warm=set(), affinity_s=30).job_id == "cold"  # nothing warm: the rule's pick
+    assert pick(normal, {}, 31, 300, warm={"digits"}, affinity_s=30).job_id == "cold"  # waited past the bound
+
+
+def test_affinity_never_holds_a_job_past_the_bound():
+    """Two workers, each warm on one model, one model's jobs only: the other worker takes them once they waited."""
+    s = Sim()
+    for i in range(5):
+        s.add("a", since=i, model="mnist")
+    heads = s.heads()
+    assert pick(heads, s.passes, 10, 300, warm={"digits"}, affinity_s=30).model == "mnist"  # no digits job: take it
