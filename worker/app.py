@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from celery.signals import worker_init, worker_process_init, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_shutdown, worker_shutting_down
 from kombu import Queue as KombuQueue
 
 from core.jobs import lifecycle
@@ -82,6 +82,15 @@ def _init_main(sender: object = None, **_: object) -> None:  # --pool solo / thr
         return  # each prefork child warms up in worker_process_init
     process().warm_up()
     process().start_reaper()
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_: object) -> None:
+    """SIGTERM (a scale-down, a rollout): take no new job. The one running finishes (Celery's warm shutdown waits for
+    it; the pod's termination grace is longer than the longest job), the turn's drain stops after it, and the
+    message is acked; a worker killed anyway leaves its job to the reaper, queued again when its lease expires."""
+    if _process is not None:
+        _process._stop.set()
 
 
 @worker_shutdown.connect
