@@ -37,7 +37,7 @@ class ServiceSettings(BaseSettings):
         None, ge=1, description="models a worker holds warm at once, beside PIPELINE_BUDGET_MB; unset: the budget's"
     )
     affinity_wait_s: float = Field(
-        30.0, ge=0, description="a worker prefers jobs for its warm models over one that waited less than this"
+        30.0, ge=0, description="a worker prefers a job for its warm models over an older one up to this much older"
     )
     device: str | None = None
     torch_threads: int = 0

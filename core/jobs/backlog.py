@@ -10,6 +10,7 @@ and passes change together.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 from collections import defaultdict
@@ -38,9 +39,14 @@ class Backlog(Protocol):
 
 
 class MemoryBacklog:
+    """In memory: per (tenant, level, model) a list of (joined, job id) kept in order, so ``heads`` costs one look per
+    triple, however long the backlog (the fleet simulator runs it with tens of thousands waiting)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, dict[str, tuple[Waiting, float]]] = defaultdict(dict)  # queue -> id -> (job, weight)
+        self._lines: dict[str, dict[tuple, list[tuple[float, str]]]] = defaultdict(dict)  # queue -> triple -> line
+        self._count: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # queue -> tenant -> waiting
         self._passes: dict[str, dict[str, float]] = defaultdict(dict)
 
     def add(self, queue, job, weight=1.0):
@@ -48,11 +54,14 @@ class MemoryBacklog:
             jobs = self._jobs[queue]
             if job.job_id in jobs:
                 return False
-            waiting = {w.tenant for w, _ in jobs.values()}
-            if job.tenant not in waiting:
-                passes = self._passes[queue]
-                passes[job.tenant] = joining_pass(passes.get(job.tenant), [passes.get(t, 0.0) for t in waiting])
+            count, passes = self._count[queue], self._passes[queue]
+            if not count.get(job.tenant):
+                waiting = [passes.get(t, 0.0) for t, n in count.items() if n]
+                passes[job.tenant] = joining_pass(passes.get(job.tenant), waiting)
             jobs[job.job_id] = (job, weight)
+            count[job.tenant] += 1
+            line = self._lines[queue].setdefault((job.tenant, job.level, job.model), [])
+            bisect.insort(line, (job.since, job.job_id))
             return True
 
     def take(self, queue, job_id, charge=True):
@@ -61,6 +70,12 @@ class MemoryBacklog:
             if found is None:
                 return None
             job, weight = found
+            triple = (job.tenant, job.level, job.model)
+            line = self._lines[queue][triple]
+            line.remove((job.since, job.job_id))
+            if not line:
+                del self._lines[queue][triple]
+            self._count[queue][job.tenant] -= 1
             if charge:
                 passes = self._passes[queue]
                 passes[job.tenant] = passes.get(job.tenant, 0.0) + 1.0 / weight
@@ -68,12 +83,8 @@ class MemoryBacklog:
 
     def heads(self, queue):
         with self._lock:
-            out: dict[tuple[str, int, str | None], Waiting] = {}
-            for job, _ in self._jobs[queue].values():
-                key = (job.tenant, job.level, job.model)
-                if key not in out or (job.since, job.job_id) < (out[key].since, out[key].job_id):
-                    out[key] = job
-            return list(out.values())
+            jobs = self._jobs[queue]
+            return [jobs[line[0][1]][0] for line in self._lines[queue].values()]
 
     def passes(self, queue):
         with self._lock:

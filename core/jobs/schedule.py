@@ -12,9 +12,10 @@ The rule, in order:
    by at most about one job per worker, and tenants share the workers in proportion to their weights.
 3. **Oldest first** within the tenant and level.
 4. **Warm models.** A worker that holds models warm takes, in place of the job the rule picks, the best job at the
-   same effective level for a model it holds, unless the rule's pick has waited ``affinity_s`` already: a model is
-   loaded where the demand meets no warm worker (the first worker free loads it), and no job waits past the bound
-   because of affinity.
+   same effective level for a model it holds that joined less than ``affinity_s`` after the rule's pick: a model is
+   loaded where the demand meets no warm worker (the first worker free loads it), and a job is passed over only by
+   the warm jobs that arrived within ``affinity_s`` after it, so no job waits past that bound because of affinity
+   (an absolute bound on its wait would give affinity up exactly when a busy fleet needs it most).
 
 No tenant can starve others by raising its priority: the level a tenant may ask for is capped by its
 ``max_priority`` (``TENANTS_CONFIG``; the default ceiling is ``normal``), checked at submit.
@@ -62,11 +63,11 @@ def pick(
     if not ranked:
         return None
     (level, *_), chosen = ranked[0]
-    if warm and chosen.model not in warm and now - chosen.since < affinity_s:
+    if warm and chosen.model not in warm and affinity_s > 0:
         for (other_level, *_), w in ranked[1:]:
             if other_level != level:
                 break
-            if w.model in warm:
+            if w.model in warm and w.since - chosen.since < affinity_s:
                 return w
     return chosen
 

@@ -113,7 +113,8 @@ def test_a_worker_takes_a_job_for_its_warm_model_at_the_same_level():
     assert pick(normal, {}, 10, 300, warm={"digits"}, affinity_s=30).job_id == "hot"
     assert pick(normal, {}, 10, 300, warm={"mnist"}, affinity_s=30).job_id == "cold"
     assert pick(normal, {}, 10, 300, warm=set(), affinity_s=30).job_id == "cold"  # nothing warm: the rule's pick
-    assert pick(normal, {}, 31, 300, warm={"digits"}, affinity_s=30).job_id == "cold"  # waited past the bound
+    later = [heads[0], Waiting("hot", "b", 1, "digits", since=35.0)]  # came 35 s after the cold one
+    assert pick(later, {}, 40, 300, warm={"digits"}, affinity_s=30).job_id == "cold"  # the bound: 30 s
 
 
 def test_affinity_never_holds_a_job_past_the_bound():
