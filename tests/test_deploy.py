@@ -82,3 +82,41 @@ def test_gateway_image_is_slim():
     pinned = dict(re.findall(r"^([\w\[\]-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
     for name, version in re.findall(r"^([\w\[\]-]+)==(\S+)", reqs, re.M):
         assert pinned.get(name) == version, name  # the same pins as the worker
+
+
+KUSTOMIZE = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(KUSTOMIZE is None, reason="kubectl (for `kubectl kustomize`) is not installed")
+@pytest.mark.parametrize("target", ["base", "overlays/cpu"])
+def test_kubernetes_manifests_render_and_validate(target):
+    """Both kustomizations render; every built-in object validates against Kubernetes 1.32's schemas (strict: an
+    unknown field fails); the KEDA ScaledObject (a CRD, not in those schemas) scales the worker on the inference list;
+    the worker's probes and grace period are the ones the README explains."""
+    import kubernetes_validate
+    import yaml
+
+    out = subprocess.run(
+        [KUSTOMIZE, "kustomize", str(REPO / "deploy" / "k8s" / target)], capture_output=True, text=True, check=True
+    )
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = {}
+    for doc in docs:
+        kinds[(doc["kind"], doc["metadata"]["name"])] = doc
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue
+        kubernetes_validate.validate(doc, "1.32.0", strict=True)
+    scaled = kinds[("ScaledObject", "worker")]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "inference"
+    worker = kinds[("Deployment", "worker")]["spec"]["template"]["spec"]
+    assert worker["terminationGracePeriodSeconds"] > 3600  # longer than an image job's longest timeout
+    container = worker["containers"][0]
+    assert "ping" not in str(container["livenessProbe"]) and "diffuserve-alive" in str(container["livenessProbe"])
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
+    gpu = container["resources"].get("limits", {}).get("nvidia.com/gpu")
+    assert gpu == (1 if target == "base" else None)
+    gateway = kinds[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"

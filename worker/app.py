@@ -57,6 +57,20 @@ class Process:
     def start_reaper(self) -> None:
         s = self.settings
         lifecycle.start_reaper(self.store, self.queue, self.storage, s.reaper_interval_s, s.max_attempts, self._stop)
+        if s.alive_file is not None:
+            threading.Thread(target=self._keep_alive, name="alive-file", daemon=True).start()
+
+    def _keep_alive(self) -> None:
+        """ALIVE_FILE's time is the last moment this process ran and reached its store (the liveness probe's)."""
+        path, every = self.settings.alive_file, self.settings.alive_every_s
+        wait = 0.0  # at once, then every ALIVE_EVERY_S
+        while not self._stop.wait(wait):
+            wait = every
+            try:
+                if self.store.ping():
+                    path.touch()
+            except Exception:  # noqa: BLE001 - the probe sees the file age; the next round tries again
+                log.warning("alive file: the store did not answer")
 
 
 _process: Process | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import Field, field_validator
 
@@ -14,6 +15,12 @@ class WorkerSettings(ServiceSettings):
 
     broker_url: str = Field("redis://127.0.0.1:6379/0")
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}")
+    alive_file: Path | None = Field(
+        None,
+        description="touched every ALIVE_EVERY_S while the process runs and reaches its store: a liveness probe reads "
+        "its age (never `celery inspect ping`, which a busy single-slot worker cannot answer)",
+    )
+    alive_every_s: float = Field(10.0, gt=0)
 
     @field_validator("broker_url")
     @classmethod

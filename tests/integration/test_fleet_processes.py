@@ -23,11 +23,16 @@ SHORT = {"prompt": "5", "num_inference_steps": 4}
 
 def test_sigterm_finishes_the_running_job_takes_no_other_and_exits(redis_server, s3_server, tmp_path, logs_dir):
     db = redis_server.rsplit("/", 1)[0] + "/12"
-    stack = Stack(db, s3_server, tmp_path, logs_dir, extra_env={"BATCH_WINDOW_MS": "0"})
+    alive = tmp_path / "alive"
+    env = {"BATCH_WINDOW_MS": "0", "ALIVE_FILE": str(alive), "ALIVE_EVERY_S": "0.5"}
+    stack = Stack(db, s3_server, tmp_path, logs_dir, extra_env=env)
     try:
         worker = stack.start_worker("draining")
         running = stack.submit(LONGER)["id"]
         wait_for(lambda: stack.http.get(f"/v1/jobs/{running}", headers=A).json()["progress"]["step"] > 0, 60)
+        # busy with its one job, the worker still tells its liveness probe it lives (the alive file keeps moving)
+        seen = alive.stat().st_mtime
+        wait_for(lambda: alive.stat().st_mtime > seen, 10, what="the alive file touched while the worker is busy")
         queued = [stack.submit(SHORT)["id"] for _ in range(3)]
         worker.kill(signal.SIGTERM)  # a scale-down: Celery's warm shutdown
         wait_for(lambda: not worker.alive(), 120, what="the worker exits after its job")
