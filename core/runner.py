@@ -81,10 +81,11 @@ class Engines:
         max_batch: int = 8,
         fast: FastPath | None = None,
         max_warm_models: int | None = None,
+        demand: Callable[[str], float] | None = None,
     ):
         self.registry = registry
         self.warm = Warm(
-            registry, device, torch_threads, pipeline_budget_bytes, cache_dir, on_load, fast, max_warm_models
+            registry, device, torch_threads, pipeline_budget_bytes, cache_dir, on_load, fast, max_warm_models, demand
         )
         self.max_batch = max_batch
         self.memory = BatchMemory.for_device(self.warm.device)

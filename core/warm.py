@@ -63,6 +63,7 @@ class Warm:
         on_load: Callable[[str, float], None] | None = None,
         fast: FastPath | None = None,
         max_models: int | None = None,
+        demand: Callable[[str], float] | None = None,
     ):
         import torch
 
@@ -78,6 +79,7 @@ class Warm:
             pipeline_budget_bytes or default_budget(self.device),
             on_load=(lambda key, ms: on_load(key[1], ms)) if on_load else None,  # key: (kind, model id, version)
             max_models=max_models,
+            demand=demand,
         )
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self.fast: FastPath = fast or FastPath.for_device(self.device, cache_dir=self.cache_dir / "inductor-cache")

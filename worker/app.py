@@ -43,7 +43,9 @@ class Process:
         self.storage: Storage = build_storage(s, signing_key="unused-by-workers")
         self.registry = build_registry(s)
         self.worker_id = f"{s.worker_name}:{os.getpid()}"
-        self.runner = build_engines(s, self.registry, self._record_load)
+        self.runner = build_engines(
+            s, self.registry, self._record_load, lambda model: lifecycle.queued_for(self.store, model)
+        )
         self._stop = threading.Event()
         self.last_batch = 1  # jobs in the previous batch this process ran
 

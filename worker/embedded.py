@@ -31,7 +31,12 @@ class EmbeddedWorker:
     def start(self, store: JobStore, storage: Storage, registry: ModelRegistry) -> InProcessQueue:
         """Start the queue's threads (and warm WARM_MODELS up on a thread of its own); returns the started queue."""
         s = self.settings
-        runner = build_engines(s, registry, lambda model, ms: lifecycle.record_model_load(store.limits, model, ms))
+        runner = build_engines(
+            s,
+            registry,
+            lambda model, ms: lifecycle.record_model_load(store.limits, model, ms),
+            lambda model: lifecycle.queued_for(store, model),
+        )
 
         def attempt(job_id: str):
             return execute_job(job_id, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)

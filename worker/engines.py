@@ -9,8 +9,14 @@ from core.registry import ModelRegistry
 from core.settings import ServiceSettings
 
 
-def build_engines(s: ServiceSettings, registry: ModelRegistry, on_load: Callable[[str, float], None] | None = None):
-    """A callable that makes the worker's Engines on first call (torch and diffusers load then, not at import)."""
+def build_engines(
+    s: ServiceSettings,
+    registry: ModelRegistry,
+    on_load: Callable[[str, float], None] | None = None,
+    demand: Callable[[str], float] | None = None,
+):
+    """A callable that makes the worker's Engines on first call (torch and diffusers load then, not at import);
+    ``demand`` (queued jobs per model) decides which warm model goes when one must."""
     lock, holder = threading.Lock(), {}
 
     def engines():
@@ -30,6 +36,7 @@ def build_engines(s: ServiceSettings, registry: ModelRegistry, on_load: Callable
                     on_load=on_load,
                     max_batch=s.max_batch,
                     max_warm_models=s.max_warm_models,
+                    demand=demand,
                     fast=FastPath.for_device(
                         device,
                         enabled=s.fast_path,

@@ -68,6 +68,11 @@ def next_job(
     return None
 
 
+def queued_for(store: JobStore, model: str, queues: tuple[str, ...] = ("inference", "training")) -> int:
+    """Jobs waiting for ``model`` (what a worker weighs when one of its warm models must go)."""
+    return sum(n for q in queues for (_, m), n in store.backlog.depth(q).items() if m == model)
+
+
 def new_job(
     job_type: JobType,
     input: dict[str, Any],

@@ -52,8 +52,10 @@ class PipelineCache:
         budget_bytes: int,
         on_load: Callable[[tuple, float], None] | None = None,
         max_models: int | None = None,
+        demand: Callable[[str], float] | None = None,
     ):
         self.budget_bytes = budget_bytes
+        self.demand = demand  # queued jobs per model id: a model still in demand is evicted last
         self.max_models = max_models  # MAX_WARM_MODELS: models (engine or pipeline) held at once, beside the budget
         self.on_load = on_load  # (key, load_ms) after every cold load, warm-ups included
         self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
@@ -101,13 +103,25 @@ class PipelineCache:
         evicted = False
         while self._over() and len(self._items) > 1:
             over_budget = self.used_bytes() > self.budget_bytes  # else over MAX_WARM_MODELS: a model goes
-            old = next(k for k in self._items if k != keep and (over_budget or k[0] in MODEL_KINDS))
+            old = self._victim(keep, over_budget)
             self._items.pop(old)
             self.evictions += 1
             evicted = True
             log.info("evicted %s from the pipeline cache", old)
         if evicted:
             release_memory()
+
+    def _victim(self, keep: tuple, over_budget: bool) -> tuple:
+        """What goes: the least recently used, except that among models the one with the least queued demand goes
+        first (the eviction that costs least: the jobs waiting for the others need no reload)."""
+        candidates = [k for k in self._items if k != keep and (over_budget or k[0] in MODEL_KINDS)]
+        if self.demand is None:
+            return candidates[0]
+        try:
+            wanted = {k[1]: self.demand(k[1]) for k in candidates if k[0] in MODEL_KINDS}
+        except Exception:  # noqa: BLE001 - demand is a hint: without it, least recently used
+            return candidates[0]
+        return min(candidates, key=lambda k: wanted.get(k[1], 0.0) if k[0] in MODEL_KINDS else 0.0)
 
     def clear(self) -> None:
         with self._lock:
