@@ -108,15 +108,21 @@ def test_kubernetes_manifests_render_and_validate(target):
         kubernetes_validate.validate(doc, "1.32.0", strict=True)
     scaled = kinds[("ScaledObject", "worker")]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
-    (trigger,) = scaled["spec"]["triggers"]
+    (trigger,) = scaled["spec"]["triggers"]  # noqa: RUF100
     assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "inference"
     worker = kinds[("Deployment", "worker")]["spec"]["template"]["spec"]
     assert worker["terminationGracePeriodSeconds"] > 3600  # longer than an image job's longest timeout
     container = worker["containers"][0]
     assert "ping" not in str(container["livenessProbe"]) and "diffuserve-alive" in str(container["livenessProbe"])
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
-    gpu = container["resources"].get("limits", {}).get("nvidia.com/gpu")
-    assert gpu == (1 if target == "base" else None)
+    for name in ("worker", "trainer"):
+        resources = kinds[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert resources.get("limits", {}).get("nvidia.com/gpu") == (1 if target == "base" else None)
+    trainer = kinds[("Deployment", "trainer")]["spec"]["template"]["spec"]
+    assert "training" in trainer["containers"][0]["args"] and trainer["terminationGracePeriodSeconds"] > 24 * 3600
+    assert kinds[("ScaledObject", "trainer")]["spec"]["triggers"][0]["metadata"]["listName"] == "training"
+    assert all(d["metadata"].get("namespace") in (None, "diffuserve") for d in docs)  # KEDA reaches redis by FQDN
+    assert "redis.diffuserve.svc.cluster.local" in trigger["metadata"]["address"]
     gateway = kinds[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -57,7 +57,7 @@ class MemoryBacklog:
             count, passes = self._count[queue], self._passes[queue]
             if not count.get(job.tenant):
                 waiting = [passes.get(t, 0.0) for t, n in count.items() if n]
-                passes[job.tenant] = joining_pass(passes.get(job.tenant), waiting)
+                passes[job.tenant] = joining_pass(passes.get(job.tenant), waiting, weight)
             jobs[job.job_id] = (job, weight)
             count[job.tenant] += 1
             line = self._lines[queue].setdefault((job.tenant, job.level, job.model), [])
@@ -100,6 +100,7 @@ class MemoryBacklog:
 
 ADD = """
 local p, tenant, level, id, since, meta, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local weight = tonumber(ARGV[8])
 if redis.call('HEXISTS', p .. 'meta', id) == 1 then return 0 end
 if tonumber(redis.call('HGET', p .. 'count', tenant) or '0') <= 0 then
   local floor = nil
@@ -111,7 +112,10 @@ if tonumber(redis.call('HGET', p .. 'count', tenant) or '0') <= 0 then
     end
   end
   local own = tonumber(redis.call('HGET', p .. 'pass', tenant) or '0')
-  if floor ~= nil and floor > own then redis.call('HSET', p .. 'pass', tenant, tostring(floor)) end
+  if floor ~= nil then
+    local joined = math.min(math.max(own, floor), floor + 1.0 / weight)
+    if joined ~= own then redis.call('HSET', p .. 'pass', tenant, string.format('%.17g', joined)) end
+  end
 end
 redis.call('HINCRBY', p .. 'count', tenant, 1)
 local triple = tenant .. '\\t' .. level .. '\\t' .. model
@@ -156,7 +160,7 @@ class RedisBacklog:
 
     def add(self, queue, job, weight=1.0):
         meta = json.dumps({**asdict(job), "weight": weight})
-        args = [self._p(queue), job.tenant, job.level, job.job_id, job.since, meta, job.model or ""]
+        args = [self._p(queue), job.tenant, job.level, job.job_id, job.since, meta, job.model or "", weight]
         return bool(self._add(args=args))
 
     def take(self, queue, job_id, charge=True):

@@ -102,7 +102,7 @@ def take_turn(
             chosen = lifecycle.next_job(store, queue, age_s, tried, warm=warm(), affinity_s=affinity_s)
         except Unavailable:
             chosen = None
-        if chosen is None and first is None and message_id not in tried:
+        if chosen is None and message_id not in tried:  # a job with no backlog entry still runs on its message
             chosen = message_id
         if chosen is None:
             break

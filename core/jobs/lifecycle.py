@@ -47,7 +47,6 @@ def next_job(
     queue_name: str,
     age_s: float = 300.0,
     exclude: Collection[str] = (),
-    tries: int = 16,
     warm: frozenset[str] | set[str] = frozenset(),
     affinity_s: float = 0.0,
 ) -> str | None:
@@ -56,16 +55,20 @@ def next_job(
     rule's pick waited ``affinity_s``); None when nothing waits. An entry whose job is no longer queued (canceled,
     finished, expired) is dropped on the way."""
     wall = time.time()
-    for _ in range(tries):
+    dropped: set[str] = set()
+    while True:  # every stale entry met is dropped (one each), so this ends with the backlog
         heads, passes = store.backlog.heads(queue_name), store.backlog.passes(queue_name)
-        chosen = pick(heads, passes, wall, age_s, lambda w: w.job_id in exclude, warm, affinity_s)
+        chosen = pick(
+            heads, passes, wall, age_s, lambda w: w.job_id in exclude or w.job_id in dropped, warm, affinity_s
+        )
         if chosen is None:
             return None
         job = store.jobs.get(chosen.job_id)
         if job is not None and job.status == JobStatus.queued:
             return chosen.job_id
-        store.backlog.take(queue_name, chosen.job_id, charge=False)
-    return None
+        # started by a worker whose own take has not run yet: whoever removes the entry charges the tenant once
+        store.backlog.take(queue_name, chosen.job_id, charge=job is not None and job.started_at is not None)
+        dropped.add(chosen.job_id)
 
 
 def queued_for(store: JobStore, model: str, queues: tuple[str, ...] = ("inference", "training")) -> int:
@@ -323,7 +326,10 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
 
     job = store.jobs.update(job_id, fn)
     if job is not None and changed == "canceled":
-        store.backlog.take(job.queue, job_id, charge=False)
+        try:
+            store.backlog.take(job.queue, job_id, charge=False)
+        except Unavailable:  # the scheduler drops the entry when it next meets it
+            log.warning("job %s: canceled, but not taken out of the backlog", job_id)
         store.events.add_event(job_id, "status", status_event(job))
         _count_finished(store.limits, job)
         webhooks.emit(store.webhooks, job, "completed")
@@ -369,6 +375,7 @@ def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, ma
         log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
         store.backlog.add(job.queue, waiting_of(job), job.weight)  # at its place: the time it was first queued
         queue.enqueue(job_id, job.queue)
+        store.jobs.update(job_id, _mark_enqueued)
         return True
     _count_finished(store.limits, job)
     return False
@@ -393,6 +400,7 @@ def _orphaned(job: JobRecord, wall: datetime, max_attempts: int, lease_alive: Ca
         job.status = JobStatus.queued
         job.worker = None
         job.progress.step = 0
+        job.enqueued = False  # until its backlog entry and message are out again (else the reaper sends them)
     if job.status.is_terminal():
         job.finished_at = now()
     job.lease_token = None

@@ -72,10 +72,11 @@ def pick(
     return chosen
 
 
-def joining_pass(own: float | None, waiting_passes: Iterable[float]) -> float:
-    """The pass of a tenant whose first job joins the waiting: its own, raised to the least pass of the tenants
-    already waiting (an idle tenant banks no credit)."""
+def joining_pass(own: float | None, waiting_passes: Iterable[float], weight: float = 1.0) -> float:
+    """The pass of a tenant whose first job joins the waiting: its own, kept within one job of the least pass of the
+    tenants already waiting: raised to it (an idle tenant banks no credit) and lowered to it plus ``1 / weight`` (a
+    tenant that ran alone for a long while carries no debt into a busy hour)."""
     floor = min(waiting_passes, default=None)
     if floor is None:
         return own or 0.0
-    return max(own or 0.0, floor)
+    return min(max(own or 0.0, floor), floor + 1.0 / weight)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from core import uploads, webhooks
 from core.catalog import LIMITS, LORA_SERVABLE, MAX_VIDEO_VOLUME, ModelKind, denoising_steps
 from core.errors import InputError
-from core.jobs.schedule import LEVEL
+from core.jobs.schedule import LEVEL, PRIORITIES
 from core.jobs.store import JobStore
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import MAX_SEED, GenerationBase, ModelRef, Txt2ImgRequest
@@ -86,8 +86,9 @@ def admit(v: Inputs, tenant: str, task: Task, body: BaseModel) -> tuple[BaseMode
     request = done.request
     # 4. the priority (the task's default; at most the tenant's ceiling), the timeout (default and cap: the
     # family's), the seed (random when null: image i uses seed + i)
-    changes: dict = {"priority": request.priority or task.priority}
     ceiling = v.tenants.of(tenant).max_priority
+    default = PRIORITIES[max(LEVEL[task.priority], LEVEL[ceiling])]  # a tenant capped at low gets low by default
+    changes: dict = {"priority": request.priority or default}
     if LEVEL[changes["priority"]] < LEVEL[ceiling]:
         raise InputError(f"at most {ceiling} for this tenant (its max_priority)", field="priority")
     lim = LIMITS[done.limits]

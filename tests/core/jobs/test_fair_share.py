@@ -34,10 +34,18 @@ class ListQueue:
         self.messages.append(job_id)
 
 
+STORAGES: dict = {}
+
+
+def storage_of(world):
+    return STORAGES[id(world[0])]
+
+
 @pytest.fixture
 def world(tmp_path):
     store, q, runner = memory_store(), ListQueue(), Recorder()
     storage = LocalStorage(tmp_path / "data", "k" * 32)
+    STORAGES[id(store)] = storage
 
     def submit(tenant, priority="normal", weight=1.0):
         job = lifecycle.new_job(JobType.txt2img, {"priority": priority}, tenant, weight=weight)
@@ -111,3 +119,16 @@ def test_canceled_and_taken_jobs_leave_the_backlog(world):
     turn()
     assert store.backlog.heads("inference") == [] and runner.order == ["a"]
     assert turn() is None  # the canceled job's message finds nothing to run
+
+
+def test_a_job_missing_from_the_backlog_still_runs_on_its_own_message(world):
+    """A job queued before the backlog existed (or whose entry a failed call lost) has a message but no entry: the
+    turn its message starts runs it once the scheduler's picks run out, even after running another job."""
+    store, q, runner, submit, turn = world
+    old = submit("a")
+    store.backlog.take("inference", old.id, charge=False)  # no entry any more; its message is still queued
+    submit("b")
+    message = q.messages.pop(0)  # old's message
+    attempt = lambda job_id: execute_job(job_id, store, storage_of(world), lambda: runner, "w")  # noqa: E731
+    take_turn(message, store, attempt)
+    assert sorted(runner.order) == ["a", "b"]

@@ -124,3 +124,10 @@ def test_affinity_never_holds_a_job_past_the_bound():
         s.add("a", since=i, model="mnist")
     heads = s.heads()
     assert pick(heads, s.passes, 10, 300, warm={"digits"}, affinity_s=30).model == "mnist"  # no digits job: take it
+
+
+def test_a_tenant_back_from_running_alone_carries_at_most_one_job_of_debt():
+    assert joining_pass(100_000.0, [0.0, 0.5]) == 1.0  # floor 0 + 1 / weight
+    assert joining_pass(100_000.0, [0.0], weight=4.0) == 0.25
+    assert joining_pass(0.2, [3.0]) == 3.0  # no credit banked either
+    assert joining_pass(7.0, []) == 7.0  # nobody waiting: its own

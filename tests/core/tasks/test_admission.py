@@ -157,3 +157,16 @@ def test_tenants_config_is_read_over_the_defaults_and_a_bad_one_names_the_tenant
     path.write_text('{"vip": {"weight": -1}}')
     with pytest.raises(ValueError, match="tenant 'vip', weight"):
         Tenants.load(path, TenantPolicy())
+
+
+def test_a_tenant_capped_at_low_gets_low_by_default_not_a_refusal(inputs):
+    from dataclasses import replace
+
+    from core.tenants import TenantPolicy, Tenants
+
+    capped = replace(inputs, tenants=Tenants(TenantPolicy(max_priority="low")))
+    request, _, _ = admit(capped, "t", TXT2IMG, Txt2ImgRequest(model="digits", prompt="1"))
+    assert request.priority == "low"
+    with pytest.raises(InputError) as e:
+        admit(capped, "t", TXT2IMG, Txt2ImgRequest(model="digits", prompt="1", priority="normal"))
+    assert e.value.field == "priority"
