@@ -22,7 +22,7 @@ from core.errors import InputError
 from core.jobs.schedule import LEVEL, PRIORITIES
 from core.jobs.store import JobStore
 from core.registry import ModelEntry, ModelRegistry
-from core.schemas import MAX_SEED, GenerationBase, ModelRef, Txt2ImgRequest
+from core.schemas import MAX_SEED, GenerationBase, ModelRef
 from core.storage import Storage
 from core.tenant_models import registration, tenant_model_entry
 from core.tenants import Tenants
@@ -241,11 +241,6 @@ def check_family_limits(family: str, request: GenerationBase) -> None:
         raise InputError(
             f"num_frames x width x height is over {MAX_VIDEO_VOLUME:,}", field="num_frames", code="too_expensive"
         )
-
-
-def txt2img_cell(v: Inputs, tenant: str, task: Task, request: Txt2ImgRequest) -> Admitted[Txt2ImgRequest]:
-    """One txt2img request as admission fills it (a grid's base and cells)."""
-    return generation(v, tenant, task, request, None)
 
 
 # -- 3. training tasks ------------------------------------------------------------------------------------------------

@@ -34,27 +34,19 @@ class ListQueue:
         self.messages.append(job_id)
 
 
-STORAGES: dict = {}
-
-
-def storage_of(world):
-    return STORAGES[id(world[0])]
-
-
 @pytest.fixture
 def world(tmp_path):
     store, q, runner = memory_store(), ListQueue(), Recorder()
     storage = LocalStorage(tmp_path / "data", "k" * 32)
-    STORAGES[id(store)] = storage
 
     def submit(tenant, priority="normal", weight=1.0):
         job = lifecycle.new_job(JobType.txt2img, {"priority": priority}, tenant, weight=weight)
         return lifecycle.submit(store, q, job)[0]
 
-    def turn():
-        message = q.messages.pop(0)
+    def turn(message=None, drain=1):
+        message = message or q.messages.pop(0)
         attempt = lambda job_id: execute_job(job_id, store, storage, lambda: runner, "w")  # noqa: E731
-        return take_turn(message, store, attempt, drain=1)
+        return take_turn(message, store, attempt, drain=drain)
 
     return store, q, runner, submit, turn
 
@@ -128,7 +120,5 @@ def test_a_job_missing_from_the_backlog_still_runs_on_its_own_message(world):
     old = submit("a")
     store.backlog.take("inference", old.id, charge=False)  # no entry any more; its message is still queued
     submit("b")
-    message = q.messages.pop(0)  # old's message
-    attempt = lambda job_id: execute_job(job_id, store, storage_of(world), lambda: runner, "w")  # noqa: E731
-    take_turn(message, store, attempt)
+    turn(q.messages.pop(0), drain=64)  # old's message
     assert sorted(runner.order) == ["a", "b"]
