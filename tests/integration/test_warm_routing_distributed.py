@@ -35,7 +35,10 @@ def run(redis_url: str, s3, tmp, logs, affinity_s: str) -> tuple[int, float]:
         elapsed = time.monotonic() - t0
         assert all(j["status"] == "succeeded" for j in jobs), [j.get("error") for j in jobs]
         loaded = [j for j in jobs if (j["metrics"].get("load_ms") or 0) > 0]
-        assert len(loaded) == loads(stack)  # a job that loaded its model says so; /metrics counts the same loads
+        # a job that loaded its model says so and /metrics counts the same loads, plus any made by an attempt that
+        # lost its lease on a starved machine and ran again (its job shows attempts > 1)
+        retried = sum(j["attempts"] - 1 for j in jobs)
+        assert len(loaded) <= loads(stack) <= len(loaded) + retried, (len(loaded), loads(stack), retried)
         return loads(stack), len(jobs) / elapsed
     finally:
         stack.stop()
