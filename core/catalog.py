@@ -160,6 +160,77 @@ ENGINE_SCHEDULERS: dict[str, list[str]] = {
     "flow": ["euler"],
 }
 
+
+# -- step caching: reusing a denoiser's work between adjacent steps ------------------------------------------------
+@dataclass(frozen=True)
+class CacheMethod:
+    """One way to skip denoiser work on steps where it changes little. A request sets one knob: ``threshold`` (how
+    much the probe may change before the full network runs again; 0 never reuses) or ``interval`` (the full network
+    every N steps; 1 never reuses). ``adaptive`` methods decide each step from the batch's own numbers, so a batch
+    would decide for all its images: a request with one runs alone (its pixels then equal the same request drawn
+    again). ``interval`` methods decide by the step's index only, the same for every image, so they batch."""
+
+    knob: Literal["threshold", "interval"]
+    default: float
+    low: float
+    high: float
+    adaptive: bool
+    description: str
+
+
+CACHE_METHODS: dict[str, CacheMethod] = {
+    "deep": CacheMethod(
+        "interval",
+        3,
+        1,
+        10,
+        False,
+        "DeepCache (Ma et al. 2024): the engine U-Net's deep features are kept from the last full step and only the "
+        "outermost down and up blocks run between full steps, every `interval`",
+    ),
+    "first_block": CacheMethod(
+        "threshold",
+        0.05,
+        0.0,
+        1.0,
+        True,
+        "First-Block Cache: the first transformer block always runs; when its output residual changed by less than "
+        "`threshold` (mean absolute difference relative to its mean absolute value) since the last full step, the "
+        "other blocks' residual from that step is reused",
+    ),
+    "taylorseer": CacheMethod(
+        "interval",
+        5,
+        1,
+        20,
+        False,
+        "TaylorSeer (Liu et al. 2025): attention and feed-forward outputs computed every `interval` steps and "
+        "predicted between them by a first-order Taylor expansion over the steps",
+    ),
+    "mag": CacheMethod(
+        "threshold",
+        0.06,
+        0.0,
+        1.0,
+        True,
+        "MagCache (Ma et al. 2025): blocks skipped while the accumulated error, from the model's measured residual "
+        "magnitude ratios, stays under `threshold` (Flux: diffusers' published ratios)",
+    ),
+}
+CacheMethodName = Literal["deep", "first_block", "taylorseer", "mag"]
+
+# which methods each kind of denoiser takes: the engine by its network, diffusers pipelines by family (diffusers'
+# cache hooks, on transformer denoisers only). Not listed, with diffusers 0.42: SD3 (its transformer has no
+# ``enable_cache``), TaylorSeer on Wan and CogVideoX (its default patterns match no attention module of theirs:
+# nothing would be cached), MagCache beyond Flux (no published ratios), and the U-Net families (no hook).
+ENGINE_CACHE_METHODS: dict[str, tuple[str, ...]] = {"unet": ("deep",), "dit": ("first_block",)}
+FAMILY_CACHE_METHODS: dict[str, tuple[str, ...]] = {
+    "FluxPipeline": ("first_block", "taylorseer", "mag"),
+    "WanPipeline": ("first_block",),
+    "CogVideoXPipeline": ("first_block",),
+}
+
+
 # what each scheduler name means (GET /v1/schedulers)
 SCHEDULER_DESCRIPTIONS: dict[str, str] = {
     "default": "the model's own scheduler (diffusers models)",
@@ -331,3 +402,22 @@ def diffusers_size_rule(family: Family, vae_scale: int, patch: int, max_patches:
 # ControlNet preprocessing of the control image (core/pipelines/preprocess.py); those that need a model of their own
 PREPROCESSORS = ("canny", "depth", "none")
 MODEL_PREPROCESSORS = ("depth",)
+
+
+# -- cross-request batching: where it pays ---------------------------------------------------------------------------
+# A batch shares one denoising loop between queued jobs (core/runner.py). It pays while one image leaves the device
+# idle between kernels (small images, small models) and stops paying once one image keeps it busy: past that a
+# batch only makes each job wait for the others. By device type ("cpu", "cuda") and family ("engine" or a diffusers
+# pipeline class): the most pixels per image (width x height) at which 8 clients batched still beat 8 clients run
+# one by one beyond the noise between runs (bench/throughput.py, bench/README.md). Past it a job runs alone; a
+# device or family not listed is not limited here (its executor's key decides).
+BATCHING_PAYS_UP_TO: dict[str, dict[str, int]] = {
+    "cpu": {"engine": 16 * 16, "StableDiffusionPipeline": 64 * 64},
+}
+
+
+def batching_pays(device: str, family: str, pixels: int) -> bool:
+    """Whether a job of ``family`` (``engine`` or a pipeline class) at ``pixels`` per image may join a batch on
+    ``device`` (``cpu``, ``cuda:0``, ...)."""
+    limit = BATCHING_PAYS_UP_TO.get(device.split(":")[0], {}).get(family)
+    return limit is None or pixels <= limit

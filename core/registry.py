@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.catalog import (
+    CACHE_METHODS,
+    ENGINE_CACHE_METHODS,
     ENGINE_SCHEDULERS,
     FAMILIES,
+    FAMILY_CACHE_METHODS,
     FLOW_SCHEDULERS,
     LIMITS,
     SCHEDULERS,
@@ -40,7 +43,7 @@ from core.catalog import (
     scheduler_names,
 )
 from core.errors import InputError
-from core.schemas import NAME_PATTERN, JobType, ModelInfo
+from core.schemas import NAME_PATTERN, JobType, ModelInfo, StepCache
 
 ENGINE_CLASS = "DDPMEngineModel"
 SERVED_NAME = re.compile(NAME_PATTERN)
@@ -78,6 +81,8 @@ class ModelEntry:
     objective: str | None = None  # engine models: "ddpm" or "flow"
     controlnet_fit: tuple | None = None  # what a ControlNet must match to condition this U-Net; None: unknown
     scheduler_class: str | None = None  # a diffusers model's own scheduler ("default"); None: unknown (a hub id)
+    network: str | None = None  # engine models: "unet" or "dit"
+    cache_defaults: dict[str, float] = field(default_factory=dict)  # a model's own step-cache knobs (config.json)
 
     @property
     def size_multiple(self) -> int:
@@ -99,6 +104,21 @@ class ModelEntry:
             return self.scheduler_class
         family = FAMILIES[self.pipeline_class]
         return (FLOW_SCHEDULERS if family.flow else SCHEDULERS)[name][0]
+
+    @property
+    def cache_methods(self) -> list[StepCache]:
+        """The step caching methods this model takes, each with its default knob (the model's own, else the
+        catalog's)."""
+        if self.kind == ModelKind.engine:
+            names = ENGINE_CACHE_METHODS.get(self.network or "unet", ())
+        else:
+            names = FAMILY_CACHE_METHODS.get(self.pipeline_class or "", ())
+        out = []
+        for name in names:
+            method = CACHE_METHODS[name]
+            value = self.cache_defaults.get(name, method.default)
+            out.append(StepCache(method=name, **{method.knob: int(value) if method.knob == "interval" else value}))
+        return out
 
     def max_images_for(self, task: str) -> int:
         """num_images at most for ``task``: the family's limit."""
@@ -133,6 +153,7 @@ class ModelEntry:
             num_frames_step=family.frames_step if family and family.video else None,
             max_num_frames=self.max_num_frames,
             pipeline_class=self.pipeline_class,
+            cache_methods=self.cache_methods,
             sha256=self.version,
         )
 
@@ -181,7 +202,21 @@ def engine_entry_from_configs(
         default_num_inference_steps=int(config.get("default_num_inference_steps", 50)),
         default_guidance_scale=float(config.get("default_guidance_scale", 1.0)),
         version=version,
+        network="dit" if "dit" in config else "unet",
+        cache_defaults=_cache_defaults(config.get("cache_defaults")),
     )
+
+
+def _cache_defaults(given: object) -> dict[str, float]:
+    """A model's own step-cache knobs (config.json ``cache_defaults``: ``{"deep": 2}``), those in range only."""
+    out: dict[str, float] = {}
+    for name, value in (given or {}).items() if isinstance(given, dict) else ():
+        method = CACHE_METHODS.get(name)
+        if method and isinstance(value, (int, float)) and method.low <= value <= method.high:
+            out[name] = float(value)
+        else:
+            log.warning("cache_defaults: skipped %r=%r (not a method with a knob in range)", name, value)
+    return out
 
 
 def read_engine_entry(path: Path) -> ModelEntry | None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.catalog import LIMITS, MAX_TIMEOUT_S, SchedulerName
+from core.catalog import CACHE_METHODS, LIMITS, MAX_TIMEOUT_S, CacheMethodName, SchedulerName
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 UPLOAD_ID_PATTERN = re.compile(r"^upl_[0-9a-f]{32}$")
@@ -121,6 +121,32 @@ class Notified(Strict):
         return list(dict.fromkeys(v))
 
 
+class StepCache(Strict):
+    """Step caching for one request: reuse the denoiser's work between adjacent steps (faster, an approximation;
+    see the quality-vs-speed table in bench/README.md). Give the method and at most its one knob (``threshold`` or
+    ``interval``, as GET /v1/models lists per model); the knob left out takes the model's default."""
+
+    method: CacheMethodName
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="first_block, mag: 0 never reuses")
+    interval: int | None = Field(None, ge=1, le=20, description="deep, taylorseer: the full network every N steps")
+
+    @model_validator(mode="after")
+    def _one_knob(self) -> StepCache:
+        knob = CACHE_METHODS[self.method].knob
+        other = "interval" if knob == "threshold" else "threshold"
+        if getattr(self, other) is not None:
+            raise ValueError(f"{self.method} takes {knob}, not {other}")
+        return self
+
+    @property
+    def value(self) -> float | int | None:
+        """The method's knob, as given or filled."""
+        return getattr(self, CACHE_METHODS[self.method].knob)
+
+    def describe(self) -> str:
+        return f"{self.method} {CACHE_METHODS[self.method].knob}={self.value}"
+
+
 class GenerationBase(Notified):
     model: str = Field("digits", pattern=NAME_PATTERN)
     prompt: str = Field("", max_length=4000)
@@ -152,6 +178,9 @@ class GenerationBase(Notified):
         ge=0,
         le=1000,
         description="every N steps a `preview` event (a small PNG of the first image) on the event stream; 0: none",
+    )
+    cache: StepCache | None = Field(
+        None, description="step caching (off by default): the methods and defaults GET /v1/models lists per model"
     )
 
 
@@ -476,6 +505,9 @@ class ModelInfo(BaseModel):
     max_num_frames: int | None = None
     base_models: list[str] | None = Field(None, description="a ControlNet: the served models it can condition")
     pipeline_class: str | None = None
+    cache_methods: list[StepCache] = Field(
+        default_factory=list, description="the step caching methods it takes, each with its default knob"
+    )
     sha256: str | None = None
 
 

@@ -138,6 +138,13 @@ class DiT(nn.Module):
         return self.config.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h, cond = self.tokens(x, t, y)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.head(h, cond)
+
+    def tokens(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-2 and the condition: (tokens (B, N, D), condition (B, D)); ``y=None``: the null class."""
         c = self.config
         if x.shape[-1] != c.sample_size or x.shape[-2] != c.sample_size:
             raise ValueError(f"sample: a DiT of sample_size {c.sample_size} takes {c.sample_size}² inputs")
@@ -149,12 +156,14 @@ class DiT(nn.Module):
             if y is None:
                 y = torch.full((x.shape[0],), c.num_classes, device=x.device, dtype=torch.long)
             cond = cond + self.class_emb(y)
-        h = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, N, D)
-        for block in self.blocks:
-            h = block(h, cond)
+        return self.patch(x).flatten(2).transpose(1, 2) + self.pos, cond  # (B, N, D)
+
+    def head(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Step 4: the final adaLN layer, back to patches, unpatchified to (B, C_out, H, W)."""
+        c = self.config
         shift, scale = self.ada_out(cond).chunk(2, dim=1)
         h = self.out(modulate(self.norm_out(h), shift, scale))  # (B, N, p*p*C)
         # unpatchify
-        b, g, p = x.shape[0], self.grid, c.patch_size
+        b, g, p = h.shape[0], self.grid, c.patch_size
         h = h.reshape(b, g, g, p, p, c.out_channels).permute(0, 5, 1, 3, 2, 4)
         return h.reshape(b, c.out_channels, g * p, g * p)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core.catalog import ENGINE_SCHEDULERS
+from core.ddpm.cache import StepCache, make_step_cache
 from core.ddpm.dit import DiT, DiTConfig
 from core.ddpm.labels import resolve_label
 from core.ddpm.samplers import make_scheduler, sample
@@ -162,6 +163,16 @@ class DDPMEngineModel:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def step_cache(self, method: str, value: float) -> StepCache:
+        """A fresh step cache (``core.ddpm.cache``) for one sampling run of this model's network."""
+        return make_step_cache(self.unet, method, value)
+
+    def _denoiser(self, step_cache: StepCache | None) -> Callable:
+        """The network as the sampler calls it: in its own dtype, through the step cache when one is given."""
+        net = step_cache if step_cache is not None else self.unet
+        dtype = next(self.unet.parameters()).dtype
+        return lambda x, t, y: net(x.to(dtype), t, y).float()
+
     def generate(
         self,
         labels: list[str | int] | None = None,
@@ -176,10 +187,13 @@ class DDPMEngineModel:
         per_image_seeds: bool = True,
         preview: Callable[[int, int, torch.Tensor], None] | None = None,
         sampler_options: dict | None = None,
+        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """Draw images in [-1, 1], shape (B, C, H, W).
 
         ``sampler_options``: the sampler's own settings (e.g. ``{"clip_sample": False}``), for studies.
+        ``step_cache``: a fresh :meth:`step_cache` to reuse the network's work between steps (it counts what it
+        reused).
 
         ``labels``: one label per image (or one for all). With ``per_image_seeds`` image i's noise comes from
         ``seed + i`` alone, so any single image can be drawn again by itself.
@@ -209,9 +223,8 @@ class DDPMEngineModel:
         else:
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         scheduler = make_scheduler(sampler, self.scheduler_config, **(sampler_options or {}))
-        dtype = next(self.unet.parameters()).dtype
         return sample(
-            lambda x, t, yy: self.unet(x.to(dtype), t, yy).float(),
+            self._denoiser(step_cache),
             scheduler,
             shape,
             steps,
@@ -240,11 +253,13 @@ def generate_batch(
     size: int,
     callback: Callable[[int, int], bool | None] | None = None,
     preview: Callable[[int, int, torch.Tensor], None] | None = None,
+    step_cache: StepCache | None = None,
 ) -> list[torch.Tensor]:
     """Several requests' draws ``(labels, num_images, seed)`` denoised together in one batch; returns one tensor per
     draw. Each image's noise comes from ``seed + i`` alone, as in :meth:`DDPMEngineModel.generate`, so an image drawn
     amid a batch equals the same request drawn alone (up to float rounding). Deterministic samplers only (DDIM with
-    eta 0, flow Euler): an ancestral sampler's step noise is drawn per batch."""
+    eta 0, flow Euler): an ancestral sampler's step noise is drawn per batch. A ``step_cache`` shared by a batch must
+    decide by the step alone (DeepCache's interval), not by the batch's numbers."""
     if sampler not in BATCHABLE_SAMPLERS:
         raise ValueError(f"sampler: {sampler!r} draws step noise per batch; batch only {BATCHABLE_SAMPLERS}")
     cfg = model.unet.config
@@ -262,9 +277,8 @@ def generate_batch(
     if ys and not conditional:
         raise ValueError("labels: every draw of a batch gives labels, or none does")
     y = torch.tensor(ys, dtype=torch.long) if conditional else None
-    dtype = next(model.unet.parameters()).dtype
     x = sample(
-        lambda xx, t, yy: model.unet(xx.to(dtype), t, yy).float(),
+        model._denoiser(step_cache),
         make_scheduler(sampler, model.scheduler_config),
         (sum(counts), cfg.in_channels, size, size),
         num_inference_steps,

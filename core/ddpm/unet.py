@@ -215,7 +215,8 @@ class UNet(nn.Module):
             h = b(h, emb) if isinstance(b, ResBlock) else b(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The condition every block reads: the time embedding plus the class's (``y=None``: the null class)."""
         levels = len(self.config.channel_mult) - 1
         if x.shape[-1] % (2**levels) or x.shape[-2] % (2**levels):
             raise ValueError(f"sample: height and width must be divisible by {2**levels}, got {tuple(x.shape[-2:])}")
@@ -227,6 +228,10 @@ class UNet(nn.Module):
             if y is None:
                 y = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.class_emb(y)
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self._embed(x, t, y)
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:
@@ -237,6 +242,38 @@ class UNet(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)
             h = self._run_blocks(blocks, h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward_deep(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, skip: int, deep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeepCache's two passes (Ma et al. 2024, "DeepCache: Accelerating Diffusion Models for Free").
+
+        ``deep=None``, the full pass: exactly :meth:`forward`'s operations, also returning ``deep``, the feature the
+        last ``skip`` up blocks take from the deeper ones. Given ``deep`` (kept from a full pass at a nearby step),
+        the shallow pass: only ``conv_in``, the first ``skip - 1`` down blocks (the skip connections those up blocks
+        read) and the last ``skip`` up blocks run. Returns (output, deep)."""
+        if not 1 <= skip <= len(self.up):
+            raise ValueError(f"skip: must be in [1, {len(self.up)}], got {skip}")
+        emb = self._embed(x, t, y)
+        # 1. the shallow encoder: everything when full, else only what the last `skip` up blocks read
+        h = self.conv_in(x)
+        hs = [h]
+        for blocks in self.down if deep is None else self.down[: skip - 1]:
+            h = self._run_blocks(blocks, h, emb)
+            hs.append(h)
+        # 2. the deep part, run (full) or reused
+        if deep is None:
+            h = self._run_blocks(self.mid, h, emb)
+            for blocks in self.up[: len(self.up) - skip]:
+                h = torch.cat([h, hs.pop()], dim=1)
+                h = self._run_blocks(blocks, h, emb)
+            deep = h
+        # 3. the shallow decoder
+        h = deep
+        for blocks in self.up[len(self.up) - skip :]:
+            h = torch.cat([h, hs.pop()], dim=1)
+            h = self._run_blocks(blocks, h, emb)
+        return self.conv_out(F.silu(self.norm_out(h))), deep
 
     @property
     def null_class(self) -> int | None:

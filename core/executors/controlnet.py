@@ -28,7 +28,7 @@ def run(request: ControlNetRequest, model: ModelEntry, ctx: RunContext, warm: Wa
     control = open_image(ctx, request.control_image, (request.width, request.height))
     control = PREPROCESSORS[request.preprocess](control, request, warm)
     # 4. denoise and encode, the control image beside the outputs
-    out, inference_ms = denoise(
+    denoised = denoise(
         pipe,
         request,
         ctx,
@@ -40,7 +40,7 @@ def run(request: ControlNetRequest, model: ModelEntry, ctx: RunContext, warm: Wa
     )
     meta = {"width": control.width, "height": control.height, "role": "control_image"}
     return image_result(
-        out, request, model, load_ms + cn_ms, inference_ms, extra=[Artifact(png(control), "image/png", "png", meta)]
+        denoised, request, model, load_ms + cn_ms, extra=[Artifact(png(control), "image/png", "png", meta)]
     )
 
 

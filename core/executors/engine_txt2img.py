@@ -42,6 +42,7 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
         if previews.due(step, total, every):
             ctx.preview(step, total, previews.engine_png(x0[0]))
 
+    cache = engine.step_cache(request.cache.method, request.cache.value) if request.cache else None
     t0 = time.perf_counter()
     images = engine.generate(
         labels=[request.prompt] if model.labels else None,
@@ -53,17 +54,28 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
         size=request.width or model.width,
         callback=ctx.progress,
         preview=preview if every else None,
+        step_cache=cache,
     )
     # 3. encode
-    return encode(images, request, engine, model, load_ms, (time.perf_counter() - t0) * 1000, warm.versions)
+    inference_ms = (time.perf_counter() - t0) * 1000
+    return encode(images, request, engine, model, load_ms, inference_ms, cached(warm.versions, cache))
+
+
+def cached(versions: dict[str, str], cache) -> dict[str, str]:
+    """The versions a result records, with the step cache's settings and what it reused."""
+    return {**versions, "step_cache": cache.describe()} if cache is not None else versions
 
 
 def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
     """Requests with the same key share one denoising loop; None: this one runs alone."""
+    from core.catalog import CACHE_METHODS
     from core.ddpm.pipeline import BATCHABLE_SAMPLERS
 
     if request.scheduler not in BATCHABLE_SAMPLERS:
         return None
+    cache = request.cache
+    if cache is not None and CACHE_METHODS[cache.method].adaptive:
+        return None  # it decides each step from the batch's numbers: alone, its pixels are its own
     return (
         model.id,
         model.version,
@@ -71,6 +83,7 @@ def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
         request.num_inference_steps,
         request.scheduler,
         request.guidance_scale,
+        (cache.method, cache.value) if cache else None,
     )
 
 
@@ -95,6 +108,7 @@ def run_batch(
         ([requests[i].prompt] if model.labels else None, requests[i].num_images, requests[i].seed) for i in members
     ]
     wants_previews = any(requests[i].preview_every for i in members)
+    cache = engine.step_cache(r0.cache.method, r0.cache.value) if r0.cache else None  # one decision per step
     t0 = time.perf_counter()
     try:
         images = generate_batch(
@@ -106,6 +120,7 @@ def run_batch(
             r0.width or model.width,
             callback=_progress_of(ctxs, outcomes),
             preview=_previews_of(requests, ctxs, outcomes, members) if wants_previews else None,
+            step_cache=cache,
         )
     except Cancelled:
         return outcomes  # every job left the batch
@@ -115,7 +130,7 @@ def run_batch(
     # 4. encode each job's images (a job that left the batch keeps its outcome)
     for i, im in zip(members, images, strict=True):
         if outcomes[i] is None:
-            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, warm.versions)
+            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, cached(warm.versions, cache))
     return outcomes
 
 

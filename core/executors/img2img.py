@@ -24,7 +24,7 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
     if FAMILIES[model.pipeline_class].img2img_input_per_image:
         image = [image] * request.num_images
     # 4. denoise and encode
-    out, inference_ms = denoise(
+    denoised = denoise(
         pipe,
         request,
         ctx,
@@ -34,7 +34,7 @@ def run(request: Img2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
         num_images_per_prompt=request.num_images,
         output_type="pil",
     )
-    return image_result(out, request, model, load_ms, inference_ms)
+    return image_result(denoised, request, model, load_ms)
 
 
 def batch_key(request: Img2ImgRequest, model: ModelEntry) -> tuple | None:

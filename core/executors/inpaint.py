@@ -26,7 +26,7 @@ def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
     size = (request.width, request.height)
     image, mask = open_image(ctx, request.image, size), open_image(ctx, request.mask_image, size, mode="L")
     # 4. denoise and encode
-    out, inference_ms = denoise(
+    denoised = denoise(
         pipe,
         request,
         ctx,
@@ -37,7 +37,7 @@ def run(request: InpaintRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
         num_images_per_prompt=request.num_images,
         output_type="pil",
     )
-    return image_result(out, request, model, load_ms, inference_ms)
+    return image_result(denoised, request, model, load_ms)
 
 
 EXECUTOR: Executor[InpaintRequest] = Executor(run)

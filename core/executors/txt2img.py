@@ -17,11 +17,11 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
     scheduler = warm.pipelines.scheduler(request.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler) if hasattr(base, "from_pipe") else base
     # 3. denoise, one generator per image
-    out, inference_ms = denoise(
+    denoised = denoise(
         pipe, request, ctx, warm.pipelines.fast, num_images_per_prompt=request.num_images, output_type="pil"
     )
     # 4. encode
-    return image_result(out, request, model, load_ms, inference_ms)
+    return image_result(denoised, request, model, load_ms)
 
 
 BATCHABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")

@@ -39,11 +39,11 @@ def run(request: VideoRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -
     scheduler = warm.pipelines.scheduler(request.scheduler, base, model)
     pipe = type(base).from_pipe(base, scheduler=scheduler) if hasattr(base, "from_pipe") else base
     # 3. denoise the frames
-    out, inference_ms = denoise(
-        pipe, request, ctx, warm.pipelines.fast, num_frames=request.num_frames, output_type="np"
-    )
+    denoised = denoise(pipe, request, ctx, warm.pipelines.fast, num_frames=request.num_frames, output_type="np")
     # 4. encode
-    return RunResult(encode(out.frames[0], request), load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version))
+    model_ref = ModelRef(id=model.id, sha256=model.version)
+    frames = encode(denoised.out.frames[0], request)
+    return RunResult(frames, load_ms, denoised.inference_ms, model_ref, denoised.versions)
 
 
 EXECUTOR: Executor[VideoRequest] = Executor(run)

@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import torch
 
@@ -23,6 +24,7 @@ from core.errors import JobError
 from core.pipelines import fastpath
 from core.pipelines.cache import PipelineCache
 from core.pipelines.fastpath import FastPath
+from core.pipelines.step_cache import step_cache
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import ModelRef
 
@@ -247,10 +249,16 @@ def png(image) -> bytes:
     return buf.getvalue()
 
 
-def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call) -> tuple[object, float]:
+class Denoised(NamedTuple):
+    out: Any  # the pipeline's output
+    inference_ms: float
+    versions: dict[str, str]  # what the call adds to the job's versions (its step cache)
+
+
+def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call) -> Denoised:
     """The denoising call every diffusers task shares: one generator per image (image i is reproducible alone from
     ``seed + i``), progress and cancel at every step, the fast path's per-call settings (``fast``: VAE slicing and
-    tiling). Returns (pipeline output, inference_ms)."""
+    tiling), the request's step cache (diffusers' hooks, for this call only)."""
     pipe.set_progress_bar_config(disable=True)
     n = getattr(request, "num_images", 1)
     generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(n)]
@@ -278,9 +286,11 @@ def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call
     if fast is not None:
         fastpath.per_call(pipe, fast, request.height, request.width, n)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = pipe(**call)
-    return out, (time.perf_counter() - t0) * 1000
+    with step_cache(pipe, getattr(request, "cache", None), request.num_inference_steps) as counted:
+        with torch.inference_mode():
+            out = pipe(**call)
+    versions = {"step_cache": counted.describe()} if counted is not None else {}
+    return Denoised(out, (time.perf_counter() - t0) * 1000, versions)
 
 
 def denoise_batch(
@@ -354,15 +364,16 @@ def denoise_batch(
     for k in members:
         if outcomes[k] is None:
             mine = SimpleNamespace(images=[im for im, owner in zip(out.images, owners, strict=True) if owner == k])
-            outcomes[k] = image_result(mine, requests[k], entry, load_ms, inference_ms)
+            outcomes[k] = image_result(Denoised(mine, inference_ms, {}), requests[k], entry, load_ms)
     return outcomes
 
 
 def image_result(
-    out, request, entry: ModelEntry, load_ms: float, inference_ms: float, extra: list[Artifact] | None = None
+    denoised: Denoised, request, entry: ModelEntry, load_ms: float, extra: list[Artifact] | None = None
 ) -> RunResult:
     artifacts = [
         Artifact(png(im), "image/png", "png", {"width": im.width, "height": im.height, "seed": request.seed + i})
-        for i, im in enumerate(out.images)
+        for i, im in enumerate(denoised.out.images)
     ]
-    return RunResult(artifacts + (extra or []), load_ms, inference_ms, ModelRef(id=entry.id, sha256=entry.version))
+    model = ModelRef(id=entry.id, sha256=entry.version)
+    return RunResult(artifacts + (extra or []), load_ms, denoised.inference_ms, model, denoised.versions)

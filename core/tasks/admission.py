@@ -132,6 +132,7 @@ def generation(
     entry = model_entry(v, tenant, request.model)
     entry.require_task(task.type)
     request = defaults(entry, task, request, image_size)
+    request = step_cache(entry, request)
     if entry.kind == ModelKind.engine:
         request = engine_request(entry, request)
     else:
@@ -172,6 +173,24 @@ def defaults(entry: ModelEntry, task: Task, request: G, image_size: tuple[int, i
         )
     guidance = entry.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
     return updated(request, width=w, height=h, num_inference_steps=steps, scheduler=scheduler, guidance_scale=guidance)
+
+
+def step_cache(entry: ModelEntry, request: G) -> G:
+    """A step cache the model takes, its knob filled with the model's default when left out."""
+    given = request.cache
+    if given is None:
+        return request
+    offered = {c.method: c for c in entry.cache_methods}
+    if given.method not in offered:
+        raise InputError(
+            f"model {entry.id!r} takes no {given.method!r} step cache; it takes {sorted(offered) or 'none'} "
+            "(see cache_methods in GET /v1/models)",
+            field="cache",
+            code="unsupported_task",
+        )
+    if given.value is None:
+        return updated(request, cache=offered[given.method])
+    return request
 
 
 def engine_request(entry: ModelEntry, request: G) -> G:
