@@ -58,7 +58,11 @@ class ServiceSettings(BaseSettings):
     batch_window_ms: float = Field(10.0, ge=0, le=1000, description="how long a worker gathers jobs to batch; 0: off")
     max_batch: int = Field(8, ge=1, le=64, description="jobs denoised together at most")
     fast_path: bool = Field(True, description="the lossless GPU fast path (channels_last, fused QKV) on CUDA")
-    compile: bool = Field(False, description="regional torch.compile of the denoiser's repeated blocks")
+    compile: bool | None = Field(
+        None,
+        description="torch.compile: diffusers denoisers (regionally: their repeated blocks) and the engine's networks;"
+        ' unset: the diffusers side eager and each engine model as its config.json says ("compile"; absent: eager)',
+    )
     cuda_graphs: bool = Field(False, description="with COMPILE=1: CUDA graphs (static shapes, one capture per size)")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor; eager/aot_eager to debug)")
     vae_tiling_above_px: int = Field(2048 * 2048, ge=1, description="VAE tiling for images above this many pixels")

@@ -1,9 +1,16 @@
 """A worker's warm resources: what an executor may use (``Executor.run(request, model, ctx, warm)``). Models load
 once per process and stay warm (one memory-budgeted LRU for engine models and diffusers pipelines alike); the
-diffusers side is created on first use, so a worker serving only the engine never imports diffusers."""
+diffusers side is created on first use, so a worker serving only the engine never imports diffusers.
+
+Engine models are compiled (``core/ddpm/compile.py``) as they load when the fast path's ``compile`` says so: True
+(``COMPILE=1``) every one, False (``COMPILE=0``) none, None (``COMPILE`` unset) each as its folder's
+``config.json`` says (``"compile": true``; absent: eager). A compiled model is warmed up inside its load, so the
+load's time holds the compile and no request pays it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -17,6 +24,8 @@ if TYPE_CHECKING:
     from core.ddpm.pipeline import DDPMEngineModel
     from core.pipelines.fastpath import FastPath
     from core.pipelines.loader import Pipelines
+
+log = logging.getLogger("diffuserve.warm")
 
 
 def versions() -> dict[str, str]:
@@ -32,6 +41,18 @@ def versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover - diffusers is a dependency
         pass
     return v
+
+
+def model_compile_default(path: str | Path) -> bool:
+    """An engine model folder's own choice (``config.json`` ``"compile": true|false``), False when it says none;
+    ``bench/compile.py`` measures whether compiling pays for a model."""
+    try:
+        value = json.loads((Path(path) / "config.json").read_text()).get("compile", False)
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable config fails at from_pretrained, with its own message
+    if not isinstance(value, bool):
+        raise ValueError(f"config.json: compile must be true or false (got {value!r})")
+    return value
 
 
 def default_device() -> str:
@@ -84,6 +105,8 @@ class Warm:
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self.fast: FastPath = fast or FastPath.for_device(self.device, cache_dir=self.cache_dir / "inductor-cache")
         self._pipelines: Pipelines | None = None
+        # engine models: True/False for all, None: each model's own default (see the module's docstring)
+        self.engine_compile: bool | None = self.fast.compile
 
     @property
     def pipelines(self) -> Pipelines:
@@ -95,12 +118,39 @@ class Warm:
         return self._pipelines
 
     def load_engine(self, entry: ModelEntry) -> tuple[DDPMEngineModel, float]:
-        """(model, load_ms) of one of our engine's models: 0 ms on a warm hit."""
+        """(model, load_ms) of one of our engine's models: 0 ms on a warm hit. A model to compile is compiled and
+        warmed up here, within its load."""
         from core.ddpm.pipeline import DDPMEngineModel
 
-        return self.cache.get(
-            ("engine", entry.id, entry.version), lambda: DDPMEngineModel.from_pretrained(entry.path, device=self.device)
-        )
+        def load() -> DDPMEngineModel:
+            model = DDPMEngineModel.from_pretrained(entry.path, device=self.device)
+            if self.compiles_engine(entry):
+                from core.ddpm.compile import compile_network, warm_up
+
+                compile_network(
+                    model.unet,
+                    backend=self.fast.compile_backend,
+                    cuda_graphs=bool(self.fast.cuda_graphs),
+                    cache_dir=self.fast.cache_dir or self.cache_dir / "inductor-cache",
+                )
+                seconds = warm_up(model.unet)
+                log.info("engine %s compiled and warmed up in %.1f s", entry.id, seconds)
+            return model
+
+        return self.cache.get(("engine", entry.id, entry.version), load)
+
+    def compiles_engine(self, entry: ModelEntry) -> bool:
+        """Whether ``entry`` (an engine model) runs compiled: the setting when given, else the model's default."""
+        if self.engine_compile is not None:
+            return self.engine_compile
+        return model_compile_default(entry.path)
+
+    def engine_versions(self, engine: DDPMEngineModel) -> dict[str, str]:
+        """The versions an engine job records: ``versions`` and how the model ran (``engine_compiled``: the compile
+        backend, e.g. ``inductor``, or ``off``)."""
+        from core.ddpm.compile import compiled
+
+        return {**self.versions, "engine_compiled": compiled(engine.unet) or "off"}
 
     def warm_up(self, model_ids: list[str]) -> None:
         for mid in model_ids:
