@@ -29,8 +29,12 @@ from tests.conftest import Proc, bin_path, free_port, gateway_cmd, wait_for  # n
 BODY = {"prompt": "7", "num_inference_steps": 10, "num_images": 1}
 
 
-def run_load(base_url: str, seconds: float, clients: int, headers: dict | None = None) -> dict:
-    """Closed loop: each client submits, long-polls to a terminal status, and starts again until ``seconds`` pass."""
+def run_load(
+    base_url: str, seconds: float, clients: int, headers: dict | None = None, body: dict | None = None
+) -> dict:
+    """Closed loop: each client submits ``body`` (default: the digits job), long-polls to a terminal status, and
+    starts again until ``seconds`` pass."""
+    body = body or BODY
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -42,7 +46,7 @@ def run_load(base_url: str, seconds: float, clients: int, headers: dict | None =
             while time.monotonic() < stop_at:
                 t0 = time.perf_counter()
                 try:
-                    r = http.post("/v1/txt2img", json={**BODY, "seed": i * 100_000 + n})
+                    r = http.post("/v1/txt2img", json={**body, "seed": i * 100_000 + n})
                     if r.status_code != 202:
                         raise RuntimeError(f"POST {r.status_code}: {r.text[:120]}")
                     job = r.json()
@@ -78,10 +82,12 @@ def run_load(base_url: str, seconds: float, clients: int, headers: dict | None =
     }
 
 
-def embedded_server(tmp: Path, log: Path) -> tuple[Proc, str]:
+def embedded_server(tmp: Path, log: Path, extra_env: dict | None = None) -> tuple[Proc, str]:
+    """The gateway with its in-process worker on a free port (``extra_env`` beside the bench's own), warmed by one
+    digits job; (process, URL)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
-    env.update(DATA_DIR=str(tmp), RATE_LIMIT_PER_MINUTE="1000000", PYTHONUNBUFFERED="1")
+    env.update(DATA_DIR=str(tmp), RATE_LIMIT_PER_MINUTE="1000000", PYTHONUNBUFFERED="1", **(extra_env or {}))
     proc = Proc(
         gateway_cmd(port),
         log,

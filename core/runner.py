@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from core.catalog import ModelKind
+from core.catalog import ModelKind, batching_pays
 from core.contract import RunContext, RunResult
 from core.registry import ModelEntry, ModelRegistry
 from core.schemas import JobRecord
@@ -123,7 +123,8 @@ class Engines:
     def _batch_key(self, job: JobRecord, ctx: RunContext) -> tuple | None:
         """Everything that changes a job's pixels beyond its own prompt and seed, resolved for its tenant: the
         executor's key (size, steps, scheduler, guidance, ...), whose model and which weights, and each LoRA's owner,
-        weights version and scale. Two tenants' LoRAs of one name never share a key. None: the job runs alone."""
+        weights version and scale. Two tenants' LoRAs of one name never share a key. None: the job runs alone (its
+        executor does not batch, or the catalog says a batch of its family and size does not pay on this device)."""
         from core.executors import executor_for
 
         request = self.parse(job)
@@ -134,12 +135,19 @@ class Engines:
         model, owner = self._resolve(model_id, ctx, materialize=False)
         batching = executor_for(job.type, model.kind).batching
         found = batching.key(request, model) if batching else None
-        if found is None:
+        if found is None or not self._batching_pays(request, model):
             return None
         loras = tuple(
             (self.warm.pipelines.lora_identity(ref.name, ctx), ref.scale) for ref in getattr(request, "loras", ())
         )
         return (job.type, owner, model.id, model.version, loras, found)
+
+    def _batching_pays(self, request: BaseModel, model: ModelEntry) -> bool:
+        """Whether a batch beats running one by one for this family (``engine`` or the pipeline class) at this size
+        per image on this device: the catalog's ``BATCHING_PAYS_UP_TO``, measured by bench/throughput.py."""
+        family = "engine" if model.kind == ModelKind.engine else model.pipeline_class or ""
+        pixels = getattr(request, "width", 0) * getattr(request, "height", 0)
+        return batching_pays(self.warm.device, family, pixels)
 
     def group(
         self, jobs: list[JobRecord], context: Callable[[JobRecord], RunContext], max_batch: int | None = None

@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.contract import RunResult
 from core.jobs import lifecycle
+from core.jobs.context import JobContext
 from core.jobs.execute import execute_batch, execute_job
 from core.jobs.store import memory_store
 from core.registry import ModelRegistry
@@ -35,13 +36,13 @@ def engines():
     return Engines(ModelRegistry([REPO / "models"]), device="cpu", torch_threads=1)
 
 
-def _job(store, prompt: str, seed: int, steps: int = 10, num_images: int = 1, scheduler: str = "ddim"):
+def _job(store, prompt: str, seed: int, steps: int = 10, num_images: int = 1, scheduler: str = "ddim", size: int = 16):
     data = {
         "model": "digits",
         "prompt": prompt,
         "negative_prompt": "",
-        "width": 16,
-        "height": 16,
+        "width": size,
+        "height": size,
         "num_inference_steps": steps,
         "guidance_scale": 2.0,
         "scheduler": scheduler,
@@ -206,8 +207,6 @@ class FakeGpuMemory(BatchMemory):
 def test_on_a_gpu_a_batch_holds_only_the_images_that_fit_in_free_memory(engines, tmp_path):
     """MAX_BATCH is 8, but the last batch of this key peaked at 400 bytes an image and 1,000 bytes are free: with
     the 80% headroom two images fit, so five one-image jobs (and a two-image one) split by memory, not by count."""
-    from core.jobs.context import JobContext
-
     store, storage = memory_store(), LocalStorage(tmp_path, "k")
     jobs = [_job(store, "3", seed) for seed in range(5)] + [_job(store, "3", 9, num_images=2)]
     context = lambda job: JobContext(store, job, storage, "")  # noqa: E731
@@ -241,3 +240,44 @@ def test_a_queued_request_that_does_not_parse_is_the_services_fault_not_the_clie
     done = execute_job(job.id, store, storage, lambda: engines, "w")
     assert done.status == JobStatus.failed and done.error.code == "internal_error", done.error
     assert "Txt2ImgRequest" not in done.error.message and "validation error" not in done.error.message
+
+
+def _sides(limit: int, multiple: int = 4, top: int = 64) -> tuple[int, int]:
+    """(the largest square side digits draws within ``limit`` pixels, the smallest one past it)."""
+    sides = range(multiple, top + 1, multiple)
+    return max(side for side in sides if side * side <= limit), min(side for side in sides if side * side > limit)
+
+
+def test_a_job_whose_family_and_size_do_not_pay_is_never_grouped(engines, tmp_path):
+    """The catalog marks where a batch stops paying on a CPU (BATCHING_PAYS_UP_TO, from bench/throughput.py): engine
+    jobs one size step past the limit share a key's every field and still run alone, each its own batch of one."""
+    from core.catalog import BATCHING_PAYS_UP_TO, batching_pays
+
+    _, past = _sides(BATCHING_PAYS_UP_TO["cpu"]["engine"])
+    assert not batching_pays("cpu", "engine", past * past)
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    jobs = [_job(store, "3", seed, steps=2, size=past) for seed in range(3)]
+    context = lambda job: JobContext(store, job, storage, "")  # noqa: E731
+    assert [len(g) for g in engines.group(jobs, context)] == [1, 1, 1]
+    done = execute_batch([j.id for j in jobs], store, storage, lambda: engines, "w")
+    assert all(j.status == JobStatus.succeeded for j in done)
+    _, hists = store.limits.metrics_snapshot()
+    sizes = hists[("diffuserve_batch_size", (("type", "txt2img"),))]
+    assert sizes["count"] == 3 and sizes["sum"] == 3  # three runs of one job
+
+
+def test_a_job_whose_family_and_size_pay_is_still_grouped(engines, tmp_path):
+    """At the catalog's limit (and on a device it does not list) a batch still pays: the same jobs share one loop."""
+    from core.catalog import BATCHING_PAYS_UP_TO, batching_pays
+
+    within, _ = _sides(BATCHING_PAYS_UP_TO["cpu"]["engine"])
+    assert batching_pays("cpu", "engine", within * within) and batching_pays("cuda:0", "engine", 1 << 30)
+    store, storage = memory_store(), LocalStorage(tmp_path, "k")
+    jobs = [_job(store, "3", seed, steps=2, size=within) for seed in range(3)]
+    context = lambda job: JobContext(store, job, storage, "")  # noqa: E731
+    assert [len(g) for g in engines.group(jobs, context)] == [3]
+    done = execute_batch([j.id for j in jobs], store, storage, lambda: engines, "w")
+    assert all(j.status == JobStatus.succeeded for j in done)
+    _, hists = store.limits.metrics_snapshot()
+    sizes = hists[("diffuserve_batch_size", (("type", "txt2img"),))]
+    assert sizes["count"] == 1 and sizes["sum"] == 3  # one batch of the three
