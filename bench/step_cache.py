@@ -153,6 +153,8 @@ def pipelines(a: argparse.Namespace) -> None:
 
     steps = 8 if a.smoke else 20
     shapes = {"tiny-flux": dict(height=256, width=256), "tiny-wan": dict(height=64, width=64, num_frames=9)}
+    if a.smoke:
+        shapes = {"tiny-flux": dict(height=32, width=32), "tiny-wan": dict(height=32, width=32, num_frames=5)}
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for kind, shape in shapes.items():

@@ -170,3 +170,21 @@ def test_a_tenant_capped_at_low_gets_low_by_default_not_a_refusal(inputs):
     with pytest.raises(InputError) as e:
         admit(capped, "t", TXT2IMG, Txt2ImgRequest(model="digits", prompt="1", priority="normal"))
     assert e.value.field == "priority"
+
+
+def test_a_step_cache_left_without_its_knob_takes_the_models_default(inputs):
+    from core.schemas import StepCache
+
+    request, _ = complete(inputs, TXT2IMG, Txt2ImgRequest(model="mnist", prompt="1", cache={"method": "deep"}))
+    assert request.cache == inputs.registry.get("mnist").cache_methods[0] and request.cache.interval >= 2
+    given, _ = complete(
+        inputs, TXT2IMG, Txt2ImgRequest(model="mnist", prompt="1", cache=StepCache(method="deep", interval=4))
+    )
+    assert given.cache.interval == 4
+
+
+def test_a_step_cache_the_model_lacks_is_refused_on_cache(inputs):
+    with pytest.raises(InputError) as e:
+        admit(inputs, "t", TXT2IMG, Txt2ImgRequest(model="digits", prompt="1", cache={"method": "mag"}))
+    assert (e.value.field, e.value.code) == ("cache", "unsupported_task")
+    assert "deep" in e.value.message and "Txt2ImgRequest" not in e.value.message
