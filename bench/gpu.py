@@ -4,6 +4,7 @@ are the real ones, no hub needed), timed as plain diffusers, with the service's 
     python bench/gpu.py                      # SD 1.5 UNet 512², SDXL UNet 1024², a Flux-class transformer 1024²
     python bench/gpu.py --models sd15 --batches 1,4,8 --iters 20
     python bench/gpu.py --smoke              # tiny configs on the CPU: keeps this script working in the test suite
+    python bench/gpu.py --models none --engine digits,mnist,dit   # the engine alone
 
 One iteration is one denoiser forward for a whole batch: with classifier-free guidance (SD 1.5, SDXL) the batch is
 doubled, as a pipeline does; the Flux-class model is guidance-distilled (one pass). images/s is it/s x batch /
@@ -16,6 +17,10 @@ Modes, each on a fresh copy of the weights:
   fused QKV projections;
 - ``compiled``: channels_last plus regional ``torch.compile`` of the repeated blocks (``COMPILE=1``), and
   ``compiled+graphs`` with CUDA graphs (``CUDA_GRAPHS=1``); the compile time is reported apart.
+
+The engine (``--engine``, ``core/ddpm``): the bundled models and a DiT of their size in fp32 as a worker serves them,
+eager against compiled (``core/ddpm/compile.py``: the network compiled in place and warmed up on batch 1 and the
+dynamic batches) and compiled with CUDA graphs, in ms per denoiser step (``bench/compile.py`` prints the CPU table).
 
 The published anchors (H100, SD 1.5 512² batch 1 with CFG: 54.5 it/s diffusers, 66.0 compiled, 104.6 stable-fast;
 SDXL 1024²: 14.9 -> 21.6 it/s) are printed beside the results.
@@ -272,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30, help="denoising steps per image, for images/s")
     p.add_argument("--compile-backend", default=None, help="default inductor (aot_eager with --smoke)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak, when not in the table")
+    p.add_argument("--engine", default=None, help="engine models: default digits,mnist,dit (digits with --smoke)")
+    p.add_argument("--engine-batches", default="1,8,32", help="images per request for the engine")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
     if device == "cpu" and not a.smoke:
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | batch | mode | it/s | images/s | MFU | first call s | max diff | published it/s (H100) |")
     print("|---|---|---|---|---|---|---|---|---|")
     all_cases = cases(a.smoke)
-    for name in a.models.split(","):
+    for name in [m for m in a.models.split(",") if m in all_cases]:
         case = all_cases[name]
         dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if name == "flux" else torch.float16)
         try:
@@ -319,7 +326,30 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     print(f"\nimages/s = it/s x batch / {a.steps} steps (denoiser only); MFU against {peak or 'n/a'} TFLOPS peak;")
     print("max diff: the largest difference from the first mode's output, relative to its largest value")
+    engine_section(a, device)
     return 0
+
+
+def engine_section(a, device: str) -> None:
+    """The engine's networks, eager against compiled (and compiled with CUDA graphs on CUDA), in ms per step."""
+    from bench.compile import engine_rows
+
+    models = [m for m in (a.engine or ("digits" if a.smoke else "digits,mnist,dit")).split(",") if m]
+    if not models:
+        return
+    batches = [int(b) for b in (a.engine_batches if not a.smoke else "1").split(",")]
+    backend = "eager" if a.smoke else a.compile_backend  # --smoke: dynamo's tracing and guards, no kernels
+    rounds, calls = (1, 1) if a.smoke else (a.iters, 5)
+    print(f"\nThe engine (fp32, {backend}; batch = images x 2 with guidance), ms per denoiser step")
+    print("| engine model | images | batch | mode | eager ms | compiled ms | speed-up | compile s | max diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for graphs in [False] + ([True] if device == "cuda" else []):
+        for r in engine_rows(models, batches, device, backend, rounds, calls, cuda_graphs=graphs):
+            compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "(same)"
+            print(
+                f"| {r['model']} | {r['images']} | {r['batch']} | {r['how']} | {r['eager_ms']:.3f} "
+                f"| {r['compiled_ms']:.3f} | {r['eager_ms'] / r['compiled_ms']:.2f}x | {compile_s} | {r['diff']:.1e} |"
+            )
 
 
 if __name__ == "__main__":
