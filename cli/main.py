@@ -219,6 +219,8 @@ def cmd_generate(c: Client, a) -> int:
             body[key] = value
     if a.lora:
         body["loras"] = [{"name": n, "scale": float(s or 1)} for n, _, s in (x.partition(":") for x in a.lora)]
+    if a.cache:
+        body["cache"] = step_cache(a.cache)
     route = "/v1/txt2img"
     if a.control_image:
         route, body["control_image"] = "/v1/controlnet", c.upload(a.control_image)
@@ -232,6 +234,21 @@ def cmd_generate(c: Client, a) -> int:
     print(f"job {job_id_of(job)} queued", file=sys.stderr)
     job = c.follow(job, show=not a.no_progress)
     return finish(c, job, Path(a.out))
+
+
+def step_cache(given: str) -> dict:
+    """``METHOD`` or ``METHOD:KNOB=VALUE`` (``deep``, ``deep:interval=2``, ``first_block:threshold=0.1``) as the
+    request's ``cache``; the service checks it against the model (GET /v1/models lists each model's)."""
+    method, _, setting = given.partition(":")
+    if not setting:
+        return {"method": method}
+    knob, eq, value = setting.partition("=")
+    if not eq:
+        raise ServiceError(0, "usage", "--cache: METHOD or METHOD:KNOB=VALUE (e.g. deep:interval=2)")
+    try:
+        return {"method": method, knob: float(value) if "." in value else int(value)}
+    except ValueError:
+        raise ServiceError(0, "usage", f"--cache: {value!r} is not a number") from None
 
 
 def finish(c: Client, job: dict, out: Path) -> int:
@@ -338,6 +355,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preprocess", help="ControlNet preprocessing of the control image (canny, depth)")
     g.add_argument("--lora", action="append", help="NAME[:SCALE], repeatable")
     g.add_argument("--preview-every", type=int)
+    g.add_argument(
+        "--cache", help="step caching: METHOD or METHOD:KNOB=VALUE, e.g. deep, deep:interval=2 (see cache_methods)"
+    )
     g.add_argument("--out", default=".", help="folder for the outputs, named JOB_SEED.png (default: here)")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(fn=cmd_generate)

@@ -67,6 +67,9 @@ function onModel() {
   for (const opt of $("task").options) opt.disabled = !m.tasks.includes(opt.value);
   if (!m.tasks.includes($("task").value)) $("task").value = m.tasks[0];
   $("prompt").placeholder = m.labels ? `a label: ${m.labels.slice(0, 10).join(", ")}` : "a prompt";
+  // the step caches this model takes, each with its default knob (GET /v1/models cache_methods)
+  options($("cache"), [["", "off"], ...(m.cache_methods || []).map((c) =>
+    [c.method, `${c.method} (${c.interval != null ? `interval ${c.interval}` : `threshold ${c.threshold}`})`])]);
   onTask();
 }
 
@@ -141,6 +144,7 @@ async function buildRequest() {
   add("width", num("width"));
   add("height", num("height"));
   add("preview_every", num("preview_every"));
+  if ($("cache").value) body.cache = { method: $("cache").value };
   if (task !== "video") add("num_images", num("num_images"));
   else add("num_frames", num("num_frames"));
   const loras = $("loras").value.split(",").map((s) => s.trim()).filter(Boolean);

@@ -145,6 +145,22 @@ def test_size_inputs_follow_the_models_size_rule(page, console):
     assert_no_csp_violation(page, console)
 
 
+def test_a_step_cache_from_the_models_list(page, console):
+    """The cache select offers what the model takes (mnist: deep, with its default interval); a job drawn with it
+    records what the cache reused."""
+    page.wait_for_function("() => document.querySelector('[data-testid=model]').options.length > 1")
+    page.get_by_test_id("model").select_option("mnist")
+    offered = page.eval_on_selector_all("[data-testid=cache] option", "os => os.map((o) => o.value)")
+    assert offered == ["", "deep"]
+    page.get_by_test_id("cache").select_option("deep")
+    page.get_by_test_id("prompt").fill("4")
+    page.get_by_test_id("generate").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=status]').textContent.includes('succeeded')")
+    job = json.loads(page.get_by_test_id("job-json").text_content())
+    assert job["input"]["cache"]["method"] == "deep" and "reused" in job["versions"]["step_cache"]
+    assert_no_csp_violation(page, console)
+
+
 def test_cancel_a_long_job(page):
     page.get_by_test_id("model").select_option("digits")
     page.get_by_test_id("prompt").fill("3")

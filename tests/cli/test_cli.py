@@ -61,6 +61,18 @@ def test_generate_writes_one_file_per_image_named_by_job_and_seed(service, tmp_p
     assert r.returncode == 0 and json.loads(r.stdout)["id"] == job_id, r.stderr
 
 
+def test_generate_with_a_step_cache(service, tmp_path):
+    r = cli(service, "generate", "--model", "mnist", "--prompt", "3", "--seed", "5", "--cache", "deep:interval=2",
+            "--out", str(tmp_path))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    job_id = os.path.basename(r.stdout.split()[0]).rsplit("_", 1)[0]
+    job = json.loads(cli(service, "jobs", "get", job_id).stdout)
+    assert job["input"]["cache"] == {"method": "deep", "threshold": None, "interval": 2}
+    assert job["versions"]["step_cache"] == "deep interval=2; reused 10 of 20 denoiser calls"
+    r = cli(service, "generate", "--model", "mnist", "--prompt", "3", "--cache", "first_block", "--out", str(tmp_path))
+    assert r.returncode != 0 and "cache" in r.stderr and "first_block" in r.stderr
+
+
 def test_img2img_from_a_file_and_wait(service, tmp_path):
     src = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(src)
