@@ -35,7 +35,12 @@ from core.catalog import CACHE_METHODS, ENGINE_CACHE_METHODS  # noqa: E402
 from core.ddpm.dit import DiT  # noqa: E402
 from core.ddpm.pipeline import DDPMEngineModel  # noqa: E402
 
-SETTINGS = {"deep": [2, 3, 4, 5, 7, 10], "first_block": [0.02, 0.05, 0.1, 0.2, 0.3], "taylorseer": [2, 3, 5], "mag": [0.06]}
+SETTINGS = {
+    "deep": [2, 3, 4, 5, 7, 10],
+    "first_block": [0.02, 0.05, 0.1, 0.2, 0.3],
+    "taylorseer": [2, 3, 5],
+    "mag": [0.06],
+}
 
 
 def table(title: str, header: list[str], rows: list[list]) -> None:
