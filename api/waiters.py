@@ -99,6 +99,29 @@ class Waiters:
             if not group:
                 del self._events[job_id]
 
+    async def read_until_terminal(self, tenant: str, job_id: str, wait: float, read: Callable[[str], object]):
+        """``read(job_id)`` (blocking, run in the threadpool; its errors, a 404, raised as they are), then, unless
+        terminal, :meth:`until_terminal` without a second read: the wake-up is registered before the first read, so a
+        change after it is never missed."""
+        if wait <= 0:
+            return await run_in_threadpool(read, job_id)
+        deadline = time.monotonic() + wait
+        changed = asyncio.Event()
+        self._events[job_id][changed] = False  # status changes only
+        try:
+            job = await run_in_threadpool(read, job_id)
+            if job.status.is_terminal():
+                return job
+            with self.held(tenant):  # counts against the tenant's open waits (429 past it) once the job is known
+                while await wait_for(changed, deadline - time.monotonic()):
+                    changed.clear()  # before the read: a change after it wakes the wait again
+                    job = await run_in_threadpool(read, job_id) or job
+                    if job.status.is_terminal():
+                        break
+            return job
+        finally:
+            self._forget(job_id, changed)
+
     async def until_terminal(self, tenant: str, job, wait: float, read: Callable[[str], object], held: bool = False):
         """``job`` once terminal, or as ``read(job.id)`` (blocking, run in the threadpool) last gave it after ``wait``
         seconds: woken by its status events, no thread or connection held while waiting."""

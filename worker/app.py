@@ -121,6 +121,7 @@ def run_job(job_id: str) -> str | None:
     tenants, priorities); everything else happens in core.jobs.execute (claim, heartbeat, run, store, finish)."""
     p, s = process(), settings
     held = p.runner.warm_models  # the models this worker holds warm (none before its engines are built)
+    queue = (run_job.request.delivery_info or {}).get("routing_key")  # the message's queue: no read to learn it
     done = take_turn(
         job_id,
         p.store,
@@ -129,6 +130,7 @@ def run_job(job_id: str) -> str | None:
         stop=p._stop,
         warm=held,
         affinity_s=s.affinity_wait_s,
+        queue=queue if queue in QUEUES else None,
     )
     return done.status.value if done else None
 

@@ -45,9 +45,7 @@ async def get_job(
 ):
     """Read a job; with ?wait=N, answer as soon as it is terminal or after N seconds."""
     wait = min(wait, b.settings.max_wait_s)
-    job = await run_in_threadpool(own_job, b, t, job_id)
-    if wait > 0 and not job.status.is_terminal():
-        job = await b.waiters.until_terminal(t, job, wait, lambda i: own_job(b, t, i))
+    job = await b.waiters.read_until_terminal(t, job_id, wait, lambda i: own_job(b, t, i))
     # built from the record, already valid: answered as is (response_model documents it, without re-validating)
     return JSONResponse(job_view(job, b, str(request.base_url)))
 

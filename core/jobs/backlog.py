@@ -37,6 +37,9 @@ class Backlog(Protocol):
     def depth(self, queue: str) -> dict[tuple[int, str], int]:
         """Jobs waiting by (level, model)."""
 
+    def view(self, queue: str) -> tuple[list[Waiting], dict[str, float]]:
+        """``heads`` and ``passes`` together, as of one moment (what the scheduler reads for each pick)."""
+
 
 class MemoryBacklog:
     """In memory: per (tenant, level, model) a list of (joined, job id) kept in order, so ``heads`` costs one look per
@@ -83,12 +86,19 @@ class MemoryBacklog:
 
     def heads(self, queue):
         with self._lock:
-            jobs = self._jobs[queue]
-            return [jobs[line[0][1]][0] for line in self._lines[queue].values()]
+            return self._heads(queue)
+
+    def _heads(self, queue):
+        jobs = self._jobs[queue]
+        return [jobs[line[0][1]][0] for line in self._lines[queue].values()]
 
     def passes(self, queue):
         with self._lock:
             return dict(self._passes[queue])
+
+    def view(self, queue):
+        with self._lock:
+            return self._heads(queue), dict(self._passes[queue])
 
     def depth(self, queue):
         with self._lock:
@@ -142,6 +152,25 @@ return meta
 """
 
 
+# heads and passes in one step: the oldest job of each non-empty (tenant, level, model), then the passes (flat)
+VIEW = """
+local p = ARGV[1]
+local heads = {}
+for _, triple in ipairs(redis.call('SMEMBERS', p .. 'heads')) do
+  local first = redis.call('ZRANGE', p .. 'q:' .. triple, 0, 0)
+  if first[1] then
+    local meta = redis.call('HGET', p .. 'meta', first[1])
+    if meta then heads[#heads + 1] = meta end
+  end
+end
+return {heads, redis.call('HGETALL', p .. 'pass')}
+"""
+
+
+def _str(x: str | bytes) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
 def _waiting(meta: str | bytes) -> Waiting:
     d = json.loads(meta)
     d.pop("weight", None)
@@ -154,18 +183,28 @@ class RedisBacklog:
         self.prefix = prefix
         self._add = r.register_script(ADD)
         self._take = r.register_script(TAKE)
+        self._view = r.register_script(VIEW)
 
     def _p(self, queue: str) -> str:
         return f"{self.prefix}{queue}:"
 
-    def add(self, queue, job, weight=1.0):
+    def _add_args(self, queue, job, weight) -> list:
         meta = json.dumps({**asdict(job), "weight": weight})
-        args = [self._p(queue), job.tenant, job.level, job.job_id, job.since, meta, job.model or "", weight]
-        return bool(self._add(args=args))
+        return [self._p(queue), job.tenant, job.level, job.job_id, job.since, meta, job.model or "", weight]
+
+    def _take_args(self, queue, job_id, charge) -> list:
+        return [self._p(queue), job_id, "1" if charge else "0"]
+
+    def add(self, queue, job, weight=1.0):
+        return bool(self._add(args=self._add_args(queue, job, weight)))
 
     def take(self, queue, job_id, charge=True):
-        meta = self._take(args=[self._p(queue), job_id, "1" if charge else "0"])
+        meta = self._take(args=self._take_args(queue, job_id, charge))
         return _waiting(meta) if meta else None
+
+    def view(self, queue):
+        metas, flat = self._view(args=[self._p(queue)])
+        return [_waiting(m) for m in metas], {_str(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def heads(self, queue):
         p = self._p(queue)

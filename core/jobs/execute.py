@@ -84,6 +84,7 @@ def take_turn(
     stop: threading.Event | None = None,
     warm: Callable[[], set[str]] = set,
     affinity_s: float = 0.0,
+    queue: str | None = None,
 ) -> JobRecord | None:
     """What one queue message wakes a worker for: the queued job the scheduler picks now (fair share between tenants,
     priorities aged by ``age_s``, the worker's ``warm`` models preferred for ``affinity_s``; ``lifecycle.next_job``),
@@ -91,8 +92,9 @@ def take_turn(
     first, so the next pick is tried); then, while jobs wait and up to ``drain`` in all, the next pick again. A job's
     message is what wakes a worker for it (and what autoscaling counts); which job runs is the rule's, and a worker
     never sleeps while the backlog holds a job whose message another turn used up. An empty backlog (an older record,
-    the store away) runs the message's own job. Returns the first job run, or None."""
-    queue = _queue_of(store, message_id)
+    the store away) runs the message's own job. ``queue``: the message's (else read from its job's record). Returns
+    the first job run, or None."""
+    queue = queue or _queue_of(store, message_id)
     tried: set[str] = set()
     first: JobRecord | None = None
     for _ in range(drain + 8):
@@ -221,7 +223,6 @@ def _run_group(
             deadline = time.monotonic() + timeout if timeout else None
             ctxs[job.id] = JobContext(store, job, storage, job.lease_token, deadline, cache_dir, lost[job.id])
         # 3. run: one batch, or the job alone
-        store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
         t_run = time.perf_counter()
         if len(jobs) == 1:
             outcomes = [_attempt(lambda: runner.run(jobs[0], ctxs[jobs[0].id]))]
@@ -230,10 +231,16 @@ def _run_group(
                 outcomes = runner.run_batch(jobs, [ctxs[j.id] for j in jobs])
             except Exception as e:  # noqa: BLE001 - the batch could not start: each job records why
                 outcomes = [e] * len(jobs)
-        # 4. each job's share of the device's time (the run's, split by images), then publish and finish it alone
+        # 4. each job's share of the device's time (the run's, split by images), then publish and finish it alone;
+        # the bookkeeping of them all (metrics, usage, webhook deliveries) goes out in one batch after the last
         shares = device_shares(jobs, (time.perf_counter() - t_run) * 1000)
-        for job, outcome in zip(jobs, outcomes, strict=True):  # run_batch answers once per job
-            finals[job.id] = _complete(job, ctxs[job.id], outcome, store, storage, startup_ms, shares[job.id])
+        try:
+            with store.batch():
+                store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
+                for job, outcome in zip(jobs, outcomes, strict=True):  # run_batch answers once per job
+                    finals[job.id] = _complete(job, ctxs[job.id], outcome, store, storage, startup_ms, shares[job.id])
+        except Unavailable:  # the jobs are finished; what the store could not take is logged
+            log.warning("jobs %s: their metrics, usage and webhook deliveries were not recorded", list(finals))
     return finals
 
 

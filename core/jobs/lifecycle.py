@@ -1,6 +1,7 @@
 """Job transitions, written once against the JobStore interface: submit, claim, progress, finish, cancel, reap.
 
-Every transition is one atomic ``store.jobs.update`` followed by an event in the job's log.
+Every transition is one atomic ``store.jobs.update`` that also appends the job's event (one round trip in
+distributed mode); its bookkeeping (backlog, counters, histograms, webhook deliveries) follows in one ``store.batch``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def next_job(
     wall = time.time()
     dropped: set[str] = set()
     while True:  # every stale entry met is dropped (one each), so this ends with the backlog
-        heads, passes = store.backlog.heads(queue_name), store.backlog.passes(queue_name)
+        heads, passes = store.backlog.view(queue_name)
         chosen = pick(
             heads, passes, wall, age_s, lambda w: w.job_id in exclude or w.job_id in dropped, warm, affinity_s
         )
@@ -108,6 +109,11 @@ def status_event(job: JobRecord) -> dict:
     }
 
 
+def _status(job: JobRecord) -> tuple[str, dict]:
+    """A transition's event: the job's new status."""
+    return "status", status_event(job)
+
+
 def submit(
     store: JobStore,
     queue: Queue,
@@ -121,7 +127,7 @@ def submit(
     retry makes a new job, and :class:`Unavailable` raised. When even that write fails (the store went down with the
     broker), the job stays ``queued`` with ``enqueued`` False and the reaper sends it once the store is back."""
     keep_inputs(store.retention, store.job_ttl_s, job)
-    job, created, stored_hash = store.jobs.create(job, idempotency, max_active)
+    job, created, stored_hash = store.jobs.create(job, idempotency, max_active, event=("status", status_event(job)))
     if not created:
         if stored_hash != idempotency[1]:
             raise Conflict(
@@ -130,10 +136,10 @@ def submit(
                 code="idempotency_conflict",
             )
         return job, False
-    store.events.add_event(job.id, "status", status_event(job))
-    store.limits.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
     try:
-        store.backlog.add(job.queue, waiting_of(job), job.weight)  # what the scheduler picks from
+        with store.batch():
+            store.limits.incr("diffuserve_jobs_submitted_total", {"type": job.type.value})
+            store.backlog.add(job.queue, waiting_of(job), job.weight)  # what the scheduler picks from
         queue.enqueue(job.id, job.queue)  # one message per job: it wakes a worker (and counts for autoscaling)
     except Exception as e:
         log.warning("could not enqueue %s: %s", job.id, type(e).__name__)
@@ -178,6 +184,7 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
 
     def fn(job: JobRecord) -> JobRecord | None:
         nonlocal claimed
+        claimed = False  # decided afresh on each call (another writer in between calls it again)
         if job.status != JobStatus.queued:
             return None
         t = now()
@@ -191,23 +198,21 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
         claimed = True
         return job
 
-    job = store.jobs.update(job_id, fn, lease=(token, lease_ttl))
+    job = store.jobs.update(job_id, fn, lease=(token, lease_ttl), event=_status)
     if not claimed or job is None:
         return None
-    try:  # it leaves the backlog, its tenant's pass grows by 1 / weight (fair share)
-        store.backlog.take(job.queue, job_id)
-    except Unavailable:  # the claim holds; the scheduler drops the entry when it next meets it
-        log.warning("job %s: could not take it out of the backlog at start", job_id)
     try:
-        # the uploads it reads outlive this attempt, however long it waited
-        keep_inputs(store.retention, store.job_ttl_s, job)
-    except Unavailable:  # the claim holds: the submit already kept them a TTL; retention may still win (input_expired)
-        log.warning("job %s: could not push its uploads' retention at start", job_id)
-    store.events.add_event(job_id, "status", status_event(job))
-    webhooks.emit(store.webhooks, job, "start")
-    store.limits.observe(
-        "diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS
-    )
+        with store.batch():
+            store.backlog.take(job.queue, job_id)  # it leaves the backlog, its tenant's pass grows by 1 / weight
+            keep_inputs(store.retention, store.job_ttl_s, job)  # the uploads it reads outlive this attempt
+            webhooks.emit(store.webhooks, job, "start")
+            store.limits.observe(
+                "diffuserve_job_wait_seconds", {"type": job.type.value}, job.metrics.queue_ms / 1000, SECONDS_BUCKETS
+            )
+    except Unavailable:
+        # the claim holds: the scheduler drops the backlog entry when it next meets it, the submit already kept the
+        # uploads a TTL (retention may still win: input_expired)
+        log.warning("job %s: its start's bookkeeping (backlog, retention, webhook, metrics) was not written", job_id)
     return job
 
 
@@ -229,16 +234,15 @@ def report_progress(
 
     def fn(job: JobRecord) -> JobRecord | None:
         nonlocal owned
-        if job.status != JobStatus.running or job.lease_token != token:
+        owned = job.status == JobStatus.running and job.lease_token == token
+        if not owned:
             return None
-        owned = True
         job.progress.step, job.progress.total = step, total
         return job
 
-    job = store.jobs.update(job_id, fn)
+    job = store.jobs.update(job_id, fn, event=lambda _: ("progress", {"step": step, "total": total, **extra}))
     if not owned or job is None:
         raise LeaseLost(f"job {job_id} is no longer ours")
-    store.events.add_event(job_id, "progress", {"step": step, "total": total, **extra})
     webhooks.emit(store.webhooks, job, "progress")  # as often as the record is written (every 0.5 s at most)
     return job.cancel_requested
 
@@ -265,6 +269,7 @@ def finish(
 
     def fn(job: JobRecord) -> JobRecord | None:
         nonlocal done
+        done = False
         if job.status.is_terminal() or job.lease_token != token:
             return None
         job.status = status
@@ -284,14 +289,14 @@ def finish(
         done = True
         return job
 
-    job = store.jobs.update(job_id, fn, lease=("", 0))
+    job = store.jobs.update(job_id, fn, lease=("", 0), event=_status)
     if not done or job is None:
         return None
-    store.events.add_event(job_id, "status", status_event(job))
-    _count_finished(store.limits, job)
-    if job.status == JobStatus.succeeded and job.output:
-        webhooks.emit(store.webhooks, job, "output")
-    webhooks.emit(store.webhooks, job, "completed")
+    with store.batch():  # joins the caller's batch, if any
+        _count_finished(store.limits, job)
+        if job.status == JobStatus.succeeded and job.output:
+            webhooks.emit(store.webhooks, job, "output")
+        webhooks.emit(store.webhooks, job, "completed")
     return job
 
 
@@ -313,6 +318,7 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
 
     def fn(job: JobRecord) -> JobRecord | None:
         nonlocal changed
+        changed = None
         if job.status == JobStatus.queued:
             job.status = JobStatus.canceled
             job.finished_at = now()
@@ -324,17 +330,18 @@ def cancel(store: JobStore, job_id: str) -> JobRecord | None:
             return job
         return None
 
-    job = store.jobs.update(job_id, fn)
+    def event(job: JobRecord) -> tuple[str, dict]:
+        return _status(job) if job.status == JobStatus.canceled else ("cancel_requested", {"id": job_id})
+
+    job = store.jobs.update(job_id, fn, event=event)
     if job is not None and changed == "canceled":
         try:
             store.backlog.take(job.queue, job_id, charge=False)
         except Unavailable:  # the scheduler drops the entry when it next meets it
             log.warning("job %s: canceled, but not taken out of the backlog", job_id)
-        store.events.add_event(job_id, "status", status_event(job))
-        _count_finished(store.limits, job)
-        webhooks.emit(store.webhooks, job, "completed")
-    elif job is not None and changed == "flagged":
-        store.events.add_event(job_id, "cancel_requested", {"id": job_id})
+        with store.batch():
+            _count_finished(store.limits, job)
+            webhooks.emit(store.webhooks, job, "completed")
     return job
 
 
@@ -367,10 +374,9 @@ def _reap_running(store: JobStore, queue: Queue, job_id: str, wall: datetime, ma
         )
         return job if changed else None
 
-    job = store.jobs.update(job_id, fn, lease=("", 0))
+    job = store.jobs.update(job_id, fn, lease=("", 0), event=_status)
     if job is None or not changed:
         return False
-    store.events.add_event(job_id, "status", status_event(job))
     if job.status == JobStatus.queued:
         log.warning("job %s lost its worker; queued again (attempt %d done)", job_id, job.attempts)
         store.backlog.add(job.queue, waiting_of(job), job.weight)  # at its place: the time it was first queued

@@ -7,9 +7,14 @@ Keys (prefix ``ds:``): ``job:{id}`` the record as JSON; ``job:{id}:events`` its 
 ``idem:{tenant}:{key}``; ``expiry`` a sorted set of what retention deletes when; ``metrics:*`` hashes; ``rl:*``
 rate-limit windows; ``webhook:{id}`` and ``webhooks:due`` webhook deliveries.
 
-Every multi-key change is atomic (a record update is one compare-and-set script; a creation one MULTI under
-WATCH), so a record and its indexes, idempotency key and lease never disagree. Connection failures surface as
-:class:`core.errors.Unavailable`, fast: short socket timeouts, one retry.
+Every multi-key change is atomic (a record update is one compare-and-set script, a creation one script, each with
+the job's event when it has one), so a record and its indexes, idempotency key, lease and event log never disagree.
+Connection failures surface as :class:`core.errors.Unavailable`, fast: short socket timeouts, one retry.
+
+Round trips are what a job's service overhead is made of, so: a record update compares against the raw record this
+process last read or wrote (``RedisJobs._seen``: no read first when nobody wrote in between; a stale guess costs one
+failed compare, then a read) and carries the status event; ``JobStore.batch`` sends the writes whose answers nobody
+reads (counters, histograms, usage, webhook deliveries, backlog takes, retention) in one pipeline at its end.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
+from contextlib import contextmanager
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from core.errors import Unavailable
-from core.jobs.backlog import RedisBacklog
+from core.jobs.backlog import ADD, TAKE, RedisBacklog
 from core.jobs.store import INDEXED, JobStore, _labels_key, over_quota
 from core.jobs.usage import RedisUsage
 from core.schemas import JobRecord
@@ -45,18 +52,33 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# write a record only if it is still what the caller read, moving its status indexes and lease in the same step.
-# KEYS: record, tenant's active set, expiry zset, lease, then the status sets (queued, running).
+# append an event to a job's log and wake its waiters (KEYS[e]: the log, KEYS[e + 1]: the notify channel;
+# ARGV[a]: the event's JSON ('' for none), ARGV[a + 1]: the log's TTL, ARGV[a + 2]: the event's name)
+EVENT = """
+local function add_event(e, a)
+  if ARGV[a] == '' then return end
+  redis.call('RPUSH', KEYS[e], ARGV[a])
+  redis.call('EXPIRE', KEYS[e], ARGV[a + 1])
+  redis.call('PUBLISH', KEYS[e + 1], ARGV[a + 2])
+end
+"""
+
+# write a record only if it is still what the caller read, moving its status indexes and lease, and appending its
+# event, in the same step.
+# KEYS: record, tenant's active set, expiry zset, lease, event log, notify channel, then the status sets (queued,
+# running).
 # ARGV: old, new, id, status changed (0/1), index of the new status set (0: terminal), expiry score,
-# lease mode (keep/set/del), lease token, lease ms
-CAS = """
+# lease mode (keep/set/del), lease token, lease ms, event JSON, event log TTL, event name
+CAS = (
+    EVENT
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[4] == '1' then
-  for i = 5, #KEYS do redis.call('SREM', KEYS[i], ARGV[3]) end
+  for i = 7, #KEYS do redis.call('SREM', KEYS[i], ARGV[3]) end
   local index = tonumber(ARGV[5])
   if index > 0 then
-    redis.call('SADD', KEYS[4 + index], ARGV[3])
+    redis.call('SADD', KEYS[6 + index], ARGV[3])
     redis.call('SADD', KEYS[2], ARGV[3])
   else
     redis.call('SREM', KEYS[2], ARGV[3])
@@ -68,8 +90,40 @@ if ARGV[7] == 'set' then
 elseif ARGV[7] == 'del' then
   redis.call('DEL', KEYS[4])
 end
+add_event(5, 10)
 return 1
 """
+)
+
+# create a job unless its Idempotency-Key names one that still exists (then return it) or its tenant is at its
+# limit of active jobs; with its indexes and its first event, in one step.
+# KEYS: idempotency key (or ''), tenant's active set, record, tenant's job list, the new status set (or ''), event
+# log, notify channel. ARGV: id, raw record, idempotency value, its TTL, max active (-1: none), the record key prefix,
+# event JSON, event log TTL, event name.
+# Returns {1} created, {0, first raw record, idempotency value} a replay, {-1} over the limit.
+CREATE = (
+    EVENT
+    + """
+if KEYS[1] ~= '' then
+  local v = redis.call('GET', KEYS[1])
+  if v then
+    local first = redis.call('GET', ARGV[6] .. string.match(v, '^[^|]*'))
+    if first then return {0, first, v} end
+  end
+end
+local limit = tonumber(ARGV[5])
+if limit >= 0 and redis.call('SCARD', KEYS[2]) >= limit then return {-1} end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4]) end
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('LPUSH', KEYS[4], ARGV[1])
+if KEYS[5] ~= '' then
+  redis.call('SADD', KEYS[5], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+add_event(6, 7)
+return {1}
+"""
+)
 
 # claim up to ARGV[3] webhook deliveries due by ARGV[1]: each is made due again at ARGV[2] (its lease)
 CLAIM_WEBHOOKS = """
@@ -124,7 +178,41 @@ class RedisConn:
         self.down_until = 0.0
         self.renew = self.r.register_script(RENEW)
         self.cas = self.r.register_script(CAS)
+        self.create = self.r.register_script(CREATE)
         self.claim_webhooks = self.r.register_script(CLAIM_WEBHOOKS)
+        self._local = threading.local()
+
+    def deferred(self):
+        """The pipeline of this thread's open ``batch`` (None outside one): where answer-less writes go."""
+        return getattr(self._local, "pipe", None)
+
+    @contextmanager
+    def batch(self):
+        """Writes whose answers nobody reads, made on this thread inside the block, go out in one pipeline at its end
+        (raising :class:`Unavailable` there when Redis is away); reads and record updates still go at once. A
+        nested block joins the outer one."""
+        if self.deferred() is not None:
+            yield
+            return
+        pipe = self.r.pipeline(transaction=False)
+        self._local.pipe = pipe
+        try:
+            yield
+        except BaseException:
+            self._local.pipe = None
+            try:  # what the block asked for before it failed still goes out
+                if len(pipe):
+                    self._flush(pipe)
+            except Exception:  # noqa: BLE001 - the block's own error is the one to raise
+                log.warning("a batch of store writes was lost", exc_info=True)
+            raise
+        self._local.pipe = None
+        if len(pipe):
+            self._flush(pipe)
+
+    @_unavailable
+    def _flush(self, pipe) -> None:
+        pipe.execute()
 
     def ping(self) -> bool:
         try:
@@ -147,39 +235,62 @@ class RedisConn:
 class RedisJobs:
     """Job records (``job:{id}``), the status sets, per-tenant lists and active sets, idempotency keys."""
 
+    SEEN = 1024  # raw records remembered, the most recent first out
+
     def __init__(self, conn: RedisConn):
         self.c = conn
+        self._seen: OrderedDict[str, str] = OrderedDict()  # job id -> its raw record as this process last saw it
+        self._seen_lock = threading.Lock()
+
+    def _remember(self, job_id: str, raw: str) -> None:
+        with self._seen_lock:
+            self._seen[job_id] = raw
+            self._seen.move_to_end(job_id)
+            if len(self._seen) > self.SEEN:
+                self._seen.popitem(last=False)
+
+    def _recall(self, job_id: str) -> str | None:
+        with self._seen_lock:
+            return self._seen.pop(job_id, None)
+
+    def _event_args(self, job_id: str, event: tuple[str, dict] | None) -> tuple[list[str], list]:
+        keys = [f"{P}job:{job_id}:events", f"{P}job:{job_id}:notify"]
+        if event is None:
+            return keys, ["", 0, ""]
+        name, data = event
+        return keys, [json.dumps({"event": name, "data": data}), int(self.c.job_ttl_s) + 3600, name]
 
     @_unavailable
-    def create(self, job, idempotency=None, max_active=None):
-        key = f"{P}job:{job.id}"
-        idem = f"{P}idem:{job.tenant}:{idempotency[0]}" if idempotency else None
-        active = f"{P}tenant:{job.tenant}:active"
-        with self.c.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(*filter(None, (idem, active)))
-                    if idem:
-                        first_id, _, body_hash = (pipe.get(idem) or "").partition("|")
-                        first = self.get(first_id) if first_id else None
-                        if first is not None:
-                            pipe.unwatch()
-                            return first, False, body_hash
-                    if max_active is not None and pipe.scard(active) >= max_active:
-                        pipe.unwatch()
-                        raise over_quota(job.tenant, max_active)
-                    pipe.multi()
-                    if idem:
-                        pipe.set(idem, f"{job.id}|{idempotency[1]}", ex=IDEM_TTL_S)
-                    pipe.set(key, job.model_dump_json())
-                    pipe.lpush(f"{P}tenant:{job.tenant}:jobs", job.id)  # newest first
-                    if job.status in INDEXED:
-                        pipe.sadd(f"{P}status:{job.status.value}", job.id)
-                        pipe.sadd(active, job.id)
-                    pipe.execute()
-                    return job, True, None
-                except redis.WatchError:
-                    continue  # another POST with the same key or tenant won the race: look again
+    def create(self, job, idempotency=None, max_active=None, event=None):
+        idem = f"{P}idem:{job.tenant}:{idempotency[0]}" if idempotency else ""
+        raw = job.model_dump_json()
+        event_keys, event_args = self._event_args(job.id, event)
+        found = self.c.create(
+            keys=[
+                idem,
+                f"{P}tenant:{job.tenant}:active",
+                f"{P}job:{job.id}",
+                f"{P}tenant:{job.tenant}:jobs",
+                f"{P}status:{job.status.value}" if job.status in INDEXED else "",
+                *event_keys,
+            ],
+            args=[
+                job.id,
+                raw,
+                f"{job.id}|{idempotency[1]}" if idempotency else "",
+                IDEM_TTL_S,
+                -1 if max_active is None else max_active,
+                f"{P}job:",
+                *event_args,
+            ],
+        )
+        if found[0] == -1:
+            raise over_quota(job.tenant, max_active)
+        if found[0] == 0:  # a replay: the first job, and the body hash stored with it
+            self._remember(job.id, found[1])
+            return JobRecord.model_validate_json(found[1]), False, found[2].partition("|")[2]
+        self._remember(job.id, raw)
+        return job, True, None
 
     @_unavailable
     def release_idempotency(self, tenant, key, job_id):
@@ -197,30 +308,45 @@ class RedisJobs:
     @_unavailable
     def get(self, job_id):
         raw = self.c.r.get(f"{P}job:{job_id}")
-        return JobRecord.model_validate_json(raw) if raw else None
+        if not raw:
+            return None
+        self._remember(job_id, raw)
+        return JobRecord.model_validate_json(raw)
 
     @_unavailable
-    def update(self, job_id, fn, lease=None):
-        """Read, apply ``fn``, then write only if the record is still what was read (``CAS``: one script that also
-        moves the indexes and the lease); another writer in between: read again. Two round trips, no WATCH."""
+    def update(self, job_id, fn, lease=None, event=None):
+        """Apply ``fn`` to the record, then write it only if it is still what ``fn`` saw (``CAS``: one script that
+        also moves the indexes and the lease, and appends ``event(new)`` when given); another writer in between:
+        read again. The first try takes the record as this process last saw it, without reading it (one round trip
+        when nobody wrote in between); a record ``fn`` leaves as it is was always read just before."""
         key = f"{P}job:{job_id}"
-        status_keys = [f"{P}status:{s.value}" for s in INDEXED]
+        # the event log and its channel, then the status sets
+        other_keys = [f"{P}job:{job_id}:events", f"{P}job:{job_id}:notify", *(f"{P}status:{s.value}" for s in INDEXED)]
+        raw, guessed = self._recall(job_id), True
         while True:
-            raw = self.c.r.get(key)
-            if raw is None:
-                return None
-            old = JobRecord.model_validate_json(raw)
-            new = fn(JobRecord.model_validate_json(raw))  # a private copy for fn (cheaper than a deep copy)
+            if raw is None or not guessed:
+                raw, guessed = self.c.r.get(key), False
+                if raw is None:
+                    return None
+            current = JobRecord.model_validate_json(raw)
+            old_status = current.status
+            new = fn(current)  # a private copy for fn (cheaper than a deep copy)
             if new is None:
-                return old
-            changed = new.status != old.status
+                if guessed:  # nothing to write, decided on a guess: decide again on the record itself
+                    guessed = False
+                    continue
+                self._remember(job_id, raw)
+                return JobRecord.model_validate_json(raw)
+            changed = new.status != old_status
             index = next((i + 1 for i, s in enumerate(INDEXED) if s == new.status), 0)
             lease_mode = "keep" if lease is None else ("set" if lease[1] > 0 else "del")
+            new_raw = new.model_dump_json()
+            _, event_args = self._event_args(job_id, event(new) if event else None)
             done = self.c.cas(
-                keys=[key, f"{P}tenant:{new.tenant}:active", f"{P}expiry", f"{P}lease:{job_id}", *status_keys],
+                keys=[key, f"{P}tenant:{new.tenant}:active", f"{P}expiry", f"{P}lease:{job_id}", *other_keys],
                 args=[
                     raw,
-                    new.model_dump_json(),
+                    new_raw,
                     job_id,
                     int(changed),
                     index,
@@ -228,10 +354,13 @@ class RedisJobs:
                     lease_mode,
                     lease[0] if lease else "",
                     int(lease[1] * 1000) if lease else 0,
+                    *event_args,
                 ],
             )
             if done:
+                self._remember(job_id, new_raw)
                 return new
+            guessed = False
 
     @_unavailable
     def list(self, tenant, limit, offset):
@@ -253,6 +382,7 @@ class RedisJobs:
     @_unavailable
     def delete_job(self, job_id):
         job = self.get(job_id)
+        self._recall(job_id)
         pipe = self.c.r.pipeline()
         pipe.delete(f"{P}job:{job_id}", f"{P}job:{job_id}:events", f"{P}lease:{job_id}")
         for s in INDEXED:
@@ -271,11 +401,15 @@ class RedisEvents:
 
     @_unavailable
     def add_event(self, job_id, event, data):
+        """Returns the event's sequence number (None inside a ``batch``, where it goes out at the block's end)."""
         key = f"{P}job:{job_id}:events"
-        pipe = self.c.r.pipeline()
+        deferred = self.c.deferred()
+        pipe = deferred if deferred is not None else self.c.r.pipeline(transaction=False)
         pipe.rpush(key, json.dumps({"event": event, "data": data}))
         pipe.expire(key, int(self.c.job_ttl_s) + 3600)  # a backstop: retention deletes it with the job
         pipe.publish(f"{P}job:{job_id}:notify", event)
+        if deferred is not None:
+            return None
         length, *_ = pipe.execute()
         return length - 1
 
@@ -359,18 +493,20 @@ class RedisLimits:
 
     @_unavailable
     def incr(self, name, labels, value=1.0):
-        self.c.r.hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
+        (self.c.deferred() or self.c.r).hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
 
     @_unavailable
     def observe(self, name, labels, value, buckets):
         f = self._field(name, labels)
-        pipe = self.c.r.pipeline()
+        deferred = self.c.deferred()
+        pipe = deferred if deferred is not None else self.c.r.pipeline(transaction=False)
         for b in buckets:
             pipe.hincrby(f"{P}metrics:hist:{f}", f"le:{b}", 1 if value <= b else 0)
         pipe.hincrbyfloat(f"{P}metrics:hist:{f}", "sum", value)
         pipe.hincrby(f"{P}metrics:hist:{f}", "count", 1)
         pipe.sadd(f"{P}metrics:hists", f)
-        pipe.execute()
+        if deferred is None:
+            pipe.execute()
 
     @_unavailable
     def metrics_snapshot(self):
@@ -422,7 +558,7 @@ class RedisRetention:
 
     @_unavailable
     def extend_expiry(self, member, at):
-        self.c.r.zadd(f"{P}expiry", {member: at}, gt=True)
+        (self.c.deferred() or self.c.r).zadd(f"{P}expiry", {member: at}, gt=True)
 
     @_unavailable
     def due_expiries(self, now, limit=100):
@@ -461,10 +597,12 @@ class RedisWebhooks:
 
     @_unavailable
     def add(self, delivery, due):
-        pipe = self.c.r.pipeline()
+        deferred = self.c.deferred()
+        pipe = deferred if deferred is not None else self.c.r.pipeline()
         pipe.set(f"{P}webhook:{delivery['id']}", json.dumps(delivery))
         pipe.zadd(f"{P}webhooks:due", {delivery["id"]: due})
-        pipe.execute()
+        if deferred is None:
+            pipe.execute()
 
     @_unavailable
     def claim_due(self, now, lease_s, limit):
@@ -496,11 +634,28 @@ class RedisBacklogs(RedisBacklog):
         super().__init__(conn.r, f"{P}bk:")
         self.c = conn
 
-    add = _unavailable(RedisBacklog.add)
-    take = _unavailable(RedisBacklog.take)
     heads = _unavailable(RedisBacklog.heads)
     passes = _unavailable(RedisBacklog.passes)
+    view = _unavailable(RedisBacklog.view)
     depth = _unavailable(RedisBacklog.depth)
+
+    @_unavailable
+    def add(self, queue, job, weight=1.0):
+        """Inside a ``batch`` it goes out at the block's end (and answers True)."""
+        deferred = self.c.deferred()
+        if deferred is None:
+            return RedisBacklog.add(self, queue, job, weight)
+        deferred.eval(ADD, 0, *self._add_args(queue, job, weight))  # the script's text: no NOSCRIPT to recover from
+        return True
+
+    @_unavailable
+    def take(self, queue, job_id, charge=True):
+        """Inside a ``batch`` it goes out at the block's end (and answers None)."""
+        deferred = self.c.deferred()
+        if deferred is None:
+            return RedisBacklog.take(self, queue, job_id, charge)
+        deferred.eval(TAKE, 0, *self._take_args(queue, job_id, charge))
+        return None
 
 
 class RedisUsages(RedisUsage):
@@ -510,8 +665,14 @@ class RedisUsages(RedisUsage):
         super().__init__(conn.r, f"{P}usage:")
         self.c = conn
 
-    add = _unavailable(RedisUsage.add)
     days = _unavailable(RedisUsage.days)
+
+    @_unavailable
+    def add(self, tenant, day, model, images, device_ms):
+        deferred = self.c.deferred()
+        if deferred is None:
+            return RedisUsage.add(self, tenant, day, model, images, device_ms)
+        self.add_to(deferred, tenant, day, model, images, device_ms)
 
 
 def redis_store(url: str, job_ttl_s: float = 7 * 24 * 3600, max_connections: int = 64) -> JobStore:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,23 +30,36 @@ class JobRecords(Protocol):
     backend cannot be reached (every protocol here does)."""
 
     def create(
-        self, job: JobRecord, idempotency: tuple[str, str] | None = None, max_active: int | None = None
+        self,
+        job: JobRecord,
+        idempotency: tuple[str, str] | None = None,
+        max_active: int | None = None,
+        event: tuple[str, dict] | None = None,
     ) -> tuple[JobRecord, bool, str | None]:
         """Store a new job, atomically. With ``idempotency=(key, body_hash)`` and a key already used, return the first
         job, False and the body hash stored with it (the lifecycle decides what a repeat means). With ``max_active``,
-        a tenant that already has that many queued or running jobs gets :class:`QuotaExceeded`."""
+        a tenant that already has that many queued or running jobs gets :class:`QuotaExceeded`. ``event`` (name,
+        data) is the new job's first event, appended with it."""
 
     def release_idempotency(self, tenant: str, key: str, job_id: str) -> None:
         """Forget ``key`` if it still names ``job_id`` (a submit that could not be enqueued)."""
 
     def get(self, job_id: str) -> JobRecord | None: ...
 
-    def update(self, job_id: str, fn: Mutator, lease: tuple[str, float] | None = None) -> JobRecord | None:
-        """Atomically apply ``fn`` to the job; ``fn`` returns the new record, or None to leave it as it is.
+    def update(
+        self,
+        job_id: str,
+        fn: Mutator,
+        lease: tuple[str, float] | None = None,
+        event: Callable[[JobRecord], tuple[str, dict]] | None = None,
+    ) -> JobRecord | None:
+        """Atomically apply ``fn`` to the job; ``fn`` returns the new record, or None to leave it as it is. ``fn``
+        may be called more than once (another writer in between): it must decide afresh on each call.
 
         Returns the record after the call (None if the job does not exist). Keeps the indexes; a job turning terminal
         is scheduled for deletion after the job TTL. With ``lease=(token, ttl)`` the job's lease is written in the
-        same atomic step (``ttl`` 0: dropped) when ``fn`` changed the job."""
+        same atomic step (``ttl`` 0: dropped) when ``fn`` changed the job, and so is ``event(new)`` (name, data)
+        appended to its event log."""
 
     def list(self, tenant: str, limit: int, offset: int) -> list[JobRecord]: ...
 
@@ -137,6 +151,11 @@ class WebhookQueue(Protocol):
 
 
 class Backend(Protocol):
+    def batch(self) -> AbstractContextManager[None]:
+        """Writes whose answers nobody reads (counters, histograms, usage, events, webhook deliveries, backlog takes,
+        retention) made on this thread inside the block may go out together at its end, raising
+        :class:`Unavailable` there."""
+
     job_ttl_s: float
 
     def ping(self) -> bool: ...
@@ -167,6 +186,10 @@ class JobStore:
 
     def ping(self) -> bool:
         return self.backend.ping()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """See :meth:`Backend.batch`: one round trip for a transition's bookkeeping in distributed mode."""
+        return self.backend.batch()
 
     def close(self) -> None:
         self.backend.close()
@@ -212,8 +235,19 @@ class MemoryState:
     def ping(self) -> bool:
         return True
 
-    def close(self) -> None:
-        pass
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()  # in memory every write is already done at once
+
+    def add_event(self, job_id: str, event: str, data: dict) -> int:
+        with self._lock:
+            log = self._events[job_id]
+            log.append({"seq": len(log), "event": event, "data": data})
+            self._changed.notify_all()
+            seq = len(log) - 1
+            listeners = list(self._listeners)
+        for cb in listeners:  # outside the lock
+            cb(job_id, event)
+        return seq
 
 
 class MemoryJobs:
@@ -222,7 +256,13 @@ class MemoryJobs:
     def __init__(self, state: MemoryState):
         self.s = state
 
-    def create(self, job, idempotency=None, max_active=None):
+    def create(self, job, idempotency=None, max_active=None, event=None):
+        job, created, stored_hash = self._create(job, idempotency, max_active)
+        if created and event is not None:
+            self.s.add_event(job.id, *event)
+        return job, created, stored_hash
+
+    def _create(self, job, idempotency, max_active):
         with self.s._lock:
             if idempotency:
                 k = (job.tenant, idempotency[0])
@@ -261,14 +301,20 @@ class MemoryJobs:
             job = self.s._jobs.get(job_id)
             return _clone(job) if job else None
 
-    def update(self, job_id, fn, lease=None):
+    def update(self, job_id, fn, lease=None, event=None):
+        new, changed = self._update(job_id, fn, lease)
+        if changed and event is not None:
+            self.s.add_event(job_id, *event(new))
+        return new
+
+    def _update(self, job_id, fn, lease):
         with self.s._lock:
             job = self.s._jobs.get(job_id)
             if job is None:
-                return None
+                return None, False
             new = fn(_clone(job))
             if new is None:
-                return _clone(job)
+                return _clone(job), False
             self._reindex(job_id, job, new)
             self.s._jobs[job_id] = _clone(new)
             if lease is not None:
@@ -277,7 +323,7 @@ class MemoryJobs:
                 else:
                     self.s._leases.pop(job_id, None)
             self.s._changed.notify_all()
-            return new
+            return new, True
 
     def list(self, tenant, limit, offset):
         with self.s._lock:
@@ -316,15 +362,7 @@ class MemoryEvents:
         self.s = state
 
     def add_event(self, job_id, event, data):
-        with self.s._lock:
-            log = self.s._events[job_id]
-            log.append({"seq": len(log), "event": event, "data": data})
-            self.s._changed.notify_all()
-            seq = len(log) - 1
-            listeners = list(self.s._listeners)
-        for cb in listeners:
-            cb(job_id, event)
-        return seq
+        return self.s.add_event(job_id, event, data)
 
     def events(self, job_id, start=0):
         with self.s._lock:

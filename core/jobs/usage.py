@@ -57,13 +57,17 @@ class RedisUsage:
         return f"{self.prefix}{tenant}:{day.isoformat()}"
 
     def add(self, tenant, day, model, images, device_ms):
-        key = self._key(tenant, day)
         pipe = self.r.pipeline(transaction=True)
+        self.add_to(pipe, tenant, day, model, images, device_ms)
+        pipe.execute()
+
+    def add_to(self, pipe, tenant, day, model, images, device_ms) -> None:
+        """The commands of ``add``, appended to ``pipe`` (a batch of writes sent together)."""
+        key = self._key(tenant, day)
         pipe.hincrbyfloat(key, f"{model}\tjobs", 1)
         pipe.hincrbyfloat(key, f"{model}\timages", images)
         pipe.hincrbyfloat(key, f"{model}\tms", device_ms)
         pipe.expire(key, KEEP_DAYS * 86400)
-        pipe.execute()
 
     def days(self, tenant, days):
         pipe = self.r.pipeline(transaction=False)

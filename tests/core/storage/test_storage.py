@@ -39,3 +39,32 @@ def test_s3_storage_against_moto_server(s3_server):
     with pytest.raises(KeyError):
         s.get("jobs/x/missing.png")
     assert not S3Storage("no-such-bucket", endpoint_url=s3_server["endpoint"], region="us-east-1").ping()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "public", "region", "token"),
+    [
+        ("http://127.0.0.1:9000", None, "us-east-1", None),
+        ("http://minio:9000", "https://files.example.com", "eu-west-3", "session-token/with+odd=chars"),
+        ("https://s3.example.com:443", None, None, None),
+    ],
+)
+def test_presigned_urls_equal_botocore(monkeypatch, endpoint, public, region, token):
+    """The presigner of path-style URLs gives botocore's URL, character for character (same time, same key)."""
+    from datetime import UTC, datetime
+    from urllib.parse import parse_qs, urlsplit
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    if token:
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    else:
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    s = S3Storage("bucket-1", endpoint_url=endpoint, region=region, public_endpoint_url=public, prefix="tenant a")
+    assert s.presigner is not None
+    for key in ("jobs/job_1/0.png", "uploads/acme/up_1 x+y=(1)~ü.png.json"):
+        theirs = s.signer.generate_presigned_url(
+            "get_object", Params={"Bucket": "bucket-1", "Key": s._k(key)}, ExpiresIn=s.expires_s
+        )
+        at = datetime.strptime(parse_qs(urlsplit(theirs).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        assert s.presigner.url("bucket-1", s._k(key), s.expires_s, now=at) == theirs
