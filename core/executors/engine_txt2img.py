@@ -58,12 +58,20 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
     )
     # 3. encode
     inference_ms = (time.perf_counter() - t0) * 1000
-    return encode(images, request, engine, model, load_ms, inference_ms, cached(warm.versions, cache))
+    return encode(images, request, engine, model, load_ms, inference_ms, cached(warm.engine_versions(engine), cache))
 
 
 def cached(versions: dict[str, str], cache) -> dict[str, str]:
-    """The versions a result records, with the step cache's settings and what it reused."""
-    return {**versions, "step_cache": cache.describe()} if cache is not None else versions
+    """The versions a result records, with the step cache's settings and what it reused. A step cache calls the
+    network's parts eagerly (all but DeepCache at interval 1, which calls the network itself): such a run records
+    ``engine_compiled`` as off even on a compiled model."""
+    if cache is None:
+        return versions
+    eager = not (cache.method == "deep" and cache.interval == 1)
+    compiled = versions.get("engine_compiled", "off")
+    if eager and compiled != "off":
+        compiled = "off (the step cache runs the network's parts eagerly)"
+    return {**versions, "engine_compiled": compiled, "step_cache": cache.describe()}
 
 
 def batch_key(request: Txt2ImgRequest, model: ModelEntry) -> tuple | None:
@@ -128,9 +136,10 @@ def run_batch(
         return [o if o is not None else e for o in outcomes]
     inference_ms = (time.perf_counter() - t0) * 1000
     # 4. encode each job's images (a job that left the batch keeps its outcome)
+    versions = cached(warm.engine_versions(engine), cache)
     for i, im in zip(members, images, strict=True):
         if outcomes[i] is None:
-            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, cached(warm.versions, cache))
+            outcomes[i] = encode(im, requests[i], engine, model, load_ms, inference_ms, versions)
     return outcomes
 
 

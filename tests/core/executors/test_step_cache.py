@@ -69,6 +69,7 @@ def test_the_engine_records_its_cache_and_batches_only_interval_methods(engines)
                        scheduler="ddim", seed=3, cache=StepCache(method="deep", interval=3))  # fmt: skip
     result = engine_txt2img.run(r, entry, Ctx(), engines.warm)
     assert result.versions["step_cache"] == "deep interval=3; reused 6 of 9 denoiser calls"
+    assert result.versions["engine_compiled"] == "off"  # the test engines compile nothing
     uncached = engine_txt2img.run(r.model_copy(update={"cache": None}), entry, Ctx(), engines.warm)
     assert "step_cache" not in uncached.versions
     assert 0 < np.abs(decode(result.artifacts[0]) - decode(uncached.artifacts[0])).mean() < 20
