@@ -65,7 +65,7 @@ class FastPath:
             fuse_qkv=gpu and not compile,  # compiled: inductor fuses, and toggling it for LoRAs would recompile
             vae_tiling_above_px=vae_tiling_above_px,
             compile=compile,
-            cuda_graphs=cuda_graphs and compile,
+            cuda_graphs=cuda_graphs and compile is not False,  # unset: an engine model may compile by its own config
             compile_backend=compile_backend,
             lora_max_rank=lora_max_rank,
             cache_dir=cache_dir,
