@@ -5,6 +5,7 @@ are the real ones, no hub needed), timed as plain diffusers, with the service's 
     python bench/gpu.py --models sd15 --batches 1,4,8 --iters 20
     python bench/gpu.py --smoke              # tiny configs on the CPU: keeps this script working in the test suite
     python bench/gpu.py --models none --engine digits,mnist,dit   # the engine alone
+    python bench/gpu.py --models flux --batches 1 --engine none    # the Flux-class rows and its step caching
 
 One iteration is one denoiser forward for a whole batch: with classifier-free guidance (SD 1.5, SDXL) the batch is
 doubled, as a pipeline does; the Flux-class model is guidance-distilled (one pass). images/s is it/s x batch /
@@ -21,6 +22,10 @@ Modes, each on a fresh copy of the weights:
 The engine (``--engine``, ``core/ddpm``): the bundled models and a DiT of their size in fp32 as a worker serves them,
 eager against compiled (``core/ddpm/compile.py``: the network compiled in place and warmed up on batch 1 and the
 dynamic batches) and compiled with CUDA graphs, in ms per denoiser step (``bench/compile.py`` prints the CPU table).
+
+Step caching (with ``flux`` among ``--models``): the Flux-class transformer's whole denoising loop through the
+service's ``core/pipelines/step_cache.py`` (diffusers' First-Block Cache, TaylorSeer and MagCache hooks), seconds per
+image and the fraction of calls reused, random weights (speed only).
 
 The published anchors (H100, SD 1.5 512² batch 1 with CFG: 54.5 it/s diffusers, 66.0 compiled, 104.6 stable-fast;
 SDXL 1024²: 14.9 -> 21.6 it/s) are printed beside the results.
@@ -279,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak, when not in the table")
     p.add_argument("--engine", default=None, help="engine models: default digits,mnist,dit (digits with --smoke)")
     p.add_argument("--engine-batches", default="1,8,32", help="images per request for the engine")
+    p.add_argument("--cache-steps", type=int, default=28, help="step caching: denoising steps of the Flux-class loop")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
     if device == "cpu" and not a.smoke:
@@ -327,14 +333,71 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nimages/s = it/s x batch / {a.steps} steps (denoiser only); MFU against {peak or 'n/a'} TFLOPS peak;")
     print("max diff: the largest difference from the first mode's output, relative to its largest value")
     engine_section(a, device)
+    if "flux" in a.models.split(","):
+        cache_section(a, device, all_cases["flux"])
     return 0
+
+
+CACHE_SETTINGS = (
+    None,
+    ("first_block", 0.05),
+    ("first_block", 0.1),
+    ("first_block", 0.2),
+    ("taylorseer", 3),
+    ("taylorseer", 5),
+    ("mag", 0.06),
+)
+
+
+def cache_section(a, device: str, case: Case) -> None:
+    """Step caching on the Flux-class transformer: a whole denoising loop (``--cache-steps`` flow steps, one image,
+    as a pipeline calls its transformer) through the service's own ``core.pipelines.step_cache`` (diffusers' hooks),
+    in seconds per image and the fraction of denoiser calls reused. Random weights: speed only, no quality."""
+    from core.catalog import CACHE_METHODS
+    from core.pipelines.step_cache import step_cache
+    from core.schemas import StepCache
+
+    steps = 4 if a.smoke else a.cache_steps
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = build(case, dtype, device)
+    kw = inputs(case, model, 1, dtype, device)
+    pipe = Bare("transformer", model)
+    print(f"\nStep caching, {case.label}, {steps} steps, 1 image (random weights: speed and reuse only)")
+    print("| setting | s / image | speed-up | calls reused | max diff vs uncached |")
+    print("|---|---|---|---|---|")
+    base = reference = None
+    for setting in CACHE_SETTINGS:
+        cache = StepCache(method=setting[0], **{CACHE_METHODS[setting[0]].knob: setting[1]}) if setting else None
+        times = []
+        for _ in range(1 if a.smoke else 3):
+            x = kw["hidden_states"].clone()
+            sync(device)
+            t0 = time.perf_counter()
+            with step_cache(pipe, cache, steps) as counted, torch.inference_mode():
+                for i in range(steps):
+                    t = torch.full_like(kw["timestep"], 1.0 - i / steps)
+                    with model.cache_context("cond"):
+                        v = model(**{**kw, "hidden_states": x, "timestep": t})[0]
+                    x = x - v / steps
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        spent = min(times)
+        base = base or spent
+        out = x.float().cpu()
+        reference = out if reference is None else reference
+        diff = (out - reference).abs().max().item() / max(reference.abs().max().item(), 1e-12)
+        name = "uncached" if cache is None else cache.describe()
+        reused = counted.reused / counted.calls if counted else 0.0
+        print(f"| {name} | {spent:.3f} | {base / spent:.2f}x | {reused:.2f} | {diff:.1e} |")
 
 
 def engine_section(a, device: str) -> None:
     """The engine's networks, eager against compiled (and compiled with CUDA graphs on CUDA), in ms per step."""
     from bench.compile import engine_rows
 
-    models = [m for m in (a.engine or ("digits" if a.smoke else "digits,mnist,dit")).split(",") if m]
+    models = [
+        m for m in (a.engine or ("digits" if a.smoke else "digits,mnist,dit")).split(",") if m not in ("", "none")
+    ]
     if not models:
         return
     batches = [int(b) for b in (a.engine_batches if not a.smoke else "1").split(",")]
