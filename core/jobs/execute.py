@@ -278,28 +278,33 @@ def _complete(
     job_id, token = job.id, ctx.token
     written: list[str] = []  # output keys, removed again unless the job succeeds
     error: JobErrorInfo | None = None
+
+    def account(done: JobRecord) -> None:  # written with the finish, before its status event
+        _account(store, done, device_ms)
+        if done.status == JobStatus.succeeded:
+            _count_images(store.limits, done)
+
     try:
         if isinstance(outcome, BaseException):
             raise outcome
-        done = _publish(job_id, outcome, ctx, store, storage, startup_ms, written, device_ms)
+        done = _publish(job_id, outcome, ctx, store, storage, startup_ms, written, device_ms, account)
     except LeaseLost:
         log.warning("job %s moved on to another worker; this attempt writes nothing", job_id)
         return store.jobs.get(job_id)
     except JobCancelled:
-        done = lifecycle.finish(store, job_id, token, JobStatus.canceled, metrics=Metrics(device_ms=device_ms))
+        done = lifecycle.finish(
+            store, job_id, token, JobStatus.canceled, metrics=Metrics(device_ms=device_ms), account=account
+        )
     except Exception as e:  # noqa: BLE001 - recorded; the worker lives on
         if not isinstance(e, ServiceError):
             log.error("job %s failed", job_id, exc_info=e)
         error = _failure(e, job_id)
         done = lifecycle.finish(
-            store, job_id, token, JobStatus.failed, error=error, metrics=Metrics(device_ms=device_ms)
+            store, job_id, token, JobStatus.failed, error=error, metrics=Metrics(device_ms=device_ms), account=account
         )
     if done is None:
         return store.jobs.get(job_id)  # someone else finished it (the reaper, or a newer owner)
-    _account(store, done, device_ms)
-    if done.status == JobStatus.succeeded:
-        _count_images(store.limits, done)
-    else:
+    if done.status != JobStatus.succeeded:
         _remove_outputs(storage, written, job_id)  # no half set of outputs stays behind a failed job
     if error is None or error.code != "storage_unavailable":
         records.write(storage, done)  # the bucket alone tells what happened
@@ -315,6 +320,7 @@ def _publish(
     startup_ms: float,
     written: list[str],
     device_ms: float = 0.0,
+    account: Callable[[JobRecord], None] | None = None,
 ) -> JobRecord | None:
     """Write a result's artifacts under the job's output keys (appending each to ``written``) and finish the job
     succeeded; raises LeaseLost when the job is no longer ours."""
@@ -336,7 +342,7 @@ def _publish(
         device_ms=round(device_ms, 3),
     )
     return lifecycle.finish(
-        store, job_id, ctx.token, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions
+        store, job_id, ctx.token, JobStatus.succeeded, outputs, None, metrics, result.model, result.versions, account
     )
 
 

@@ -262,9 +262,12 @@ def finish(
     metrics: Metrics | None = None,
     model: ModelRef | None = None,
     versions: dict[str, str] | None = None,
+    account: Callable[[JobRecord], None] | None = None,
 ) -> JobRecord | None:
     """A job of ours -> a terminal status. Only the current lease owner (``token``; None: a job that never ran)
-    finishes, and only once; anyone else gets None and changes nothing."""
+    finishes, and only once; anyone else gets None and changes nothing. ``account(job)`` (its usage) is written
+    before the status event, so a client woken by it (a long-poll, then its next submit) finds the job's usage
+    counted (a daily quota then refuses at once)."""
     done = False
 
     def fn(job: JobRecord) -> JobRecord | None:
@@ -289,10 +292,13 @@ def finish(
         done = True
         return job
 
-    job = store.jobs.update(job_id, fn, lease=("", 0), event=_status)
+    job = store.jobs.update(job_id, fn, lease=("", 0))
     if not done or job is None:
         return None
-    with store.batch():  # joins the caller's batch, if any
+    with store.batch():  # one round trip (joins the caller's batch, if any), the event after the usage
+        if account is not None:
+            account(job)
+        store.events.add_event(job_id, *_status(job))
         _count_finished(store.limits, job)
         if job.status == JobStatus.succeeded and job.output:
             webhooks.emit(store.webhooks, job, "output")

@@ -235,6 +235,9 @@ class MemoryState:
     def ping(self) -> bool:
         return True
 
+    def close(self) -> None:
+        pass
+
     def batch(self) -> AbstractContextManager[None]:
         return nullcontext()  # in memory every write is already done at once
 
