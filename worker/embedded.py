@@ -42,8 +42,12 @@ class EmbeddedWorker:
             return execute_job(job_id, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
 
         def handle(job_id: str) -> None:
-            # the message wakes; the scheduler picks the job
-            take_turn(job_id, store, attempt, s.priority_age_s, warm=runner.warm_models, affinity_s=s.affinity_wait_s)
+            # the message wakes; the scheduler picks the job. One job a message (drain=1): the other jobs' messages
+            # wait in the in-process queue, which hands the ones that arrived together to handle_batch (a drain here
+            # would run them one by one and no batch would ever form)
+            take_turn(
+                job_id, store, attempt, s.priority_age_s, drain=1, warm=runner.warm_models, affinity_s=s.affinity_wait_s
+            )
 
         def handle_batch(job_ids: list[str]) -> None:
             # as many jobs as messages, the scheduler's picks, run together where they can share a loop
