@@ -132,10 +132,14 @@ class StepCache(Strict):
 
     @model_validator(mode="after")
     def _one_knob(self) -> StepCache:
-        knob = CACHE_METHODS[self.method].knob
-        other = "interval" if knob == "threshold" else "threshold"
+        method = CACHE_METHODS[self.method]
+        other = "interval" if method.knob == "threshold" else "threshold"
         if getattr(self, other) is not None:
-            raise ValueError(f"{self.method} takes {knob}, not {other}")
+            raise ValueError(f"{self.method} takes {method.knob}, not {other}")
+        value = getattr(self, method.knob)
+        if value is not None and not method.low <= value <= method.high:
+            bounds = f"[{method.low:g}, {method.high:g}]"
+            raise ValueError(f"{self.method}: {method.knob} must be in {bounds}, got {value:g}")
         return self
 
     @property

@@ -57,6 +57,7 @@ def test_each_bundled_model_draws_with_its_listed_step_cache(client, model):
         ({"method": "deep", "threshold": 0.1}, "cache"),
         ({"method": "deep", "interval": 0}, "cache.interval"),
         ({"method": "teacache"}, "cache.method"),
+        ({"method": "deep", "interval": 11}, "interval must be in [1, 10]"),
     ],  # fmt: skip
 )
 def test_a_step_cache_the_model_does_not_take_is_refused_by_name(client, cache, field):
