@@ -22,11 +22,12 @@ shapes, so one capture per size), and LoRA hot-swapping (``enable_lora_hotswap``
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from core.ddpm.compile import use_inductor_cache  # the engine's: one inductor cache for both
 
 log = logging.getLogger("diffuserve.fastpath")
 
@@ -130,16 +131,6 @@ def denoiser(pipe):
         if isinstance(model, torch.nn.Module):
             return model
     return None
-
-
-def use_inductor_cache(cache_dir: Path | None) -> None:
-    """Keep compiled kernels across restarts: a worker that restarts loads them instead of compiling again."""
-    if cache_dir is None:
-        return
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
-    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
 
 def compile_denoiser(pipe, fp: FastPath) -> None:
