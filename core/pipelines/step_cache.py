@@ -68,6 +68,10 @@ def _probe(denoiser: torch.nn.Module, method: str) -> torch.nn.Module:
     return denoiser.get_submodule(names[-1])
 
 
+def _blocks(denoiser: torch.nn.Module) -> int:
+    return sum(1 for name, _ in denoiser.named_modules() if PROBES["first_block"].fullmatch(name))
+
+
 @contextmanager
 def step_cache(pipe, cache: StepCache | None, steps: int) -> Iterator[Counted | None]:
     """``cache`` on ``pipe``'s transformer for the duration of one call; yields what it counts (None: no cache)."""
@@ -91,8 +95,11 @@ def step_cache(pipe, cache: StepCache | None, steps: int) -> Iterator[Counted | 
     probes = HookRegistry.check_if_exists_or_initialize(probe)
     probes.register_hook(Probe(), COUNTER_HOOK)
     calls = denoiser.register_forward_pre_hook(lambda *_: setattr(counted, "calls", counted.calls + 1))
-    # 2. diffusers' hooks for this call only
+    # 2. diffusers' hooks for this call only (a transformer of one block has nothing First-Block Cache could skip:
+    # diffusers' hook would fail on it, so it runs uncached and says it reused nothing)
     config = config_for(cache, steps)
+    if cache.method == "first_block" and _blocks(denoiser) < 2:
+        config = None
     if config is not None:
         denoiser.enable_cache(config)
     try:

@@ -269,7 +269,21 @@ def optional_fields(case: Case, spec: dict[str, dict]) -> dict[str, st.SearchStr
             lo, hi = spec_range(spec[name])
             optional[name] = st.integers(lo, hi) if isinstance(lo, int) else st.floats(lo, hi)
     optional["preview_every"] = st.integers(spec_range(spec["preview_every"])[0], MAX_STEPS)
+    if case.model.get("cache_methods"):
+        optional["cache"] = st.sampled_from(case.model["cache_methods"]).flatmap(cache_setting)
     return optional
+
+
+def cache_setting(offered: dict) -> st.SearchStrategy:
+    """A step cache the model lists: its default knob, or any in the method's range."""
+    from core.catalog import CACHE_METHODS
+
+    name, method = offered["method"], CACHE_METHODS[offered["method"]]
+    if method.knob == "interval":
+        knob = st.integers(int(method.low), int(method.high))
+    else:
+        knob = st.floats(method.low, method.high)
+    return st.one_of(st.just({"method": name}), knob.map(lambda v: {"method": name, method.knob: v}))
 
 
 @st.composite

@@ -80,3 +80,17 @@ def test_the_engine_records_its_cache_and_batches_only_interval_methods(engines)
     assert engine_txt2img.batch_key(r.model_copy(update={"cache": None}), entry) != key
     adaptive = r.model_copy(update={"cache": StepCache(method="first_block", threshold=0.1)})
     assert engine_txt2img.batch_key(adaptive, entry) is None
+
+
+def test_first_block_cache_on_a_one_block_transformer_runs_uncached(engines):
+    """diffusers' First-Block Cache fails on a transformer of one block (nothing to skip): it runs uncached and says
+    it reused nothing, so what admission accepted still runs (found by the accepted-runs property)."""
+
+    def run(cache):
+        r = VideoRequest(model="tiny-cogvideox", prompt="waves", width=32, height=32, num_frames=9,
+                         num_inference_steps=4, guidance_scale=6.0, scheduler="ddim", seed=2, cache=cache)  # fmt: skip
+        return video.run(r, engines.registry.get("tiny-cogvideox"), Ctx(), engines.warm)
+
+    cached = run(StepCache(method="first_block", threshold=0.5))
+    assert "reused 0 of" in cached.versions["step_cache"]
+    assert cached.artifacts[0].data == run(None).artifacts[0].data
