@@ -27,7 +27,9 @@ def arr(image: Image.Image) -> np.ndarray:
 
 
 def native(gateway: str, body: dict, path: str = "/v1/txt2img") -> list[np.ndarray]:
-    r = httpx.post(f"{gateway}{path}", json=body, headers={"Authorization": f"Bearer {KEY_A}", "Prefer": "wait=60"})
+    r = httpx.post(
+        f"{gateway}{path}", json=body, headers={"Authorization": f"Bearer {KEY_A}", "Prefer": "wait=60"}, timeout=90
+    )
     assert r.status_code == 201, r.text
     return [arr(Image.open(io.BytesIO(httpx.get(o["url"]).content))) for o in r.json()["output"]]
 

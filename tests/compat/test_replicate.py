@@ -46,7 +46,7 @@ def test_run_answers_in_one_request_with_prefer_wait_and_the_urls_of_the_images(
     assert images[0].shape == (16, 16) and images[0].std() > 20 and np.abs(images[0] - images[1]).mean() > 2
     body = {"model": "digits", "prompt": "7", "seed": 42, "num_inference_steps": 10, "guidance_scale": 2.0,
             "scheduler": "ddim", "num_images": 2}  # fmt: skip
-    r = httpx.post(f"{gateway}/v1/txt2img", json=body, headers={**A, "Prefer": "wait=60"})
+    r = httpx.post(f"{gateway}/v1/txt2img", json=body, headers={**A, "Prefer": "wait=60"}, timeout=90)
     assert np.array_equal(images[0], image(r.json()["output"][0]["url"]))  # the native route draws the same
 
 

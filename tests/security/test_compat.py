@@ -173,10 +173,10 @@ def test_a1111_call_past_the_waits_cap_is_429_and_leaves_no_job(gw):
             assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_waits", r.text
         # the same class on every route that submits then waits: v1's Prefer: wait, Replicate's
         quick = {"model": "digits", "prompt": "7", "num_inference_steps": 2}
-        r = httpx.post(f"{url}/v1/txt2img", json=quick, headers={**auth("waits"), "Prefer": "wait=30"})
+        r = httpx.post(f"{url}/v1/txt2img", json=quick, headers={**auth("waits"), "Prefer": "wait=30"}, timeout=60)
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_waits", r.text
         body = {"version": "digits", "input": {"prompt": "7", "num_inference_steps": 2}}
-        r = httpx.post(f"{url}/v1/predictions", json=body, headers={**auth("waits"), "Prefer": "wait=30"})
+        r = httpx.post(f"{url}/v1/predictions", json=body, headers={**auth("waits"), "Prefer": "wait=30"}, timeout=60)
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_waits", r.text
         assert [j["id"] for j in jobs_of(url, "waits")] == [long_id]  # nothing queued by the refused calls
     finally:

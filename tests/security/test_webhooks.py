@@ -106,7 +106,8 @@ def gateway(tmp_path_factory, logs_dir):
 
 def job(url: str, key: str, webhook: str | None, seed: int) -> dict:
     body = {"prompt": "4", "num_inference_steps": 2, "seed": seed, **({"webhook": webhook} if webhook else {})}
-    r = httpx.post(url + "/v1/txt2img", json=body, headers={"Authorization": f"Bearer {key}", "Prefer": "wait=60"})
+    headers = {"Authorization": f"Bearer {key}", "Prefer": "wait=60"}
+    r = httpx.post(url + "/v1/txt2img", json=body, headers=headers, timeout=90)  # the wait, and a cold start (torch)
     assert r.status_code in (200, 201), r.text
     assert r.json()["status"] == "succeeded", r.json()
     return r.json()
