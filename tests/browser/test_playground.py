@@ -155,9 +155,14 @@ def test_a_step_cache_from_the_models_list(page, console):
     page.get_by_test_id("cache").select_option("deep")
     page.get_by_test_id("prompt").fill("4")
     page.get_by_test_id("generate").click()
-    page.wait_for_function("() => document.querySelector('[data-testid=status]').textContent.includes('succeeded')")
+    # this job's record (the page may still show an earlier job's "succeeded" while this one is posted)
+    page.wait_for_function(
+        "() => { const t = document.querySelector('[data-testid=job-json]').textContent;"
+        " return t.includes('step_cache') && t.includes('\"succeeded\"'); }"
+    )
     job = json.loads(page.get_by_test_id("job-json").text_content())
-    assert job["input"]["cache"]["method"] == "deep" and "reused" in job["versions"]["step_cache"]
+    assert job["status"] == "succeeded" and job["input"]["cache"]["method"] == "deep"
+    assert "reused" in job["versions"]["step_cache"]
     assert_no_csp_violation(page, console)
 
 
