@@ -113,7 +113,7 @@ def test_a_method_the_network_lacks_is_refused(digits, tiny_dit):
     assert isinstance(make_step_cache(tiny_dit.unet, "first_block", 0.1), FirstBlockCache)
 
 
-def test_the_bundled_mnist_with_its_default_cache_draws_a_pinned_slice():
+def test_the_bundled_mnist_with_deep_cache_at_interval_3_draws_a_pinned_slice():
     mnist = DDPMEngineModel.from_pretrained(REPO / "models" / "mnist")
     cache = mnist.step_cache("deep", 3)
     x = mnist.generate(labels=["7"], num_images=1, seed=0, step_cache=cache)
