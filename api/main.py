@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.browser import BrowserGuard, SecurityHeaders, playground_csp, url_origin
-from api.compat import a1111, replicate
+from api.compat import a1111, comfyui, replicate, replicate_files
 from api.config import Settings
 from api.deps import tenant
 from api.limits import BodySizeLimit
@@ -82,10 +82,12 @@ def create_app(settings: Settings | None = None, worker: InProcessWorker | None 
     v1.include_router(models.router, tags=["models"])
     v1.include_router(webhooks.router, tags=["webhooks"])
     v1.include_router(usage.router, tags=["usage"])
+    v1.include_router(replicate_files.router, tags=["replicate"])
     app.include_router(v1)
     app.include_router(replicate.router, tags=["replicate"])
     app.include_router(a1111.router, tags=["a1111"])
     app.include_router(a1111.controlnet_router, tags=["a1111"])
+    app.include_router(comfyui.router, tags=["comfyui"])
     app.include_router(health.router, tags=["health"])
     app.include_router(files.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -108,7 +110,9 @@ def create_app(settings: Settings | None = None, worker: InProcessWorker | None 
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_body_bytes,
-        limits_by_prefix={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
+        limits_by_prefix={
+            prefix: settings.max_upload_bytes + 64 * 1024 for prefix in ("/v1/uploads", "/v1/files", "/upload/")
+        },
     )
     app.add_middleware(SecurityHeaders, csp=lambda: playground_csp(output_origins(app)))  # outermost: every answer
     return app
