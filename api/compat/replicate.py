@@ -1,7 +1,8 @@
 """Replicate's predictions API: a prediction and its job are the same object seen two ways (the prediction id is the
 job id; ``GET /v1/jobs/{id}`` reads it too).
 
-1. The body: ``input`` (Replicate's usual names, or ours), ``webhook`` and ``webhook_events_filter``; the model from
+1. The body: ``input`` (Replicate's usual names, or ours; a file input as the URL ``POST /v1/files`` gave, which
+   names an upload: ``api/compat/replicate_files.py``), ``webhook`` and ``webhook_events_filter``; the model from
    the URL (``/v1/models/{owner}/{name}/predictions``, ``name`` is our model id) or ``version``.
 2. The job: the input mapped to a typed v1 request (txt2img, img2img, inpaint, controlnet or video, by the inputs
    given), ``Cancel-After`` as its ``timeout_s``, submitted as the native routes submit; ``Prefer: wait[=n]``.
@@ -25,6 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.compat.common import entry_for, kept_names, renamed, shown, validate
+from api.compat.replicate_files import file_id_of_url
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
 from api.routes.jobs import cancel_own, own_job
@@ -120,12 +122,16 @@ def cancel_after(header: str | None) -> int | None:
 
 
 # -- 2. the job -----------------------------------------------------------------------------------------------------
-def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s: int | None):
-    """(task, typed request, input names ignored: every one, of which the record keeps MAX_NAMES)."""
+def to_request(model_id: str, entry: ModelEntry, body: PredictionBody, timeout_s: int | None, base_url: str = ""):
+    """(task, typed request, input names ignored: every one, of which the record keeps MAX_NAMES). An input that is
+    the URL of one of this service's files (``urls.get``, as Replicate's clients pass an uploaded file) becomes
+    that upload's id, read and checked as every upload id is (the tenant's own only); no URL is fetched."""
     data: dict[str, Any] = {"model": model_id}
     ignored = []
     for name, value in body.input.items():
         ours = INPUT_NAMES.get(name, name)
+        if isinstance(value, str) and base_url:
+            value = file_id_of_url(value, base_url) or value
         if ours in ("model", "webhook", "webhook_events_filter"):
             ignored.append(name)
         elif ours in KNOWN:
@@ -164,7 +170,7 @@ async def create(request: Request, b: Backends, t: str, owner: str, model_id: st
     with b.waiters.held(t) if wait is not None else nullcontext():
         try:
             entry = await run_in_threadpool(entry_for, b, t, model_id)
-            task, req, ignored = to_request(model_id, entry, body, timeout_s)
+            task, req, ignored = to_request(model_id, entry, body, timeout_s, str(request.base_url))
             kept, more = kept_names(ignored)
             via = {"api": "replicate", "owner": shown(owner), "ignored": kept, "ignored_more": more,
                    "cancel_after": timeout_s}  # fmt: skip
