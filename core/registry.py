@@ -4,7 +4,11 @@ A folder is scanned for sub-folders that hold a model:
 - an engine checkpoint (``config.json`` with ``_class_name: DDPMEngineModel``): kind ``engine-ddpm``, txt2img;
 - a diffusers pipeline (``model_index.json``): kind ``diffusers``, tasks from its pipeline class;
 - a ControlNet (``config.json`` naming ``ControlNetModel``);
-- LoRAs: ``loras/*.safetensors``.
+- LoRAs: ``loras/*.safetensors`` (peft's or kohya's keys: diffusers' LoRA loader reads both);
+- the folders of AUTOMATIC1111 (``Stable-diffusion/``, ``Lora/``, ``ControlNet/``) and of ComfyUI (``checkpoints/``,
+  ``loras/``, ``controlnet/``): single-file ``.safetensors`` checkpoints, LoRAs and ControlNets, served under the
+  file's stem (see ``SingleFile``; docs/model-folders.md). Only safetensors headers are read to scan; each file's
+  sha256 (as A1111 and ComfyUI compute it) is hashed once and cached by path, size and mtime.
 A ``diffuserve.json`` beside a model may set ``width``, ``height``, ``num_inference_steps``, ``guidance_scale``
 and ``num_frames`` defaults. A models file (``MODELS_CONFIG``, JSON) can name hub ids for production::
 
@@ -21,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +89,12 @@ class ModelEntry:
     scheduler_class: str | None = None  # a diffusers model's own scheduler ("default"); None: unknown (a hub id)
     network: str | None = None  # engine models: "unet" or "dit"
     cache_defaults: dict[str, float] = field(default_factory=dict)  # a model's own step-cache knobs (config.json)
+    single_file: SingleFile | None = None  # a single-file checkpoint (A1111's or ComfyUI's folders)
+
+    @property
+    def short_hash(self) -> str | None:
+        """A1111's short hash: the first 10 hex digits of the sha256 (a single file's is the whole file's)."""
+        return self.version[:10] if self.version and not self.version.startswith("hub:") else None
 
     @property
     def size_multiple(self) -> int:
@@ -338,6 +350,200 @@ def read_diffusers_entry(path: Path) -> ModelEntry | None:
     return diffusers_entry(path.name, index["_class_name"], str(path), path, _json(path / "diffuserve.json"))
 
 
+# -- single files: A1111's and ComfyUI's folders ------------------------------------------------------------------
+CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111's, ComfyUI's
+LORA_DIRS = ("Lora", "loras")
+CONTROLNET_DIRS = ("ControlNet", "controlnet")
+MAX_DEPTH = 4  # sub-folders scanned under each of them
+MAX_HEADER = 100 << 20  # a safetensors header (JSON) of at most 100 MB: a bigger one is not a model we read
+PICKLED = (".ckpt", ".pt", ".pth", ".bin")  # never unpickled: arbitrary code runs on load
+CONFIG_SUFFIX = ".config"  # a diffusers config folder beside a checkpoint: <stem>.config/
+SHIPPED_CONFIGS = Path(__file__).parent / "pipelines" / "single_file_configs"  # data only, read by path
+# what a family's shipped config lacks (it cannot be served offline without a sidecar config folder)
+NEEDS_SIDECAR = {
+    "sd3": "T5's tokenizer (spiece.model) and the transformer's config",
+    "flux": "T5's tokenizer (spiece.model) and the transformer's config",
+}
+
+
+@dataclass(frozen=True)
+class SingleFile:
+    """A single-file ``.safetensors`` (a checkpoint in the original layout, or a ControlNet), served under its stem.
+
+    ``config``: a diffusers-format config folder for ``from_single_file`` — the sidecar ``<stem>.config/`` beside
+    the file when there is one, else the family's shipped one (``core/pipelines/single_file_configs/<family>``)."""
+
+    path: Path
+    rel: str  # the file under its kind's folder, as A1111 titles it: "sub/name.safetensors"
+    family: str  # sd1, sd2, sdxl, sd3, flux
+    config: Path
+    sidecar: bool  # config is the sidecar folder (its own tokenizers), not the shipped one
+    sha256: str
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensors of a ``.safetensors`` file, name -> {dtype, shape, data_offsets}, from its header alone (the first
+    8 bytes say how long the JSON header is): no weight is read. ValueError when it is not a safetensors file."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or n > path.stat().st_size - 8:
+            raise ValueError(f"a header of {n} bytes")
+        data = json.loads(f.read(n))
+    if not isinstance(data, dict):
+        raise ValueError("a header that is not a JSON object")
+    data.pop("__metadata__", None)
+    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("shape"), list)}
+
+
+class TensorShapes(dict):
+    """name -> an object with ``.shape`` (what ``diffusers.loaders.single_file_utils.infer_diffusers_model_type``
+    reads of a checkpoint), built from a header: lets the worker cross-check our detection with diffusers'."""
+
+    def __init__(self, header: dict[str, dict]):
+        super().__init__({k: _Shape(tuple(v["shape"])) for k, v in header.items()})
+
+
+@dataclass(frozen=True)
+class _Shape:
+    shape: tuple
+
+
+UNET = "model.diffusion_model."
+
+
+def detect_family(header: dict[str, dict]) -> tuple[str, str | None] | None:
+    """(family, variant) of a checkpoint in the original (LDM / MMDiT / BFL) layout, from its keys and shapes: the
+    same keys ``infer_diffusers_model_type`` reads, but by structure (depths and widths are not assumed, so it also
+    reads small models). variant: "inpaint" (a 9-channel U-Net), "refiner" (SDXL's), or None. None: not a checkpoint
+    of a family we know."""
+    keys = header.keys()
+
+    def has(*names: str) -> bool:
+        return any(n in header for n in names)
+
+    if has("double_blocks.0.img_attn.qkv.weight", UNET + "double_blocks.0.img_attn.qkv.weight"):
+        return "flux", None
+    if has("joint_blocks.0.context_block.attn.qkv.weight", UNET + "joint_blocks.0.context_block.attn.qkv.weight"):
+        return "sd3", None
+    conv_in = header.get(UNET + "input_blocks.0.0.weight")
+    if conv_in is None:
+        return None
+    variant = "inpaint" if len(conv_in["shape"]) == 4 and conv_in["shape"][1] == 9 else None
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        if not any(k.startswith("conditioner.embedders.1.") for k in keys):
+            return "sdxl", "refiner"  # one text encoder (OpenCLIP bigG) only
+        return "sdxl", variant
+    if any(k.startswith("cond_stage_model.model.") for k in keys):  # OpenCLIP ViT-H
+        return "sd2", variant
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):  # OpenAI CLIP ViT-L
+        return "sd1", variant
+    width = cross_attention_width(header, UNET)
+    return ({1024: "sd2", 2048: "sdxl"}.get(width or 768, "sd1"), variant)  # a U-Net without its text encoder
+
+
+def cross_attention_width(header: dict[str, dict], prefix: str) -> int | None:
+    """The text embedding width a U-Net (or ControlNet) cross-attends to: an ``attn2.to_k`` weight's inputs."""
+    for k, v in header.items():
+        if k.startswith(prefix) and k.endswith("attn2.to_k.weight") and len(v["shape"]) == 2:
+            return int(v["shape"][1])
+    return None
+
+
+def single_file_fit(header: dict[str, dict], prefix: str) -> tuple:
+    """``controlnet_fit`` of a U-Net or ControlNet in the original layout: its cross-attention width and added
+    embeddings (``label_emb``: SDXL's text_time)."""
+    added = "text_time" if any(k.startswith(prefix + "label_emb.") for k in header) else None
+    return cross_attention_width(header, prefix), added
+
+
+def is_controlnet(header: dict[str, dict]) -> str | None:
+    """The key prefix of a ControlNet in the original layout ("control_model." or ""), or None."""
+    for prefix in ("control_model.", ""):
+        if prefix + "input_hint_block.0.weight" in header and prefix + "zero_convs.0.0.weight" in header:
+            return prefix
+    return None
+
+
+class HashCache:
+    """sha256 of whole files (as A1111 and ComfyUI compute a checkpoint's), hashed once per (path, size, mtime):
+    kept in memory and, given a file, in that JSON file (so a restart does not rehash GBs either)."""
+
+    def __init__(self, file: Path | None = None):
+        self.file = file
+        self._lock = threading.Lock()
+        self._known: dict[str, str] = {}
+        if file is not None:
+            data = _json(file)
+            self._known = {k: v for k, v in data.items() if isinstance(v, str) and len(v) == 64}
+        self.hashed = 0  # files hashed (not found in the cache): what a test counts
+
+    @staticmethod
+    def _key(path: Path) -> str:
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def sha256(self, path: Path) -> str:
+        key = self._key(path)
+        with self._lock:
+            known = self._known.get(key)
+        if known:
+            return known
+        digest = _sha256(path)
+        with self._lock:
+            self._known[key] = digest
+            self.hashed += 1
+            if self.file is not None:
+                self._save()
+        return digest
+
+    def _save(self) -> None:
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._known))
+            tmp.replace(self.file)
+        except OSError as e:  # a read-only place: the memory cache still holds
+            log.warning("could not write the hash cache %s: %s", self.file, e)
+
+
+def _files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (MAX_DEPTH levels of sub-folders), sorted by their path; sidecar config folders
+    are not descended into."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        depth = Path(dirpath).relative_to(folder).parts
+        dirnames[:] = sorted(d for d in dirnames if not d.endswith(CONFIG_SUFFIX) and not d.startswith("."))
+        if len(depth) >= MAX_DEPTH:
+            dirnames[:] = []
+        out += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _weights(folder: Path, what: str) -> list[Path]:
+    """The ``.safetensors`` under ``folder``; a pickled file (``.ckpt``, ``.pt``...) is skipped with a warning."""
+    out = []
+    for f in _files(folder):
+        if f.suffix == ".safetensors":
+            out.append(f)
+        elif f.suffix in PICKLED:
+            log.warning(
+                "skipped %s %s: a pickled file (%s) can run code when loaded and is never read; "
+                "convert it to .safetensors",
+                what,
+                f,
+                f.suffix,
+            )
+    return out
+
+
+def sidecar_config(path: Path) -> Path | None:
+    folder = path.with_name(path.stem + CONFIG_SUFFIX)
+    return folder if folder.is_dir() else None
+
+
 @dataclass
 class Scan:
     """What one scan of the models file and the folders found (later finds win on a name clash)."""
@@ -347,6 +553,8 @@ class Scan:
     controlnet_fits: dict[str, tuple | None] = field(default_factory=dict)  # what each conditions; None: unknown
     preprocessors: dict[str, str] = field(default_factory=dict)
     loras: dict[str, Path] = field(default_factory=dict)
+    controlnet_files: dict[str, SingleFile] = field(default_factory=dict)  # the single-file ControlNets
+    hashes: HashCache = field(default_factory=HashCache)
 
     def read_models_file(self, config_file: Path) -> None:
         """Hub ids named in MODELS_CONFIG (a hub ControlNet's fit is unknown until it loads: it fits any base)."""
@@ -365,16 +573,115 @@ class Scan:
                 self.preprocessors[name] = spec["hub_id"]
 
     def read_root(self, root: Path) -> None:
-        """Every model folder under ``root``, then its ``loras/``."""
+        """Every model folder under ``root``, then its LoRAs (``loras/``, ``Lora/``), single-file checkpoints
+        (``Stable-diffusion/``, ``checkpoints/``) and ControlNets (``ControlNet/``, ``controlnet/``). Within a root a
+        name is served once: a model folder first, then the files in the order above and by path (a later file of
+        the same stem, e.g. in another sub-folder, is skipped with a warning); across roots the later root wins."""
+        models: dict[str, str] = {}  # served name -> what took it, within this root (models, then ControlNets)
+        controlnets: dict[str, str] = {}
         for p in sorted(root.iterdir()):
             if not p.is_dir() or not any((p / f).is_file() for f in ("config.json", "model_index.json")):
                 continue
             if served_name(p.name, "model folder", root):  # before its weights are hashed
                 self.read_folder(p)
-        if (root / "loras").is_dir():
-            for f in sorted((root / "loras").glob("*.safetensors")):
-                if served_name(f.stem, "LoRA", f):
-                    self.loras[f.stem] = f
+                if p.name in self.entries and self.entries[p.name].path == p:
+                    models[p.name] = str(p)
+                if self.controlnets.get(p.name) == str(p):
+                    controlnets[p.name] = str(p)
+        loras: dict[str, str] = {}
+        for f, _ in self._files_in(root, LORA_DIRS, "LoRA", loras):
+            self.loras[f.stem] = f
+        for f, rel in self._files_in(root, CHECKPOINT_DIRS, "checkpoint", models):
+            self.read_checkpoint(f, rel)
+        for f, rel in self._files_in(root, CONTROLNET_DIRS, "ControlNet", controlnets):
+            self.read_controlnet_file(f, rel)
+
+    @staticmethod
+    def _files_in(root: Path, subs: tuple[str, ...], what: str, taken: dict[str, str]) -> list[tuple[Path, str]]:
+        """(file, its path under its kind's folder) of the ``.safetensors`` under ``root/<sub>`` whose stem is a
+        served name not yet ``taken``."""
+        out = []
+        for sub in subs:
+            if not (root / sub).is_dir():
+                continue
+            for f in _weights(root / sub, what):
+                if not served_name(f.stem, what, f):
+                    continue
+                if f.stem in taken:
+                    log.warning("skipped %s %s: the name %r is taken by %s", what, f, f.stem, taken[f.stem])
+                    continue
+                taken[f.stem] = str(f)
+                out.append((f, f.relative_to(root / sub).as_posix()))
+        return out
+
+    def _header(self, f: Path, what: str) -> dict[str, dict] | None:
+        try:
+            return read_safetensors_header(f)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            log.warning("skipped %s %s: not a readable safetensors file (%s)", what, f, e)
+            return None
+
+    def read_checkpoint(self, f: Path, rel: str) -> None:
+        """A single-file checkpoint: its family from the header's keys, its config (the sidecar ``<stem>.config/``
+        or the family's shipped one), its sha256; skipped with a warning saying why when it cannot be served."""
+        header = self._header(f, "checkpoint")
+        if header is None:
+            return
+        if is_controlnet(header) is not None:
+            log.warning("skipped checkpoint %s: it is a ControlNet; put it in ControlNet/ or controlnet/", f)
+            return
+        found = detect_family(header)
+        if found is None:
+            log.warning("skipped checkpoint %s: not a Stable Diffusion 1/2/XL/3 or Flux checkpoint by its keys", f)
+            return
+        family, variant = found
+        sidecar = sidecar_config(f)
+        config = sidecar or SHIPPED_CONFIGS / (f"{family}-{variant}" if variant else family)
+        pipeline_class = _json(config / "model_index.json").get("_class_name", "")
+        if sidecar is None:
+            why = "SDXL's refiner is not served" if variant == "refiner" else NEEDS_SIDECAR.get(family)
+            if not why and not pipeline_class:
+                why = "no config of it ships with diffuserve"
+            if why:
+                log.warning(
+                    "skipped checkpoint %s (%s%s): %s; put a diffusers config folder (the model's repository "
+                    "without its weights: model_index.json, each component's config, its tokenizers) beside it as %s",
+                    f, family, f" {variant}" if variant else "", why, f.stem + CONFIG_SUFFIX,
+                )  # fmt: skip
+                return
+        if pipeline_class not in FAMILIES:
+            log.warning("skipped checkpoint %s: its config names %r, not a pipeline served here", f, pipeline_class)
+            return
+        sf = SingleFile(f, rel, family, config, sidecar is not None, self.hashes.sha256(f))
+        entry = diffusers_entry(f.stem, pipeline_class, str(f), config, _json(config / "diffuserve.json"))
+        if entry is None:
+            return
+        entry.path, entry.version, entry.single_file = f, sf.sha256, sf
+        entry.controlnet_fit = single_file_fit(header, UNET) if "controlnet" in entry.tasks else None
+        self.entries[entry.id] = entry
+
+    def read_controlnet_file(self, f: Path, rel: str) -> None:
+        header = self._header(f, "ControlNet")
+        if header is None:
+            return
+        prefix = is_controlnet(header)
+        if prefix is None:
+            log.warning("skipped ControlNet %s: no ControlNet keys (input_hint_block, zero_convs) in it", f)
+            return
+        fit = single_file_fit(header, prefix)
+        family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(fit[0] or 0, "sd1")
+        if fit[1] == "text_time":
+            family = "sdxl"
+        sidecar = sidecar_config(f)
+        config = sidecar or SHIPPED_CONFIGS / "controlnet" / family
+        if not (config / "config.json").is_file():
+            log.warning(
+                "skipped ControlNet %s (%s): no shipped config; put its diffusers config.json in %s beside it",
+                f, family, f.stem + CONFIG_SUFFIX,
+            )  # fmt: skip
+            return
+        self.controlnets[f.stem], self.controlnet_fits[f.stem] = str(f), fit
+        self.controlnet_files[f.stem] = SingleFile(f, rel, family, config, sidecar is not None, self.hashes.sha256(f))
 
     def read_folder(self, p: Path) -> None:
         entry = read_engine_entry(p) or read_diffusers_entry(p)
@@ -396,9 +703,13 @@ class Scan:
 class ModelRegistry:
     """Models found under a list of folders (later folders win on a name clash). Thread-safe; rescans on demand."""
 
-    def __init__(self, roots: list[str | Path], config_file: str | Path | None = None):
+    def __init__(
+        self, roots: list[str | Path], config_file: str | Path | None = None, hash_cache: str | Path | None = None
+    ):
+        """``hash_cache``: a JSON file keeping the single files' sha256 across restarts (else kept in memory)."""
         self.roots = [Path(r) for r in roots if r]
         self.config_file = Path(config_file) if config_file else None
+        self.hashes = HashCache(Path(hash_cache) if hash_cache else None)
         self._lock = threading.Lock()
         self._scan = Scan()
         self._sig: tuple = ()
@@ -416,9 +727,13 @@ class ModelRegistry:
                     w = p / "model.safetensors"
                     if w.is_file():
                         sig.append((str(w), w.stat().st_mtime_ns))
-                loras = root / "loras"
-                if loras.is_dir():
-                    sig += [(str(f), f.stat().st_mtime_ns) for f in sorted(loras.glob("*.safetensors"))]
+                for sub in (*LORA_DIRS, *CHECKPOINT_DIRS, *CONTROLNET_DIRS):
+                    if (root / sub).is_dir():  # the files, their sidecar folders' configs too
+                        for f in _files(root / sub):
+                            st = f.stat()
+                            sig.append((str(f), st.st_size, st.st_mtime_ns))
+                        for d in sorted((root / sub).rglob("*" + CONFIG_SUFFIX)):
+                            sig += [(str(c), c.stat().st_mtime_ns) for c in sorted(d.rglob("*.json"))]
         if self.config_file and self.config_file.is_file():
             sig.append((str(self.config_file), self.config_file.stat().st_mtime_ns))
         return tuple(sig)
@@ -428,7 +743,7 @@ class ModelRegistry:
         sig = self._signature()
         if sig == self._sig:
             return
-        scan = Scan()
+        scan = Scan(hashes=self.hashes)
         if self.config_file and self.config_file.is_file():
             scan.read_models_file(self.config_file)
         for root in self.roots:
@@ -485,6 +800,16 @@ class ModelRegistry:
                 code="unsupported_task",
             )
         return source
+
+    def controlnet_file(self, name: str) -> SingleFile | None:
+        """A single-file ControlNet's file and config (None: a folder or a hub id)."""
+        with self._lock:
+            return self._scan.controlnet_files.get(name)
+
+    def controlnet_family(self, name: str) -> str | None:
+        """The family a ControlNet conditions (sd1, sd2, sdxl) when its file says; None: a folder or a hub id."""
+        sf = self.controlnet_file(name)
+        return sf.family if sf else None
 
     def controlnet_names(self) -> list[str]:
         with self._lock:

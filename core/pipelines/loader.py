@@ -75,8 +75,13 @@ class Pipelines:
         def load():
             import diffusers
 
-            cls = getattr(diffusers, entry.pipeline_class)
-            pipe = cls.from_pretrained(entry.source, dtype=pick_dtype(self.device, entry.pipeline_class))
+            dtype = pick_dtype(self.device, entry.pipeline_class)
+            if entry.single_file is not None:  # A1111's or ComfyUI's folders: converted on load, configs local
+                from core.pipelines.single_file import load_pipeline
+
+                pipe = load_pipeline(entry.pipeline_class, entry.single_file, dtype)
+            else:
+                pipe = getattr(diffusers, entry.pipeline_class).from_pretrained(entry.source, dtype=dtype)
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
             fastpath.prepare(pipe, self.fast)
@@ -99,12 +104,18 @@ class Pipelines:
 
     def controlnet(self, name: str, entry: ModelEntry):
         source = self.registry.controlnet(name)
+        single = self.registry.controlnet_file(name)
 
         def load():
             from diffusers import ControlNetModel
 
             dtype = pick_dtype(self.device, entry.pipeline_class)
-            model = ControlNetModel.from_pretrained(source, dtype=dtype).to(self.device)
+            if single is not None:  # a single file in ControlNet/ or controlnet/
+                from core.pipelines.single_file import load_controlnet
+
+                model = load_controlnet(single, dtype).to(self.device)
+            else:
+                model = ControlNetModel.from_pretrained(source, dtype=dtype).to(self.device)
             if self.fast.channels_last:
                 model.to(memory_format=torch.channels_last)
             return model
