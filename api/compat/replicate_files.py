@@ -92,10 +92,10 @@ def _unregister(b: Backends, t: str, file_id: str) -> None:
         b.store.registrations.register(t, KIND, file_id, {"id": file_id, "deleted": True})
 
 
-def live_files(b: Backends, t: str) -> list[dict]:
+def live_files(b: Backends, t: str, now: float | None = None) -> list[dict]:
     """The tenant's files, newest first. Entries past their expiry are checked against storage (a job that read the
     upload keeps it longer) and pruned when the upload is gone."""
-    now = time.time()
+    now = time.time() if now is None else now
     out = []
     for rec in b.store.registrations.registrations(t, KIND):
         if rec.get("deleted"):

@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -21,7 +23,12 @@ import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
+from api.compat import replicate_files
 from api.compat.replicate_files import file_id_of_url
+from api.errors import ApiError
+from core.jobs.lifecycle import sweep_expired
+from core.jobs.store import memory_store
+from core.storage import LocalStorage
 from tests.compat.conftest import KEY_A, KEY_B, png_b64
 
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -203,6 +210,29 @@ def test_a_foreign_url_is_still_refused_unfetched(gateway):
         with pytest.raises(ReplicateError) as e:
             c.predictions.create(model="acme/tiny-sd", input={**IMG2IMG, "image": url})
         assert e.value.status == 422 and "not fetched" in e.value.detail
+
+
+def test_the_list_forgets_files_retention_swept_keeps_those_a_job_kept_and_caps_live_files(tmp_path, monkeypatch):
+    settings = SimpleNamespace(max_image_pixels=4096 * 4096, job_ttl_s=60)
+    b = SimpleNamespace(store=memory_store(), storage=LocalStorage(tmp_path, "k"), settings=settings)
+    png = base64.b64decode(png_b64(8, 8))
+    swept, kept = (replicate_files._save(b, "acme", png, n, {}) for n in ("swept.png", "kept.png"))
+    b.store.retention.extend_expiry(f"upload:acme/{kept['id']}", time.time() + 3600)  # a job reads it: kept longer
+    later = time.time() + 120  # both past their expires_at
+    assert sweep_expired(b.store, b.storage, at=later) == [f"upload:acme/{swept['id']}"]
+    assert [f["id"] for f in replicate_files.live_files(b, "acme", later)] == [kept["id"]]  # kept: still listed
+    assert [r["id"] for r in b.store.registrations.registrations("acme", "replicate_file")
+            if not r.get("deleted")] == [kept["id"]]  # fmt: skip  # the swept one left the index
+    with pytest.raises(ApiError) as e:
+        replicate_files.own_file(b, "acme", swept["id"])
+    assert e.value.status == 404
+    assert replicate_files.live_files(b, "globex") == []
+    monkeypatch.setattr(replicate_files, "MAX_FILES", 2)
+    replicate_files._save(b, "acme", png, "two.png", {})
+    with pytest.raises(ApiError) as e:
+        replicate_files._save(b, "acme", png, "three.png", {})
+    assert e.value.status == 409 and e.value.code == "too_many_files"
+    replicate_files._save(b, "globex", png, "other.png", {})  # the cap is per tenant
 
 
 # -- the JavaScript client ----------------------------------------------------------------------------------------
