@@ -91,7 +91,19 @@ async def submit_job(
     else (key, request hash) or None, as the caller derived it (one call of several jobs keys each)."""
     if idempotency is True:
         idempotency = idempotency_of(request, task, body)
-    return await run_in_threadpool(_submit, b, tenant, task, body, idempotency, str(request.base_url), via)
+    args = (b, tenant, task, body, idempotency, str(request.base_url), via)
+    if light(b, body):
+        return _submit(*args)
+    return await run_in_threadpool(_submit, *args)
+
+
+def light(b: Backends, body: BaseModel) -> bool:
+    """The submission touches memory only (the in-memory store, no image to read or decode), so it runs on the loop:
+    a thread hop costs more than it. Anything naming an image or an upload runs in the threadpool."""
+    if b.settings.distributed:
+        return False
+    text = body.model_dump_json()
+    return '"data:' not in text and '"upl_' not in text and len(text) < 16384
 
 
 async def submit(request: Request, b: Backends, tenant: str, task: Task, body: BaseModel) -> JSONResponse:

@@ -17,9 +17,12 @@ from core.jobs.store import JobStore
 
 
 class Waiters:
-    def __init__(self, store: JobStore, max_per_tenant: int):
+    def __init__(self, store: JobStore, max_per_tenant: int, inline: bool = False):
+        """``inline``: the store answers from memory, so a read runs on the loop (a thread hop would cost more than
+        the read); a remote store's reads run in the threadpool."""
         self.store = store
         self.max_per_tenant = max_per_tenant
+        self.inline = inline
         self._events: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # event -> wants progress too
         self._open: dict[str, int] = defaultdict(int)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,6 +95,9 @@ class Waiters:
             finally:
                 self._forget(job_id, ev)
 
+    async def _read(self, read: Callable[[str], object], job_id: str):
+        return read(job_id) if self.inline else await run_in_threadpool(read, job_id)
+
     def _forget(self, job_id: str, ev: asyncio.Event) -> None:
         group = self._events.get(job_id)
         if group is not None:
@@ -100,22 +106,22 @@ class Waiters:
                 del self._events[job_id]
 
     async def read_until_terminal(self, tenant: str, job_id: str, wait: float, read: Callable[[str], object]):
-        """``read(job_id)`` (blocking, run in the threadpool; its errors, a 404, raised as they are), then, unless
-        terminal, :meth:`until_terminal` without a second read: the wake-up is registered before the first read, so a
-        change after it is never missed."""
+        """``read(job_id)`` (its errors, a 404, raised as they are), then, unless terminal, :meth:`until_terminal`
+        without a second read: the wake-up is registered before the first read, so a change after it is never
+        missed."""
         if wait <= 0:
-            return await run_in_threadpool(read, job_id)
+            return await self._read(read, job_id)
         deadline = time.monotonic() + wait
         changed = asyncio.Event()
         self._events[job_id][changed] = False  # status changes only
         try:
-            job = await run_in_threadpool(read, job_id)
+            job = await self._read(read, job_id)
             if job.status.is_terminal():
                 return job
             with self.held(tenant):  # counts against the tenant's open waits (429 past it) once the job is known
                 while await wait_for(changed, deadline - time.monotonic()):
                     changed.clear()  # before the read: a change after it wakes the wait again
-                    job = await run_in_threadpool(read, job_id) or job
+                    job = await self._read(read, job_id) or job
                     if job.status.is_terminal():
                         break
             return job
@@ -123,13 +129,13 @@ class Waiters:
             self._forget(job_id, changed)
 
     async def until_terminal(self, tenant: str, job, wait: float, read: Callable[[str], object], held: bool = False):
-        """``job`` once terminal, or as ``read(job.id)`` (blocking, run in the threadpool) last gave it after ``wait``
+        """``job`` once terminal, or as ``read(job.id)`` last gave it after ``wait``
         seconds: woken by its status events, no thread or connection held while waiting."""
         deadline = time.monotonic() + wait
         async with self.watch(tenant, job.id, every_event=False, held=held) as changed:
             while not job.status.is_terminal():
                 changed.clear()  # before the read: a change after it wakes the wait below
-                job = await run_in_threadpool(read, job.id) or job
+                job = await self._read(read, job.id) or job
                 if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
                     break
         return job
