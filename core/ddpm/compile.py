@@ -106,5 +106,5 @@ def warm_up(net: nn.Module, size: int | None = None, batch_sizes: tuple[int, ...
     if next(net.parameters()).device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    log.info("compiled %s (%s) in %.1f s", type(net).__name__, compiled(net), seconds)
+    log.debug("compiled %s (%s) in %.1f s", type(net).__name__, compiled(net), seconds)
     return seconds
