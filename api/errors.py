@@ -168,7 +168,7 @@ class CatchAll:
 
 
 # Replicate's routes: its clients read RFC 9457 problem details (title, detail, status) beside our error object
-PROBLEM_PATHS = re.compile(r"^/v1/(predictions|models/[^/]+/[^/]+)(/|$)")
+PROBLEM_PATHS = re.compile(r"^/v1/(predictions|files|models/[^/]+/[^/]+)(/|$)")
 
 
 def _shaped(request: Request, response: JSONResponse) -> JSONResponse:

@@ -271,6 +271,23 @@ A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
 # A1111 1.9+ splits the noise schedule out of the sampler name: these are the ones we serve
 A1111_SCHEDULERS: dict[str, str] = {"automatic": "Automatic", "karras": "Karras"}
 
+# -- ComfyUI's sampler and scheduler names (the /prompt adapter) ---------------------------------------------------
+# (sampler_name, scheduler) -> our scheduler names in order of preference, as A1111_SAMPLERS (the engine's DDIM and
+# DDPM are its Euler and ancestral samplers). "normal" is the model's own noise schedule; "karras" only where we serve
+# a Karras variant. Any other pair is refused by name (the /prompt adapter), never approximated.
+COMFYUI_SAMPLERS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("euler", "normal"): ("euler", "ddim"),
+    ("euler_ancestral", "normal"): ("euler_a", "ddpm"),
+    ("heun", "normal"): ("heun",),
+    ("lms", "normal"): ("lms",),
+    ("dpmpp_2m", "normal"): ("dpmpp_2m",),
+    ("dpmpp_2m", "karras"): ("dpmpp_2m_karras",),
+    ("ddim", "normal"): ("ddim",),
+    ("ddpm", "normal"): ("ddpm",),
+    ("uni_pc", "normal"): ("unipc",),
+}
+COMFYUI_SCHEDULERS: tuple[str, ...] = ("normal", "karras")
+
 
 # -- limits --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -588,6 +588,10 @@ class RedisRegistrations:
     def registrations(self, tenant, kind):
         return [json.loads(v) for _, v in sorted(self.c.r.hgetall(f"{P}registry:{tenant}:{kind}").items())]
 
+    @_unavailable
+    def unregister(self, tenant, kind, name):
+        self.c.r.hdel(f"{P}registry:{tenant}:{kind}", name)
+
 
 class RedisWebhooks:
     """Webhook deliveries: ``webhook:{id}`` the delivery as JSON, ``webhooks:due`` a sorted set of when each is due."""

@@ -133,6 +133,9 @@ class Registrations(Protocol):
 
     def registrations(self, tenant: str, kind: str) -> list[dict]: ...
 
+    def unregister(self, tenant: str, kind: str, name: str) -> None:
+        """Remove ``name``; no error when it is not there."""
+
 
 class WebhookQueue(Protocol):
     """Webhook deliveries waiting to be sent (``core/webhooks.py``): a delivery claimed and not acknowledged within
@@ -502,6 +505,10 @@ class MemoryRegistrations:
     def registrations(self, tenant, kind):
         with self.s._lock:
             return [dict(r) for _, r in sorted(self.s._registry.get((tenant, kind), {}).items())]
+
+    def unregister(self, tenant, kind, name):
+        with self.s._lock:
+            self.s._registry.get((tenant, kind), {}).pop(name, None)
 
 
 class MemoryWebhooks:
