@@ -234,13 +234,19 @@ def _run_group(
         # 4. each job's share of the device's time (the run's, split by images), then publish and finish it alone;
         # the bookkeeping of them all (metrics, usage, webhook deliveries) goes out in one batch after the last
         shares = device_shares(jobs, (time.perf_counter() - t_run) * 1000)
+        to_record: list[JobRecord] = []
         try:
             with store.batch():
                 store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
                 for job, outcome in zip(jobs, outcomes, strict=True):  # run_batch answers once per job
-                    finals[job.id] = _complete(job, ctxs[job.id], outcome, store, storage, startup_ms, shares[job.id])
+                    finals[job.id] = _complete(
+                        job, ctxs[job.id], outcome, store, storage, startup_ms, shares[job.id], to_record
+                    )
         except Unavailable:  # the jobs are finished; what the store could not take is logged
             log.warning("jobs %s: their metrics, usage and webhook deliveries were not recorded", list(finals))
+        finally:
+            for done in to_record:  # 5. each record's copy in storage, after the status events went out
+                records.write(storage, done)
     return finals
 
 
@@ -272,9 +278,13 @@ def _complete(
     storage: Storage,
     startup_ms: float = 0.0,
     device_ms: float = 0.0,
+    to_record: list[JobRecord] | None = None,
 ) -> JobRecord | None:
     """Publish a job's outputs and finish it (succeeded, canceled or failed), as its lease owner only; its device
-    time is recorded (metrics, usage) whatever the outcome."""
+    time is recorded (metrics, usage) whatever the outcome. The finished record is appended to ``to_record`` (its
+    copy in storage is written by the caller, after the status event: the copy's JSON and PUT hold the GIL, which
+    would delay the event that wakes the client)."""
+    to_record = [] if to_record is None else to_record
     job_id, token = job.id, ctx.token
     written: list[str] = []  # output keys, removed again unless the job succeeds
     error: JobErrorInfo | None = None
@@ -307,7 +317,7 @@ def _complete(
     if done.status != JobStatus.succeeded:
         _remove_outputs(storage, written, job_id)  # no half set of outputs stays behind a failed job
     if error is None or error.code != "storage_unavailable":
-        records.write(storage, done)  # the bucket alone tells what happened
+        to_record.append(done)  # the bucket alone tells what happened (written once the status event is out)
     return done
 
 
