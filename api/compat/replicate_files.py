@@ -84,24 +84,14 @@ def file_id_of_url(value: str, base_url: str) -> str | None:
 
 
 # -- the index (blocking helpers, run in the threadpool) ------------------------------------------------------------
-def _unregister(b: Backends, t: str, file_id: str) -> None:
-    unregister = getattr(b.store.registrations, "unregister", None)
-    if unregister is not None:
-        unregister(t, KIND, file_id)
-    else:  # a store without unregister: a tombstone, which the list skips
-        b.store.registrations.register(t, KIND, file_id, {"id": file_id, "deleted": True})
-
-
 def live_files(b: Backends, t: str, now: float | None = None) -> list[dict]:
     """The tenant's files, newest first. Entries past their expiry are checked against storage (a job that read the
     upload keeps it longer) and pruned when the upload is gone."""
     now = time.time() if now is None else now
     out = []
     for rec in b.store.registrations.registrations(t, KIND):
-        if rec.get("deleted"):
-            continue
         if (rec.get("expires_at") or 0) <= now and not b.storage.exists(upload_key(t, rec["id"]) + ".json"):
-            _unregister(b, t, rec["id"])
+            b.store.registrations.unregister(t, KIND, rec["id"])
             continue
         out.append(rec)
     out.sort(key=lambda r: (r.get("created_at") or 0, r["id"]), reverse=True)
@@ -136,7 +126,7 @@ def _delete(b: Backends, t: str, file_id: str) -> None:
     b.storage.delete(key)
     b.storage.delete(key + ".json")
     b.store.retention.forget_expiry(f"upload:{t}/{file_id}")
-    _unregister(b, t, file_id)
+    b.store.registrations.unregister(t, KIND, file_id)
 
 
 # -- the body -------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -212,27 +213,40 @@ def test_a_foreign_url_is_still_refused_unfetched(gateway):
         assert e.value.status == 422 and "not fetched" in e.value.detail
 
 
-def test_the_list_forgets_files_retention_swept_keeps_those_a_job_kept_and_caps_live_files(tmp_path, monkeypatch):
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    if request.param == "memory":
+        yield memory_store()
+    else:
+        from core.jobs.redis_store import redis_store
+
+        # a database of its own: the sweep below must reach no other test's expiries
+        s = redis_store(request.getfixturevalue("redis_server").rsplit("/", 1)[0] + "/14")
+        yield s
+        s.close()
+
+
+def test_the_list_forgets_swept_files_keeps_those_a_job_kept_and_caps_live_files(store, tmp_path, monkeypatch):
     settings = SimpleNamespace(max_image_pixels=4096 * 4096, job_ttl_s=60)
-    b = SimpleNamespace(store=memory_store(), storage=LocalStorage(tmp_path, "k"), settings=settings)
+    b = SimpleNamespace(store=store, storage=LocalStorage(tmp_path, "k"), settings=settings)
+    acme, globex = f"acme-{uuid.uuid4().hex[:8]}", f"globex-{uuid.uuid4().hex[:8]}"
     png = base64.b64decode(png_b64(8, 8))
-    swept, kept = (replicate_files._save(b, "acme", png, n, {}) for n in ("swept.png", "kept.png"))
-    b.store.retention.extend_expiry(f"upload:acme/{kept['id']}", time.time() + 3600)  # a job reads it: kept longer
+    swept, kept = (replicate_files._save(b, acme, png, n, {}) for n in ("swept.png", "kept.png"))
+    b.store.retention.extend_expiry(f"upload:{acme}/{kept['id']}", time.time() + 3600)  # a job reads it: kept longer
     later = time.time() + 120  # both past their expires_at
-    assert sweep_expired(b.store, b.storage, at=later) == [f"upload:acme/{swept['id']}"]
-    assert [f["id"] for f in replicate_files.live_files(b, "acme", later)] == [kept["id"]]  # kept: still listed
-    assert [r["id"] for r in b.store.registrations.registrations("acme", "replicate_file")
-            if not r.get("deleted")] == [kept["id"]]  # fmt: skip  # the swept one left the index
+    assert sweep_expired(b.store, b.storage, at=later) == [f"upload:{acme}/{swept['id']}"]
+    assert [f["id"] for f in replicate_files.live_files(b, acme, later)] == [kept["id"]]  # kept: still listed
+    assert [r["id"] for r in b.store.registrations.registrations(acme, "replicate_file")] == [kept["id"]]  # pruned
     with pytest.raises(ApiError) as e:
-        replicate_files.own_file(b, "acme", swept["id"])
+        replicate_files.own_file(b, acme, swept["id"])
     assert e.value.status == 404
-    assert replicate_files.live_files(b, "globex") == []
+    assert replicate_files.live_files(b, globex) == []
     monkeypatch.setattr(replicate_files, "MAX_FILES", 2)
-    replicate_files._save(b, "acme", png, "two.png", {})
+    replicate_files._save(b, acme, png, "two.png", {})
     with pytest.raises(ApiError) as e:
-        replicate_files._save(b, "acme", png, "three.png", {})
+        replicate_files._save(b, acme, png, "three.png", {})
     assert e.value.status == 409 and e.value.code == "too_many_files"
-    replicate_files._save(b, "globex", png, "other.png", {})  # the cap is per tenant
+    replicate_files._save(b, globex, png, "other.png", {})  # the cap is per tenant
 
 
 # -- the JavaScript client ----------------------------------------------------------------------------------------
