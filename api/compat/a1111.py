@@ -221,6 +221,37 @@ def model_id(title: str) -> str:
     return re.sub(r"\.(safetensors|ckpt|pt|bin)$", "", name.rsplit("/", 1)[-1])
 
 
+HASH = re.compile(r"[0-9a-fA-F]{8,64}")
+
+
+def resolve_checkpoint(b: Backends, t: str, title: str) -> str:
+    """The model a client names as A1111 clients do: a title (``sub/name.safetensors [shorthash]``), a name (the
+    file's stem, our model id) or a hash (A1111's 10-digit short hash, or the whole sha256). The name wins; a hash
+    is looked up when no model has that name. An unknown one comes back as its name (admission then names it)."""
+    name = model_id(title)
+    entries = _entries(b, t)
+    if any(e.id == name for e in entries):
+        return name
+    bracket = re.search(r"\[([0-9a-fA-F]+)\]\s*$", title)
+    digest = bracket.group(1) if bracket else title.strip()
+    if HASH.fullmatch(digest):
+        digest = digest.lower()
+        found = [
+            e.id for e in entries if e.version and not e.version.startswith("hub:") and e.version.startswith(digest)
+        ]
+        if len(found) == 1:
+            return found[0]
+    return name
+
+
+def checkpoint_title(e: ModelEntry) -> str:
+    """A1111's title of a model: ``name.safetensors [shorthash]`` for a single file (its path under
+    Stable-diffusion/ or checkpoints/), our model id for a folder or a hub id."""
+    if e.single_file is not None:
+        return f"{e.single_file.rel} [{e.short_hash}]"
+    return e.id
+
+
 def _options(b: Backends, t: str) -> dict:
     return b.store.registrations.registration(t, OPTIONS_KIND, "options") or {}
 
@@ -355,7 +386,7 @@ def _info(payload, model: str, entry: ModelEntry, sampler: str, seed: int, jobs,
             "restore_faces": False,
             "sd_model_name": model,
             "sd_model_checkpoint": model,
-            "sd_model_hash": (entry.version or "")[:10] or None,
+            "sd_model_hash": entry.short_hash,
             "denoising_strength": getattr(payload, "denoising_strength", None),
             "index_of_first_image": 0,
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
@@ -389,7 +420,8 @@ async def generate(request: Request, b: Backends, t: str, payload: Txt2ImgPayloa
     if refused:
         raise InputError(f"not served here: {refused} (leave them at A1111's defaults)", field=refused[0])
     title = _checkpoint_title(payload)
-    model = model_id(title) if title else await run_in_threadpool(_current_model, b, t)
+    model = await run_in_threadpool(resolve_checkpoint, b, t, title) if title else None
+    model = model or await run_in_threadpool(_current_model, b, t)
     ignored += [f"override_settings.{k}" for k in payload.override_settings if k != "sd_model_checkpoint"]
     try:
         entry = await run_in_threadpool(entry_for, b, t, model)
@@ -480,15 +512,16 @@ async def img2img(request: Request, payload: Img2ImgPayload, t: str = Depends(te
 # -- what A1111 clients read ---------------------------------------------------------------------------------------
 @router.get("/sd-models", name="a1111_sd_models")
 async def sd_models(t: str = Depends(tenant), b: Backends = Depends(backends)) -> list[dict]:
-    """The models that draw images, as checkpoints (title = our model id)."""
+    """The models that draw images, as checkpoints: a single file as A1111 lists it (title ``name.safetensors
+    [shorthash]``, its sha256 and short hash as A1111 computes them), a folder by our model id."""
     entries = await run_in_threadpool(_entries, b, t)
     return [
         {
-            "title": e.id,
+            "title": checkpoint_title(e),
             "model_name": e.id,
-            "hash": (e.version or "")[:10] or None,
-            "sha256": e.version,
-            "filename": e.id,
+            "hash": e.short_hash,
+            "sha256": e.version if e.short_hash else None,
+            "filename": e.single_file.rel if e.single_file is not None else e.id,
             "config": None,
         }
         for e in entries
@@ -518,7 +551,15 @@ async def schedulers() -> list[dict]:
 async def get_options(t: str = Depends(tenant), b: Backends = Depends(backends)) -> dict:
     """The options A1111 clients read; ``sd_model_checkpoint`` is the tenant's own."""
     model = await run_in_threadpool(_current_model, b, t)
-    return {"sd_model_checkpoint": model, "samples_format": "png", "CLIP_stop_at_last_layers": 1}
+    entry = next((e for e in await run_in_threadpool(_entries, b, t) if e.id == model), None)
+    title = checkpoint_title(entry) if entry else model
+    sha = entry.version if entry and entry.short_hash else None
+    return {
+        "sd_model_checkpoint": title,  # A1111's title: what clients compare with GET sd-models' titles
+        "sd_checkpoint_hash": sha,
+        "samples_format": "png",
+        "CLIP_stop_at_last_layers": 1,
+    }
 
 
 class OptionsBody(BaseModel):
@@ -528,10 +569,11 @@ class OptionsBody(BaseModel):
 
 @router.post("/options", name="a1111_set_options")
 async def set_options(body: OptionsBody, t: str = Depends(tenant), b: Backends = Depends(backends)) -> dict:
-    """Set ``sd_model_checkpoint`` for this tenant (checked to exist); other options are ignored and listed."""
+    """Set ``sd_model_checkpoint`` for this tenant (a title, name or hash; checked to exist); other options are
+    ignored and listed."""
     applied = []
     if body.sd_model_checkpoint:
-        model = model_id(body.sd_model_checkpoint)
+        model = await run_in_threadpool(resolve_checkpoint, b, t, body.sd_model_checkpoint)
         try:
             await run_in_threadpool(entry_for, b, t, model)
         except InputError as e:

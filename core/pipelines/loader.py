@@ -79,7 +79,7 @@ class Pipelines:
             if entry.single_file is not None:  # A1111's or ComfyUI's folders: converted on load, configs local
                 from core.pipelines.single_file import load_pipeline
 
-                pipe = load_pipeline(entry.pipeline_class, entry.single_file, dtype)
+                pipe = load_pipeline(entry.pipeline_class, entry.single_file, dtype, self.device)
             else:
                 pipe = getattr(diffusers, entry.pipeline_class).from_pretrained(entry.source, dtype=dtype)
             pipe.to(self.device)
@@ -113,7 +113,7 @@ class Pipelines:
             if single is not None:  # a single file in ControlNet/ or controlnet/
                 from core.pipelines.single_file import load_controlnet
 
-                model = load_controlnet(single, dtype).to(self.device)
+                model = load_controlnet(single, dtype, self.device).to(self.device)
             else:
                 model = ControlNetModel.from_pretrained(source, dtype=dtype).to(self.device)
             if self.fast.channels_last:

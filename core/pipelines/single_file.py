@@ -77,11 +77,20 @@ def shipped_tokenizers(config: Path) -> dict:
     return out
 
 
-def load_pipeline(pipeline_class: str, sf: SingleFile, dtype):
+def realign(module) -> None:
+    """Give each tensor its own freshly allocated storage. ``from_single_file`` leaves the weights as views at
+    arbitrary offsets of the file's buffer, and CPU kernels round differently on unaligned memory: realigned, a
+    single file draws on the CPU exactly what the same weights in diffusers' folders draw (a GPU copies anyway)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        t.data = t.data.clone()
+
+
+def load_pipeline(pipeline_class: str, sf: SingleFile, dtype, device: str = "cpu"):
     """A diffusers pipeline from a single-file checkpoint: components converted by ``from_single_file`` with the
     configs of ``sf.config``; the tokenizers built here unless the (sidecar) config folder has its own. JobError
     naming what is missing, never a hub download."""
     import diffusers
+    import torch
     from huggingface_hub.errors import HFValidationError
 
     cls = getattr(diffusers, pipeline_class)
@@ -89,7 +98,7 @@ def load_pipeline(pipeline_class: str, sf: SingleFile, dtype):
     if "safety_checker" in cls._get_signature_keys(cls)[0]:
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
-        return cls.from_single_file(
+        pipe = cls.from_single_file(
             str(sf.path), config=str(sf.config), torch_dtype=dtype, local_files_only=True, **extra
         )
     except (OSError, ValueError, HFValidationError, diffusers.loaders.single_file_utils.SingleFileComponentError) as e:
@@ -99,14 +108,19 @@ def load_pipeline(pipeline_class: str, sf: SingleFile, dtype):
             f"{sf.config.name}: {str(e)[:500]}. A checkpoint whose shapes differ from its family's usual ones "
             f"needs a diffusers config folder beside it, named {sf.path.stem}.config",
         ) from e
+    if device == "cpu":
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                realign(component)
+    return pipe
 
 
-def load_controlnet(sf: SingleFile, dtype):
+def load_controlnet(sf: SingleFile, dtype, device: str = "cpu"):
     """A ControlNet from a single file in the original layout, with ``sf.config``'s config.json."""
     from diffusers import ControlNetModel
 
     try:
-        return ControlNetModel.from_single_file(
+        model = ControlNetModel.from_single_file(
             str(sf.path), config=str(sf.config), torch_dtype=dtype, local_files_only=True
         )
     except (OSError, ValueError) as e:
@@ -115,6 +129,9 @@ def load_controlnet(sf: SingleFile, dtype):
             f"single-file ControlNet {sf.rel} ({sf.family}) could not be loaded with the config in "
             f"{sf.config.name}: {str(e)[:500]}; put its diffusers config.json in {sf.path.stem}.config beside it",
         ) from e
+    if device == "cpu":
+        realign(model)
+    return model
 
 
 def diffusers_model_type(path: Path) -> str:
