@@ -593,3 +593,44 @@ def test_a_late_socket_hears_the_end_of_a_prompt_that_ran_before_it_connected(co
     with closing(client.connect()) as ws:
         messages = read_until_done(ws, prompt_id)
     assert any(isinstance(m, dict) and m["type"] == "executed" for m in messages)
+
+
+def test_the_mask_editors_upload_feeds_an_inpaint_prompt(comfy):
+    """``/upload/mask`` (ComfyUI's mask editor): the original with the painted alpha, a new upload whose MASK output
+    (1 - alpha) is what the inpaint job repaints."""
+    client = ComfyClient(comfy)
+    original = client.upload_image(png_bytes(64, 64, seed=5))
+    painted = np.zeros((64, 64, 4), np.uint8)
+    painted[..., 3] = 255
+    painted[8:40, 8:40, 3] = 0  # erased in the editor: repainted
+    buf = io.BytesIO()
+    Image.fromarray(painted, "RGBA").save(buf, format="PNG")
+    ref = json.dumps({"filename": original["name"], "subfolder": "", "type": "input"})
+    r = httpx.post(f"{comfy}/upload/mask", headers=client.headers, files={"image": ("clipspace.png", buf.getvalue())},
+                   data={"original_ref": ref, "type": "input", "subfolder": "clipspace"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    masked = r.json()
+    assert masked["name"] != original["name"] and masked["subfolder"] == "clipspace"
+    saved = Image.open(io.BytesIO(client.get_image(masked["name"], "clipspace", "input")))
+    assert np.array_equal(np.asarray(saved)[..., 3], painted[..., 3])
+    assert np.array_equal(np.asarray(saved)[..., :3], arr(client.get_image(original["name"], "", "input")))
+    wf = small(workflow("inpaint"), model="tiny-sd-inpaint")
+    wf["20"]["inputs"]["image"] = f"clipspace/{masked['name']} [input]"  # as the editor sets the LoadImage
+    with closing(client.connect()) as ws:
+        prompt_id, images, _ = client.run(ws, wf)
+    assert arr(images["9"][0]).shape == (64, 64, 3)
+    job = _job_of(comfy, prompt_id)
+    assert job["type"] == "inpaint" and job["input"]["strength"] == 1.0
+
+
+def test_extra_data_asks_for_what_comfyui_lacks(comfy):
+    """A webhook and a priority ride in ``extra_data``; a bad one is refused in ComfyUI's shape, not dropped."""
+    client = ComfyClient(comfy)
+    wf = digits(workflow("txt2img_default"))
+    body = {"prompt": wf, "client_id": client.client_id, "extra_data": {"webhook": "http://127.0.0.1:9/hook"}}
+    r = httpx.post(f"{comfy}/prompt", json=body, headers=client.headers)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_extra_data", r.text  # a private address
+    body["extra_data"] = {"priority": "low", "extra_pnginfo": {"workflow": {"nodes": []}}}
+    r = httpx.post(f"{comfy}/prompt", json=body, headers=client.headers)
+    assert r.status_code == 200, r.text
+    assert _job_of(comfy, r.json()["prompt_id"])["input"]["priority"] == "low"

@@ -129,7 +129,7 @@ def _renamed(plan: Plan, e: ServiceError) -> NodeError:
     ours = (e.field or "").split(".")[0]
     nid, name = plan.names.get(ours, (plan.sampler_node, ""))
     ctype = plan.graph.get(nid, {}).get("class_type") or _class_of(plan, nid)
-    kind = "value_not_in_list" if e.code in ("unknown_model", "unknown_lora", "unknown_controlnet") else "invalid_input"
+    kind = "value_not_in_list" if str(e.code).startswith("unknown") else "invalid_input"
     message = "Value not in list" if kind == "value_not_in_list" else "Value not accepted"
     return NodeError(nid, ctype, kind, message, f"{name}: {e.message}" if name else e.message, name)
 
@@ -178,10 +178,21 @@ def _upload_bytes(b: Backends, t: str, plan: Plan, use: graphs.ImageUse) -> byte
                         f"image: no uploaded image '{use.upload_id}.png'", "image") from None  # fmt: skip
 
 
-def _resolve(b: Backends, t: str, plan: Plan) -> tuple[Task, BaseModel]:
+EXTRA_FIELDS = ("webhook", "webhook_events_filter", "priority")  # what ComfyUI lacks, asked for in extra_data
+
+
+def _extra(extra_data: object) -> dict:
+    """The v1 fields a client asks for in ``extra_data`` (a webhook, a priority); the rest of it (the UI's workflow,
+    say) is neither used nor kept."""
+    if not isinstance(extra_data, dict):
+        return {}
+    return {k: extra_data[k] for k in EXTRA_FIELDS if k in extra_data}
+
+
+def _resolve(b: Backends, t: str, plan: Plan, extra: dict) -> tuple[Task, BaseModel]:
     """The typed v1 request of ``plan``: the model entry, the scheduler, the input images' sizes and masks.
     Blocking (store and storage reads)."""
-    fields = dict(plan.fields)
+    fields = {**plan.fields, **extra}
     try:
         entry = entry_for(b, t, fields["model"])
     except ServiceError as e:
@@ -229,6 +240,8 @@ def _resolve(b: Backends, t: str, plan: Plan) -> tuple[Task, BaseModel]:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
+        if loc.split(".")[0] in EXTRA_FIELDS:
+            raise InputError(err.get("msg", "invalid"), field=loc) from None
         raise _renamed(plan, InputError(err.get("msg", "invalid"), field=loc)) from None
 
 
@@ -264,7 +277,7 @@ async def post_prompt(request: Request, t: str = Depends(tenant), b: Backends = 
     plan = None
     try:
         plan = graphs.read(body["prompt"])
-        task, req = await run_in_threadpool(_resolve, b, t, plan)
+        task, req = await run_in_threadpool(_resolve, b, t, plan, _extra(body.get("extra_data")))
         number = int(time.time() * 1000)
         via: dict[str, Any] = {"api": API, "client_id": client_id, "number": number, "graph": _kept_graph(plan),
                                "outputs": plan.outputs, "order": plan.order,
@@ -281,6 +294,10 @@ async def post_prompt(request: Request, t: str = Depends(tenant), b: Backends = 
         return node_error_response(e, plan)
     except InputError as e:
         assert plan is not None
+        if (e.field or "").split(".")[0] in EXTRA_FIELDS:  # not a node's: ComfyUI's top-level error
+            details = f"extra_data.{e.field}: {e.message}"
+            return JSONResponse({"error": _error("invalid_extra_data", "Invalid extra_data", details),
+                                 "node_errors": {}}, status_code=400)  # fmt: skip
         return node_error_response(_renamed(plan, e), plan)
     return {"prompt_id": prompt_id_of(job), "number": (job.via or {}).get("number", number), "node_errors": {}}
 
@@ -467,9 +484,34 @@ async def view(filename: str, type: str = "output", subfolder: str = "", t: str 
     data = await run_in_threadpool(_view_bytes, b, t, filename, type)
     if data is None:
         return Response(status_code=404)
-    fmt = next((f for magic, f in SNIFF.items() if data.startswith(magic)), "webp")
+    fmt = next((f for magic, f in SNIFF.items() if data.startswith(magic)), None)
+    if fmt is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        fmt = "webp"
+    if fmt is None:  # an upload that is not an image (a training zip): not ComfyUI's to show
+        return Response(status_code=404)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", filename.rsplit("/", 1)[-1])
     return Response(data, media_type=f"image/{fmt}", headers={"Content-Disposition": f'filename="{name}"'})
+
+
+async def _read_image(b: Backends, image: UploadFile) -> bytes:
+    limit = b.settings.max_upload_bytes
+    data = await image.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"upload over {limit} bytes", "image")
+    if not data:
+        raise ApiError(422, "validation_error", "the file is empty", "image")
+    return data
+
+
+async def _save(b: Backends, t: str, data: bytes, subfolder: str, type: str) -> dict:
+    """``data`` as an upload of the tenant, checked as every upload (size, pixels, formats): ComfyUI's answer."""
+    info = await run_in_threadpool(uploads.describe, data, "image", b.settings.max_image_pixels)
+    if "width" not in info:
+        raise ApiError(422, "invalid_image", "not a PNG, JPEG or WebP image", "image")
+    saved = await run_in_threadpool(uploads.save, b.store.retention, b.storage, t, data, info, b.settings.job_ttl_s)
+    ext = info["content_type"].split("/")[-1].replace("jpeg", "jpg")
+    kind = type if type in ("input", "temp", "output") else "input"
+    return {"name": f"{saved['id']}.{ext}", "subfolder": subfolder[:128], "type": kind}
 
 
 @http.post("/upload/image", name="comfyui_upload_image", include_in_schema=False)
@@ -481,20 +523,34 @@ async def upload_image(
     t: str = Depends(rate_limited),
     b: Backends = Depends(backends),
 ) -> dict:
-    """An image for ``LoadImage``: an upload of the tenant (checked as every upload); use the ``name`` answered."""
-    limit = b.settings.max_upload_bytes
-    data = await image.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "too_large", f"upload over {limit} bytes", "image")
-    if not data:
-        raise ApiError(422, "validation_error", "the file is empty", "image")
-    info = await run_in_threadpool(uploads.describe, data, "image", b.settings.max_image_pixels)
-    if "width" not in info:
-        raise ApiError(422, "invalid_image", "not a PNG, JPEG or WebP image", "image")
-    saved = await run_in_threadpool(uploads.save, b.store.retention, b.storage, t, data, info, b.settings.job_ttl_s)
-    ext = info["content_type"].split("/")[-1].replace("jpeg", "jpg")
-    kind = type if type in ("input", "temp", "output") else "input"
-    return {"name": f"{saved['id']}.{ext}", "subfolder": subfolder[:128], "type": kind}
+    """An image for ``LoadImage``: an upload of the tenant (checked as every upload); use the ``name`` answered
+    (``overwrite`` is moot: every upload is a new name)."""
+    return await _save(b, t, await _read_image(b, image), subfolder, type)
+
+
+@http.post("/upload/mask", name="comfyui_upload_mask", include_in_schema=False)
+async def upload_mask(
+    image: UploadFile = File(...),
+    original_ref: str = Form(..., max_length=1024),
+    type: str = Form("input"),
+    subfolder: str = Form(""),
+    t: str = Depends(rate_limited),
+    b: Backends = Depends(backends),
+) -> dict:
+    """The mask editor's save: the image ``original_ref`` names (the tenant's upload or output) with the alpha of
+    ``image``, as a new upload (LoadImage's MASK is 1 - that alpha)."""
+    try:
+        ref = json.loads(original_ref)
+        filename, kind = str(ref["filename"])[:256], str(ref.get("type", "input"))
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(422, "validation_error", "original_ref: {filename, subfolder, type}", "original_ref") from None
+    mask = await _read_image(b, image)
+    original = await run_in_threadpool(_view_bytes, b, t, filename, kind)
+    if original is None:
+        raise ApiError(404, "not_found", f"no image {shown(filename)!r}", "original_ref")
+    await run_in_threadpool(uploads.describe, mask, "image", b.settings.max_image_pixels)  # checked before decoding
+    combined = await run_in_threadpool(masks.with_alpha, original, mask)
+    return await _save(b, t, combined, subfolder, type)
 
 
 # -- what clients read of the server -------------------------------------------------------------------------------

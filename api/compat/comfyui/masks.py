@@ -54,3 +54,16 @@ def png(mask: Image.Image) -> bytes:
     buf = io.BytesIO()
     mask.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def with_alpha(original: bytes, mask: bytes) -> bytes:
+    """``/upload/mask``: the original image (RGBA) with the alpha channel of the mask editor's image."""
+    with Image.open(io.BytesIO(original)) as o, Image.open(io.BytesIO(mask)) as m:
+        out = o.convert("RGBA")
+        alpha = m.convert("RGBA").getchannel("A")
+        if alpha.size != out.size:
+            alpha = alpha.resize(out.size)
+        out.putalpha(alpha)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", compress_level=4)
+    return buf.getvalue()
