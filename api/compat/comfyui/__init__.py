@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from api.compat.comfyui import graph as graphs
 from api.compat.comfyui import masks
 from api.compat.comfyui.graph import GraphError, NodeError, Plan
-from api.compat.comfyui.nodes import COMFYUI_SAMPLERS, SERVED, node_types, object_info
+from api.compat.comfyui.nodes import SERVED, node_types, object_info
 from api.compat.common import SNIFF, entry_for
 from api.deps import backends, rate_limited, tenant
 from api.errors import ApiError, shown
@@ -42,6 +42,7 @@ from api.state import Backends
 from api.submit import submit_job
 from api.waiters import wait_for
 from core import __version__, uploads
+from core.catalog import COMFYUI_SAMPLERS
 from core.errors import InputError, ServiceError
 from core.jobs import lifecycle
 from core.registry import ModelEntry

@@ -5,21 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# ComfyUI's (sampler_name, scheduler) -> our scheduler names in order of preference (the first one the model serves
-# is used), as core.catalog.A1111_SAMPLERS. "normal" is the model's own noise schedule; "karras" only where we serve a
-# Karras variant. Any other pair is refused by name, never approximated. (To move beside A1111_SAMPLERS in the catalog.)
-COMFYUI_SAMPLERS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("euler", "normal"): ("euler", "ddim"),
-    ("euler_ancestral", "normal"): ("euler_a", "ddpm"),
-    ("heun", "normal"): ("heun",),
-    ("lms", "normal"): ("lms",),
-    ("dpmpp_2m", "normal"): ("dpmpp_2m",),
-    ("dpmpp_2m", "karras"): ("dpmpp_2m_karras",),
-    ("ddim", "normal"): ("ddim",),
-    ("ddpm", "normal"): ("ddpm",),
-    ("uni_pc", "normal"): ("unipc",),
-}
-COMFYUI_SCHEDULERS: tuple[str, ...] = ("normal", "karras")
+from core.catalog import COMFYUI_SAMPLERS, COMFYUI_SCHEDULERS
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # ComfyUI's own bound; seeds are folded into ours (graph.SEED_MODULUS)
 
