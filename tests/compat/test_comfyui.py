@@ -634,3 +634,17 @@ def test_extra_data_asks_for_what_comfyui_lacks(comfy):
     r = httpx.post(f"{comfy}/prompt", json=body, headers=client.headers)
     assert r.status_code == 200, r.text
     assert _job_of(comfy, r.json()["prompt_id"])["input"]["priority"] == "low"
+
+
+def test_a_socket_hears_its_own_tenants_prompts_only(comfy):
+    """Another tenant's socket with the same clientId hears nothing of this tenant's prompts."""
+    a = ComfyClient(comfy)
+    b = ComfyClient(comfy, key=KEY_B, client_id=a.client_id)
+    wf = digits(workflow("txt2img_default"))
+    with closing(b.connect()) as wsb:
+        with closing(a.connect()) as wsa:
+            theirs, _, _ = a.run(wsa, wf)
+        mine = b.queue_prompt(wf)["prompt_id"]
+        messages = read_until_done(wsb, mine)  # a's prompt ran first: its messages would have come before
+    ids = {m["data"].get("prompt_id") for m in messages if isinstance(m, dict)}
+    assert mine in ids and theirs not in ids
