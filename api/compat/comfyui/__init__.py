@@ -210,8 +210,12 @@ def _resolve(b: Backends, t: str, plan: Plan, extra: dict) -> tuple[Task, BaseMo
         fields.update(image=plan.image.upload_id, width=size[0], height=size[1])  # ComfyUI draws at the image's size
     if plan.mask is not None:
         use = plan.mask
-        mask = masks.read_mask(_upload_bytes(b, t, plan, use), use.kind, use.channel)
         ctype = _class_of(plan, use.node_id)
+        try:
+            mask = masks.read_mask(_upload_bytes(b, t, plan, use), use.kind, use.channel)
+        except (OSError, ValueError):  # an upload that is no image (a training zip)
+            raise NodeError(use.node_id, ctype, "invalid_input", "Not an image", "image: not an image upload",
+                            "image") from None  # fmt: skip
         if mask is None:
             raise NodeError(
                 use.node_id,
