@@ -108,9 +108,17 @@ def load_pipeline(pipeline_class: str, sf: SingleFile, dtype, device: str = "cpu
             f"{sf.config.name}: {str(e)[:500]}. A checkpoint whose shapes differ from its family's usual ones "
             f"needs a diffusers config folder beside it, named {sf.path.stem}.config",
         ) from e
-    if device == "cpu":
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            missing = [k for k, t in [*component.named_parameters(), *component.named_buffers()] if t.is_meta]
+            if missing:  # diffusers leaves what the file lacks on the meta device: say so, not "cannot copy"
+                raise JobError(
+                    "model_load_failed",
+                    f"single-file checkpoint {sf.rel} ({sf.family}): {name} lacks {missing[:5]} "
+                    f"({len(missing)} tensors); its layout is not {sf.family}'s, or its config "
+                    f"({sf.config.name}) does not match it",
+                )
+            if device == "cpu":
                 realign(component)
     return pipe
 

@@ -88,6 +88,7 @@ def test_family_by_keys_agrees_with_diffusers(folders, tmp_path):
     _, _, files = folders
     header = read_safetensors_header(files["checkpoint"])
     assert detect_family(header) == ("sd1", None)
+    assert detect_family(read_safetensors_header(files["sdxl"])) == ("sdxl", None)
     assert diffusers_model_type(files["checkpoint"]) == "v1"  # diffusers' reading of the same header
     assert diffusers_model_type(files["controlnet"]) == "controlnet"
     # only the header is read: the file's first bytes alone give the same answer
@@ -169,6 +170,16 @@ def test_a_single_file_checkpoint_draws_what_its_diffusers_folder_draws(client, 
     single = draw(client, "/v1/txt2img", {"model": "sd15-tiny"})
     assert np.array_equal(folder, single)
     assert folder.std() > 0
+
+
+def test_an_sdxl_single_file_draws_what_its_diffusers_folder_draws(client, folders):
+    _, _, files = folders
+    models = {m["id"]: m for m in client.get("/v1/models").json()}
+    assert models["sdxl-tiny"]["pipeline_class"] == "StableDiffusionXLPipeline"
+    assert models["sdxl-tiny"]["sha256"] == sha256(files["sdxl"])
+    folder = draw(client, "/v1/txt2img", {"model": "tiny-sdxl-wide"})
+    single = draw(client, "/v1/txt2img", {"model": "sdxl-tiny"})
+    assert np.array_equal(folder, single) and folder.std() > 0
 
 
 def test_a_kohya_lora_draws_what_its_peft_twin_draws(client):
