@@ -160,6 +160,66 @@ def test_clip_tokenizer_from_the_shipped_merges_reads_as_clips():
     assert toks["tokenizer_2"].pad_token == "!" and toks["tokenizer"].pad_token == "<|endoftext|>"
 
 
+def shipped_models(family: str):
+    """The models of a shipped config, on the meta device (no memory): what a real checkpoint of the family holds."""
+    import diffusers
+    import torch
+    import transformers
+
+    from core.registry import SHIPPED_CONFIGS
+
+    c = SHIPPED_CONFIGS / family
+    with torch.device("meta"):
+        models = {
+            "unet": diffusers.UNet2DConditionModel.from_config(diffusers.UNet2DConditionModel.load_config(c / "unet")),
+            "vae": diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(c / "vae")),
+        }
+        for name, cls in (("text_encoder", "CLIPTextModel"), ("text_encoder_2", "CLIPTextModelWithProjection")):
+            if (c / name).is_dir():
+                config = transformers.CLIPTextConfig.from_pretrained(c / name)
+                models[name] = getattr(transformers, cls)(config)
+    return models
+
+
+@pytest.mark.parametrize(
+    "family, expected", [("sd1", "v1"), ("sd1-inpaint", "inpainting"), ("sd2", "v2"), ("sdxl", "xl_base")]
+)
+def test_shipped_configs_describe_real_checkpoints_of_their_family(family, expected):
+    """A checkpoint of the shipped config's shapes, in the original layout (our writer), is what diffusers recognises
+    as that family (its own key checks: SD 2's 1024-wide cross-attention, SDXL's 32-layer OpenCLIP...), what the
+    registry detects, and what diffusers' converters turn back into exactly the shipped models' tensors."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        infer_diffusers_model_type,
+    )
+
+    from core.registry import TensorShapes
+    from tests.fixtures.single_file import (
+        clip_to_original,
+        openclip_to_original,
+        unet_to_original,
+        vae_to_original,
+    )
+
+    m = shipped_models(family)
+    checkpoint = {**unet_to_original(m["unet"]), **vae_to_original(m["vae"])}
+    if family == "sdxl":
+        checkpoint.update(clip_to_original(m["text_encoder"], "conditioner.embedders.0.transformer."))
+        checkpoint.update(openclip_to_original(m["text_encoder_2"], "conditioner.embedders.1.model."))
+    elif family == "sd2":
+        checkpoint.update(openclip_to_original(m["text_encoder"], "cond_stage_model.model."))
+    else:
+        checkpoint.update(clip_to_original(m["text_encoder"]))
+    header = {k: {"shape": list(v.shape)} for k, v in checkpoint.items()}
+    assert infer_diffusers_model_type(TensorShapes(header)) == expected
+    assert detect_family(header) == (family.split("-")[0], "inpaint" if "inpaint" in family else None)
+    for name, convert in (("unet", convert_ldm_unet_checkpoint), ("vae", convert_ldm_vae_checkpoint)):
+        back = convert(checkpoint, m[name].config)
+        want = {k: tuple(v.shape) for k, v in m[name].state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in back.items()} == want, name
+
+
 # -- through the service ----------------------------------------------------------------------------------------------
 def test_a_single_file_checkpoint_draws_what_its_diffusers_folder_draws(client, folders):
     _, _, files = folders
@@ -204,3 +264,23 @@ def test_a_single_file_controlnet_draws_what_its_diffusers_folder_draws(client):
     plain = draw(client, "/v1/txt2img", {"model": "sd15-tiny"})
     assert np.array_equal(folder, single)
     assert not np.array_equal(single, plain)
+
+
+def test_a_checkpoint_that_does_not_fit_its_shipped_config_fails_naming_the_sidecar(folders, tmp_path):
+    """Without its sidecar, the tiny checkpoint takes SD 1.5's shipped config: loading fails with a job error that
+    says what to add, offline (no hub download is tried)."""
+    import shutil
+
+    import torch
+
+    from core.errors import JobError
+    from core.pipelines.single_file import load_pipeline
+
+    _, _, files = folders
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(files["checkpoint"], tmp_path / "checkpoints" / "bare.safetensors")
+    entry = ModelRegistry([tmp_path]).get("bare")
+    assert not entry.single_file.sidecar and entry.single_file.config.name == "sd1"
+    with pytest.raises(JobError) as e:
+        load_pipeline(entry.pipeline_class, entry.single_file, torch.float32)
+    assert e.value.code == "model_load_failed" and "bare.config" in str(e.value)
