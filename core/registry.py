@@ -539,6 +539,20 @@ def _weights(folder: Path, what: str) -> list[Path]:
     return out
 
 
+def _files_signature(folder: Path) -> list[tuple]:
+    """What tells a rescan that ``folder``'s files changed: each file's size and mtime, its sidecars' configs too."""
+    if not folder.is_dir():
+        return []
+    sig: list[tuple] = []
+    for f in _files(folder):
+        st = f.stat()
+        sig.append((str(f), st.st_size, st.st_mtime_ns))
+    for d in sorted(folder.rglob("*" + CONFIG_SUFFIX)):
+        if d.is_dir():
+            sig += [(str(c), c.stat().st_mtime_ns) for c in sorted(d.rglob("*.json"))]
+    return sig
+
+
 def sidecar_config(path: Path) -> Path | None:
     folder = path.with_name(path.stem + CONFIG_SUFFIX)
     return folder if folder.is_dir() else None
@@ -728,12 +742,7 @@ class ModelRegistry:
                     if w.is_file():
                         sig.append((str(w), w.stat().st_mtime_ns))
                 for sub in (*LORA_DIRS, *CHECKPOINT_DIRS, *CONTROLNET_DIRS):
-                    if (root / sub).is_dir():  # the files, their sidecar folders' configs too
-                        for f in _files(root / sub):
-                            st = f.stat()
-                            sig.append((str(f), st.st_size, st.st_mtime_ns))
-                        for d in sorted((root / sub).rglob("*" + CONFIG_SUFFIX)):
-                            sig += [(str(c), c.stat().st_mtime_ns) for c in sorted(d.rglob("*.json"))]
+                    sig += _files_signature(root / sub)
         if self.config_file and self.config_file.is_file():
             sig.append((str(self.config_file), self.config_file.stat().st_mtime_ns))
         return tuple(sig)
