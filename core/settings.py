@@ -95,4 +95,7 @@ def build_storage(s: ServiceSettings, signing_key: str):
 def build_registry(s: ServiceSettings):
     from core.registry import ModelRegistry
 
-    return ModelRegistry([s.bundled_models_dir, s.models_dir], s.models_config)
+    # the single files' sha256, kept across restarts: a GB checkpoint is hashed once, not once per process start
+    return ModelRegistry(
+        [s.bundled_models_dir, s.models_dir], s.models_config, hash_cache=s.data_dir / "model-hashes.json"
+    )

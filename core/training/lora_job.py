@@ -72,7 +72,12 @@ def frozen_base_with_adapters(entry: ModelEntry, r: LoraTrainingRequest, device:
     import diffusers
     from peft import LoraConfig
 
-    pipe = getattr(diffusers, entry.pipeline_class).from_pretrained(entry.source, dtype=torch.float32)
+    if entry.single_file is not None:  # a checkpoint from A1111's or ComfyUI's folders
+        from core.pipelines.single_file import load_pipeline
+
+        pipe = load_pipeline(entry.pipeline_class, entry.single_file, torch.float32, device)
+    else:
+        pipe = getattr(diffusers, entry.pipeline_class).from_pretrained(entry.source, dtype=torch.float32)
     unet, vae, te = pipe.unet.to(device), pipe.vae.to(device), pipe.text_encoder.to(device)
     for m in (unet, vae, te):
         m.requires_grad_(False)
