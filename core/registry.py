@@ -766,6 +766,11 @@ class ModelRegistry:
         with self._lock:
             return sorted(self._scan.entries.values(), key=lambda e: e.id)
 
+    def known(self, model_id: str) -> bool:
+        """``model_id`` is served as of the last scan (no rescan: cheap enough for an event loop)."""
+        with self._lock:
+            return model_id in self._scan.entries
+
     def get(self, model_id: str) -> ModelEntry:
         with self._lock:
             entry = self._scan.entries.get(model_id)
