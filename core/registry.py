@@ -89,6 +89,7 @@ class ModelEntry:
     scheduler_class: str | None = None  # a diffusers model's own scheduler ("default"); None: unknown (a hub id)
     network: str | None = None  # engine models: "unet" or "dit"
     cache_defaults: dict[str, float] = field(default_factory=dict)  # a model's own step-cache knobs (config.json)
+    compile: bool = False  # engine models: compiled unless COMPILE says otherwise (config.json "compile")
     single_file: SingleFile | None = None  # a single-file checkpoint (A1111's or ComfyUI's folders)
 
     @property
@@ -216,7 +217,17 @@ def engine_entry_from_configs(
         version=version,
         network="dit" if "dit" in config else "unet",
         cache_defaults=_cache_defaults(config.get("cache_defaults")),
+        compile=_compile_default(model_id, config.get("compile", False)),
     )
+
+
+def _compile_default(model_id: str, given: object) -> bool:
+    """An engine model's own choice (config.json ``"compile": true|false``); anything else is eager, with a warning
+    (``bench/compile.py`` measures whether compiling pays for a model)."""
+    if isinstance(given, bool):
+        return given
+    log.warning("model %s: config.json compile must be true or false (got %r): runs eager", model_id, given)
+    return False
 
 
 def _cache_defaults(given: object) -> dict[str, float]:

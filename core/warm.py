@@ -9,7 +9,6 @@ load's time holds the compile and no request pays it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -41,18 +40,6 @@ def versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover - diffusers is a dependency
         pass
     return v
-
-
-def model_compile_default(path: str | Path) -> bool:
-    """An engine model folder's own choice (``config.json`` ``"compile": true|false``), False when it says none;
-    ``bench/compile.py`` measures whether compiling pays for a model."""
-    try:
-        value = json.loads((Path(path) / "config.json").read_text()).get("compile", False)
-    except (OSError, ValueError, AttributeError):
-        return False  # an unreadable config fails at from_pretrained, with its own message
-    if not isinstance(value, bool):
-        raise ValueError(f"config.json: compile must be true or false (got {value!r})")
-    return value
 
 
 def default_device() -> str:
@@ -143,7 +130,7 @@ class Warm:
         """Whether ``entry`` (an engine model) runs compiled: the setting when given, else the model's default."""
         if self.engine_compile is not None:
             return self.engine_compile
-        return model_compile_default(entry.path)
+        return entry.compile
 
     def engine_versions(self, engine: DDPMEngineModel) -> dict[str, str]:
         """The versions an engine job records: ``versions`` and how the model ran (``engine_compiled``: the compile

@@ -23,7 +23,7 @@ from core.ddpm.unet import UNet, UNetConfig
 from core.pipelines.fastpath import FastPath
 from core.registry import ModelRegistry
 from core.settings import ServiceSettings
-from core.warm import Warm, model_compile_default
+from core.warm import Warm
 
 TINY_UNET = dict(
     sample_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2
@@ -172,11 +172,11 @@ def test_a_warm_without_a_fast_path_compiles_no_engine(registry, tmp_path):
     assert compiled(engine.unet) is None
 
 
-def test_the_models_default_is_read_from_its_config(registry, tmp_path):
-    assert [model_compile_default(registry.get(n).path) for n in ("fast", "plain", "slow")] == [True, False, False]
+def test_the_models_default_is_read_from_its_config(registry, tmp_path, caplog):
+    assert [registry.get(n).compile for n in ("fast", "plain", "slow")] == [True, False, False]
     save_model(tmp_path, "odd", "yes")
-    with pytest.raises(ValueError, match="compile must be true or false"):
-        model_compile_default(tmp_path / "odd")
+    assert ModelRegistry([tmp_path]).get("odd").compile is False  # not a boolean: eager, and the log says why
+    assert "compile must be true or false (got 'yes')" in caplog.text
 
 
 def test_the_setting_is_unset_by_default(monkeypatch):
