@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import backends, rate_limited, tenant
 from api.errors import ApiError, shown
+from api.routes.uploads import read_limited
 from api.state import Backends
 from core import uploads
 from core.schemas import UPLOAD_ID_PATTERN
@@ -200,11 +201,7 @@ async def create_file(request: Request, t: str = Depends(rate_limited), b: Backe
         content = form.get("content")
         if not isinstance(content, UploadFile):
             raise ApiError(422, "validation_error", "send the file as the multipart part 'content'", "content")
-        data = await content.read(limit + 1)
-        if len(data) > limit:
-            raise ApiError(413, "too_large", f"file over {limit} bytes", "content")
-        if not data:
-            raise ApiError(422, "validation_error", "the file is empty", "content")
+        data = await read_limited(content, limit, "content", "file")
         metadata = _metadata(await _text(form.get("metadata"), "metadata"))
         name = _name(await _text(form.get("filename"), "filename"), content.filename)
     info = await run_in_threadpool(_save, b, t, data, name, metadata)

@@ -38,6 +38,7 @@ from api.compat.common import SNIFF, entry_for
 from api.deps import backends, rate_limited, tenant
 from api.errors import ApiError, shown
 from api.routes.models import model_entries
+from api.routes.uploads import read_limited
 from api.state import Backends
 from api.submit import submit_job
 from api.waiters import wait_for
@@ -499,13 +500,7 @@ async def view(filename: str, type: str = "output", subfolder: str = "", t: str 
 
 
 async def _read_image(b: Backends, image: UploadFile) -> bytes:
-    limit = b.settings.max_upload_bytes
-    data = await image.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "too_large", f"upload over {limit} bytes", "image")
-    if not data:
-        raise ApiError(422, "validation_error", "the file is empty", "image")
-    return data
+    return await read_limited(image, b.settings.max_upload_bytes, "image")
 
 
 async def _save(b: Backends, t: str, data: bytes, subfolder: str, type: str) -> dict:
