@@ -349,7 +349,7 @@ def test_grow_mask_by_grows_as_comfyuis_convolution():
     rng = np.random.default_rng(0)
     m = (rng.random((40, 50)) > 0.93).astype(np.uint8) * 255
     m[0, 0] = m[-1, -1] = 255
-    for by in (0, 1, 2, 3, 6, 7):
+    for by in (0, 1, 2, 3, 6, 7, 16, 33, 64):
         got = np.asarray(grow(Image.fromarray(m, "L"), by)) > 127
         t = torch.from_numpy(m / 255.0).float()[None, None].round()
         if by == 0:

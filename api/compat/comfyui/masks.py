@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageChops, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageOps
 
 CHANNELS = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}
 
@@ -28,26 +28,38 @@ def read_mask(data: bytes, kind: str, channel: str) -> Image.Image | None:
         return ImageChops.invert(band) if channel == "alpha" else band.copy()
 
 
-def _shifted(mask: Image.Image, dx: int, dy: int) -> Image.Image:
+def _take(mask: Image.Image, s: int, axis: int) -> Image.Image:
+    """``out[i] = mask[i + s]`` along ``axis`` (0: x, 1: y), zero past the edge."""
     out = Image.new("L", mask.size, 0)
-    out.paste(mask, (dx, dy))
+    out.paste(mask, (-s, 0) if axis == 0 else (0, -s))
     return out
+
+
+def _max_window(mask: Image.Image, lo: int, hi: int, axis: int) -> Image.Image:
+    """``out[i] = max(mask[i + lo .. i + hi])`` along ``axis``, in O(log(hi - lo)) whole-image passes (doubling
+    windows), so any ``grow_mask_by`` costs a few C passes, not a per-pixel window (PIL's MaxFilter is O(k^2))."""
+    n = hi - lo + 1
+    pad = max(-lo, hi, 0)  # a margin of zeros, so a window that starts before the edge keeps its inside part
+    w, h = mask.size
+    m = Image.new("L", (w + 2 * pad, h) if axis == 0 else (w, h + 2 * pad), 0)
+    m.paste(mask, (pad, 0) if axis == 0 else (0, pad))
+    length = 1
+    while length * 2 <= n:  # m[i] = max(mask[i .. i + length - 1])
+        m = ImageChops.lighter(m, _take(m, length, axis))
+        length *= 2
+    out = ImageChops.lighter(_take(m, lo, axis), _take(m, lo + n - length, axis))
+    return out.crop((pad, 0, pad + w, h) if axis == 0 else (0, pad, w, pad + h))
 
 
 def grow(mask: Image.Image, by: int) -> Image.Image:
     """``VAEEncodeForInpaint``'s mask: rounded to 0/1, then grown as ComfyUI's ``conv2d`` with a ``by x by`` kernel of
-    ones, padding ``ceil((by - 1) / 2)``, clamped and cropped to the image: a max over the window ``[-p, by - 1 - p]``
-    around each pixel (symmetric for odd ``by``, one pixel more up and left for even)."""
+    ones, padding ``p = ceil((by - 1) / 2)``, clamped and cropped to the image: a max over the window ``[-p, by - 1 -
+    p]`` around each pixel in x and in y (symmetric for odd ``by``, one pixel more up and left for even)."""
     binary = mask.point(lambda v: 255 if v >= 128 else 0)
     if by <= 1:
         return binary
-    if by % 2:
-        return binary.filter(ImageFilter.MaxFilter(by))
-    m = binary.filter(ImageFilter.MaxFilter(by - 1)) if by > 2 else binary
-    out = m
-    for dx, dy in ((1, 0), (0, 1), (1, 1)):
-        out = ImageChops.lighter(out, _shifted(m, dx, dy))
-    return out
+    p = by // 2
+    return _max_window(_max_window(binary, -p, by - 1 - p, 0), -p, by - 1 - p, 1)
 
 
 def png(mask: Image.Image) -> bytes:
