@@ -98,13 +98,16 @@ async def submit_job(
 
 
 def light(b: Backends, body: BaseModel) -> bool:
-    """The submission touches memory only (the in-memory store, a model already scanned, no image to read or decode),
-    so it runs on the loop: a thread hop costs more than it. Anything naming an image or an upload, or a model the
-    registry would rescan its folders (and hash new checkpoints) to find, runs in the threadpool."""
+    """The submission touches memory only (the in-memory store, a model already scanned, no image to read or decode,
+    no webhook host to resolve), so it runs on the loop: a thread hop costs more than it. Anything naming an image, an
+    upload or a webhook, or a model the registry would rescan its folders (and hash new checkpoints) to find, runs in
+    the threadpool."""
     if b.settings.distributed:
         return False
     model = getattr(body, "model", None) or getattr(body, "base_model", None)
     if not isinstance(model, str) or not b.registry.known(model):
+        return False
+    if getattr(body, "webhook", None):  # admission resolves its host (the SSRF rules): DNS, never on the loop
         return False
     text = body.model_dump_json()
     return '"data:' not in text and '"upl_' not in text and len(text) < 16384

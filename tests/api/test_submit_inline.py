@@ -1,6 +1,6 @@
 """Which embedded submissions run on the event loop (``api.submit.light``): only those that touch memory alone. A
-request that names an image or an upload, or a model the registry would rescan its folders for (hashing any new
-checkpoint), runs in the threadpool, so it can never stall every other request."""
+request that names an image, an upload or a webhook, or a model the registry would rescan its folders for (hashing
+any new checkpoint), runs in the threadpool, so it can never stall every other request."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def test_a_model_not_yet_scanned_goes_to_the_threadpool(tmp_path):
     assert not b.registry.known("not-there-yet")
     assert not light(b, Txt2ImgRequest(model="not-there-yet", prompt="7"))
     assert b.registry.known("digits")  # known() never rescanned: the entry came from the first scan
+
+
+def test_a_request_with_a_webhook_goes_to_the_threadpool():
+    """Its host is resolved at admission (the SSRF rules): a slow resolver must not stall the loop."""
+    assert not light(backends(), Txt2ImgRequest(model="digits", prompt="7", webhook="https://hooks.example.com/x"))
 
 
 def test_a_request_naming_an_image_or_an_upload_goes_to_the_threadpool():
