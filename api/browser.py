@@ -95,13 +95,19 @@ class BrowserGuard:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers: dict[str, list[str]] = {}
         for k, v in scope.get("headers", []):
             headers.setdefault(k.decode("latin-1"), []).append(v.decode("latin-1"))
         hosts = headers.get("host", [])  # none: an HTTP/1.0 client, never a browser
         refused = self._host_refused(scope, hosts)
+        if scope["type"] == "websocket":
+            # a handshake is judged as a state-changing request (a socket holds one of the tenant's open waits and
+            # reads its progress): refused before it is accepted, which the server answers with a 403
+            if refused is not None or self._cross_site(headers, hosts[0] if hosts else "") is not None:
+                return await send({"type": "websocket.close", "code": 1008})
+            return await self.app(scope, receive, send)
         if refused is not None:
             response = error_response(
                 400,

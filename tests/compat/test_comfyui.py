@@ -648,3 +648,27 @@ def test_a_socket_hears_its_own_tenants_prompts_only(comfy):
         messages = read_until_done(wsb, mine)  # a's prompt ran first: its messages would have come before
     ids = {m["data"].get("prompt_id") for m in messages if isinstance(m, dict)}
     assert mine in ids and theirs not in ids
+
+
+def test_a_socket_from_another_site_or_a_rebound_host_is_refused(comfy):
+    """The websocket's handshake passes the browser guard as a state-changing request does: a page on another site
+    (its Origin, or the browser's Sec-Fetch-Site) and a rebound Host name are refused before the socket opens (so
+    they neither read a tenant's progress nor hold its open waits); the service's own page and a plain client open."""
+    client = ComfyClient(comfy)
+    url = f"ws://{client.host}/ws?clientId={client.client_id}"
+    auth = f"Authorization: Bearer {client.key}"
+    for header, kwargs in (
+        ([auth], {"origin": "https://evil.example"}),
+        ([auth, "Sec-Fetch-Site: cross-site"], {"origin": f"http://{client.host}"}),
+        ([auth], {"host": "evil.rebind.example"}),
+    ):
+        ws = websocket.WebSocket()
+        with pytest.raises(websocket.WebSocketBadStatusException) as e:
+            ws.connect(url, header=header, **kwargs)
+        assert e.value.status_code == 403
+    for kwargs in ({"origin": f"http://{client.host}"}, {"suppress_origin": True}):
+        ws = websocket.WebSocket()
+        ws.connect(url, header=[auth, "Sec-Fetch-Site: same-origin"] if "origin" in kwargs else [auth], **kwargs)
+        ws.settimeout(30)
+        assert json.loads(ws.recv())["type"] == "status"  # opened: ComfyUI's first message
+        ws.close()
