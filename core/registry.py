@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -366,7 +367,7 @@ CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111's, ComfyUI's
 LORA_DIRS = ("Lora", "loras")
 CONTROLNET_DIRS = ("ControlNet", "controlnet")
 MAX_DEPTH = 4  # sub-folders scanned under each of them
-MAX_HEADER = 100 << 20  # a safetensors header (JSON) of at most 100 MB: a bigger one is not a model we read
+MAX_HEADER = 8 * 2**20  # a real checkpoint's header is well under 2 MB; parsing JSON takes ~25x its size in memory
 PICKLED = (".ckpt", ".pt", ".pth", ".bin")  # never unpickled: arbitrary code runs on load
 CONFIG_SUFFIX = ".config"  # a diffusers config folder beside a checkpoint: <stem>.config/
 SHIPPED_CONFIGS = Path(__file__).parent / "pipelines" / "single_file_configs"  # data only, read by path
@@ -406,7 +407,16 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
     if not isinstance(data, dict):
         raise ValueError("a header that is not a JSON object")
     data.pop("__metadata__", None)
-    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("shape"), list)}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and _is_shape(v.get("shape"))}
+
+
+def _is_shape(shape: object) -> bool:
+    """A tensor's shape as safetensors writes it: a short list of non-negative ints."""
+    return (
+        isinstance(shape, list)
+        and len(shape) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    )
 
 
 class TensorShapes(dict):
@@ -524,13 +534,23 @@ def _files(folder: Path) -> list[Path]:
     """The files under ``folder`` (MAX_DEPTH levels of sub-folders), sorted by their path; sidecar config folders
     are not descended into."""
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    # linked sub-folders are followed (users link A1111's and ComfyUI's folders to each other); MAX_DEPTH bounds a loop
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         depth = Path(dirpath).relative_to(folder).parts
         dirnames[:] = sorted(d for d in dirnames if not d.endswith(CONFIG_SUFFIX) and not d.startswith("."))
         if len(depth) >= MAX_DEPTH:
             dirnames[:] = []
-        out += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+        out += [Path(dirpath) / f for f in filenames if not f.startswith(".") and _regular(Path(dirpath) / f)]
     return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _regular(path: Path) -> bool:
+    """A regular file (a link to one included): a dangling link, a FIFO or a device is never opened (a FIFO would
+    block the scan forever)."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _weights(folder: Path, what: str) -> list[Path]:
@@ -556,7 +576,10 @@ def _files_signature(folder: Path) -> list[tuple]:
         return []
     sig: list[tuple] = []
     for f in _files(folder):
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError:  # gone since the walk: the next scan tells
+            continue
         sig.append((str(f), st.st_size, st.st_mtime_ns))
     for d in sorted(folder.rglob("*" + CONFIG_SUFFIX)):
         if d.is_dir():
@@ -736,6 +759,7 @@ class ModelRegistry:
         self.config_file = Path(config_file) if config_file else None
         self.hashes = HashCache(Path(hash_cache) if hash_cache else None)
         self._lock = threading.Lock()
+        self._scanning = threading.Lock()
         self._scan = Scan()
         self._sig: tuple = ()
         self.refresh()
@@ -759,18 +783,23 @@ class ModelRegistry:
         return tuple(sig)
 
     def refresh(self) -> None:
-        """Rescan when a config, weight file or the models file changed since the last scan."""
-        sig = self._signature()
-        if sig == self._sig:
+        """Rescan when a config, weight file or the models file changed since the last scan. One scan at a time:
+        callers that find a change while one runs wait for it and use its result (a new checkpoint is hashed once,
+        not once per concurrent request)."""
+        if self._signature() == self._sig:
             return
-        scan = Scan(hashes=self.hashes)
-        if self.config_file and self.config_file.is_file():
-            scan.read_models_file(self.config_file)
-        for root in self.roots:
-            if root.is_dir():
-                scan.read_root(root)
-        with self._lock:
-            self._scan, self._sig = scan, sig
+        with self._scanning:
+            sig = self._signature()
+            if sig == self._sig:  # the scan this caller waited for saw the same files
+                return
+            scan = Scan(hashes=self.hashes)
+            if self.config_file and self.config_file.is_file():
+                scan.read_models_file(self.config_file)
+            for root in self.roots:
+                if root.is_dir():
+                    scan.read_root(root)
+            with self._lock:
+                self._scan, self._sig = scan, sig
 
     def list(self) -> list[ModelEntry]:
         self.refresh()
