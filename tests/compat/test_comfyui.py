@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zipfile
 from contextlib import closing
 from pathlib import Path
 
@@ -672,3 +673,23 @@ def test_a_socket_from_another_site_or_a_rebound_host_is_refused(comfy):
         ws.settimeout(30)
         assert json.loads(ws.recv())["type"] == "status"  # opened: ComfyUI's first message
         ws.close()
+
+
+def test_a_non_finite_number_and_a_zip_as_a_mask_are_refused_not_crashed_on(comfy):
+    """NaN in a node's number (Python's JSON parser reads it) is ComfyUI's invalid-input 400 naming the node; a zip
+    sent to the mask editor's upload (or named as its original) is a 422, not a 500."""
+    client = ComfyClient(comfy)
+    wf = digits(workflow("txt2img_default"))
+    wf["3"]["inputs"]["cfg"] = float("nan")
+    body = json.dumps({"prompt": wf})  # Python writes NaN, as a hostile client may
+    assert "NaN" in body
+    r = httpx.post(f"{comfy}/prompt", headers={**client.headers, "Content-Type": "application/json"}, content=body)
+    assert r.status_code == 400 and r.json()["node_errors"]["3"]["errors"][0]["type"] == "invalid_input_type", r.text
+    original = client.upload_image(png_bytes(16, 16, seed=1))
+    ref = json.dumps({"filename": original["name"], "subfolder": "", "type": "input"})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.txt", "not an image")
+    r = httpx.post(f"{comfy}/upload/mask", headers=client.headers, files={"image": ("mask.zip", buf.getvalue())},
+                   data={"original_ref": ref})  # fmt: skip
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_image", r.text

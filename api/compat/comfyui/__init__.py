@@ -548,7 +548,10 @@ async def upload_mask(
     original = await run_in_threadpool(_view_bytes, b, t, filename, kind)
     if original is None:
         raise ApiError(404, "not_found", f"no image {shown(filename)!r}", "original_ref")
-    await run_in_threadpool(uploads.describe, mask, "image", b.settings.max_image_pixels)  # checked before decoding
+    for data, field in ((mask, "image"), (original, "original_ref")):  # checked before decoding: images only
+        info = await run_in_threadpool(uploads.describe, data, field, b.settings.max_image_pixels)
+        if not info["content_type"].startswith("image/"):
+            raise ApiError(422, "invalid_image", "a PNG, JPEG or WebP image is needed here, not a zip", field)
     combined = await run_in_threadpool(masks.with_alpha, original, mask)
     return await _save(b, t, combined, subfolder, type)
 

@@ -11,6 +11,7 @@ naming the node: the caller answers 400 in ComfyUI's shape. Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,12 @@ class Reader:
 
     def number(self, nid: str, name: str, lo: float, hi: float, integer: bool = False) -> float | int:
         value = self.raw(nid, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+            or (isinstance(value, float) and not math.isfinite(value))  # NaN, Infinity: Python's JSON accepts them
+        ):
             kind = "INT" if integer else "FLOAT"
             raise self.err(
                 nid,
