@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -105,7 +106,7 @@ def load_pipeline(pipeline_class: str, sf: SingleFile, dtype, device: str = "cpu
         raise JobError(
             "model_load_failed",
             f"single-file checkpoint {sf.rel} ({sf.family}) could not be loaded with the config in "
-            f"{sf.config.name}: {str(e)[:500]}. A checkpoint whose shapes differ from its family's usual ones "
+            f"{sf.config.name}: {_shown(e, sf)}. A checkpoint whose shapes differ from its family's usual ones "
             f"needs a diffusers config folder beside it, named {sf.path.stem}.config",
         ) from e
     for name, component in pipe.components.items():
@@ -123,6 +124,13 @@ def load_pipeline(pipeline_class: str, sf: SingleFile, dtype, device: str = "cpu
     return pipe
 
 
+def _shown(e: BaseException, sf: SingleFile) -> str:
+    """A loader's error as the job shows it (to the tenant): the server's folders named by the checkpoint's own name
+    and its config folder's, never by their paths; at most 500 characters."""
+    text = str(e).replace(str(sf.path), sf.rel).replace(str(sf.config), sf.config.name)
+    return re.sub(r"(?<![\w.])/(?:[^\s'\"/]+/)+", "…/", text)[:500]
+
+
 def load_controlnet(sf: SingleFile, dtype, device: str = "cpu"):
     """A ControlNet from a single file in the original layout, with ``sf.config``'s config.json."""
     from diffusers import ControlNetModel
@@ -135,7 +143,7 @@ def load_controlnet(sf: SingleFile, dtype, device: str = "cpu"):
         raise JobError(
             "model_load_failed",
             f"single-file ControlNet {sf.rel} ({sf.family}) could not be loaded with the config in "
-            f"{sf.config.name}: {str(e)[:500]}; put its diffusers config.json in {sf.path.stem}.config beside it",
+            f"{sf.config.name}: {_shown(e, sf)}; put its diffusers config.json in {sf.path.stem}.config beside it",
         ) from e
     if device == "cpu":
         realign(model)

@@ -284,3 +284,4 @@ def test_a_checkpoint_that_does_not_fit_its_shipped_config_fails_naming_the_side
     with pytest.raises(JobError) as e:
         load_pipeline(entry.pipeline_class, entry.single_file, torch.float32)
     assert e.value.code == "model_load_failed" and "bare.config" in str(e.value)
+    assert str(tmp_path) not in str(e.value) and "single_file_configs" not in str(e.value)  # no server path shown
