@@ -472,6 +472,10 @@ def test_an_unsupported_node_is_refused_by_name(comfy):
     assert status == 400 and body["error"]["type"] == "invalid_prompt"
     assert "UpscaleModelLoader" in body["error"]["message"] and "#10" in body["error"]["details"]
     assert body["node_errors"]["10"]["class_type"] == "UpscaleModelLoader"
+    long_ids = small(workflow("txt2img_default"))
+    long_ids["9" * 40] = long_ids.pop("9")  # an id past 32 characters is refused, never cut to a prefix
+    status, body = client.refusal(long_ids)
+    assert status == 400 and body["error"]["message"] == "Node id too long"
 
 
 @pytest.mark.parametrize(

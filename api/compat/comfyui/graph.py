@@ -81,7 +81,10 @@ class Reader:
             raise GraphError("invalid_prompt", "Prompt too large", f"at most {MAX_NODES} nodes")
         self.g: dict[str, dict] = {}
         for node_id, node in graph.items():
-            nid = str(node_id)[:32]
+            if len(str(node_id)) > 32:  # never cut: two ids that share a prefix would become one node
+                details = f"Node ID '#{str(node_id)[:32]}…': at most 32 characters"
+                raise GraphError("invalid_prompt", "Node id too long", details)
+            nid = str(node_id)
             if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
                 raise GraphError(
                     "invalid_prompt",
