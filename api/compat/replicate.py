@@ -18,6 +18,8 @@ import json
 import math
 import re
 from contextlib import nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -33,6 +35,7 @@ from api.routes.jobs import cancel_own, own_job
 from api.routes.models import model_entries
 from api.state import Backends
 from api.submit import job_view, prefer_wait, submit_job
+from core import __version__
 from core.errors import InputError
 from core.registry import ModelEntry
 from core.schemas import MAX_TIMEOUT_S, NAME_PATTERN, JobRecord, JobStatus
@@ -385,12 +388,22 @@ def _model_view(owner: str, entry: ModelEntry, base: str, visibility: str = "pub
 def _version_view(entry: ModelEntry, version: str) -> dict:
     return {
         "id": version,
-        "created_at": None,
-        "cog_version": None,
+        "created_at": _created_at(entry),  # the clients' Version model requires both
+        "cog_version": f"diffuserve {__version__}",
         "openapi_schema": {  # the output: a list of file URLs (not an iterator: run() returns it whole)
             "components": {"schemas": {"Output": {"type": "array", "items": {"type": "string", "format": "uri"}}}}
         },
     }
+
+
+def _created_at(entry: ModelEntry) -> str:
+    """When the model's files were written (a hub id, or a tenant's model without them here: the epoch)."""
+    path = entry.single_file.path if entry.single_file is not None else entry.path
+    try:
+        mtime = Path(path).stat().st_mtime if path else 0.0
+    except OSError:
+        mtime = 0.0
+    return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _model_or_404(b: Backends, t: str, name: str) -> tuple[ModelEntry, str]:

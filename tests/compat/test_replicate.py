@@ -168,3 +168,12 @@ def test_stream_sends_output_and_done(gateway):
     events = [block.split("\n")[0] for block in text.strip().split("\n\n") if block.startswith("event:")]
     assert events[-2:] == ["event: output", "event: done"] and "event: logs" in events
     assert time.monotonic() - t0 < 60
+
+
+def test_the_clients_model_and_version_reads_parse(gateway):
+    """``models.get`` and ``models.versions.get`` as the client parses them: its Version model requires a
+    ``created_at`` date and a ``cog_version`` string."""
+    model = client(gateway).models.get("acme/digits")
+    version = model.latest_version
+    assert model.name == "digits" and version.created_at.year >= 2024 and version.cog_version.startswith("diffuserve")
+    assert model.versions.get(version.id).id == version.id
