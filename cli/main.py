@@ -222,7 +222,12 @@ def cmd_generate(c: Client, a) -> int:
     if a.cache:
         body["cache"] = step_cache(a.cache)
     route = "/v1/txt2img"
-    if a.control_image:
+    if a.control_image or a.controlnet:
+        if not (a.control_image and a.controlnet):
+            raise ServiceError(0, "usage", "a ControlNet job needs both --controlnet NAME and --control-image FILE")
+        body["controlnet"] = a.controlnet
+        if a.control_scale is not None:
+            body["controlnet_conditioning_scale"] = a.control_scale
         route, body["control_image"] = "/v1/controlnet", c.upload(a.control_image)
     elif a.mask:
         if not a.image:
@@ -351,7 +356,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--image", help="input image file (img2img, inpaint)")
     g.add_argument("--mask", help="mask image file (inpaint: white is repainted)")
     g.add_argument("--strength", type=float)
+    g.add_argument("--controlnet", help="ControlNet name (see the model's controlnets in `models`)")
     g.add_argument("--control-image", help="ControlNet control image file")
+    g.add_argument("--control-scale", type=float, help="ControlNet conditioning scale")
     g.add_argument("--preprocess", help="ControlNet preprocessing of the control image (canny, depth)")
     g.add_argument("--lora", action="append", help="NAME[:SCALE], repeatable")
     g.add_argument("--preview-every", type=int)

@@ -118,3 +118,36 @@ def test_train_then_generate_with_the_new_model(service, tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith("_1.png"), r.stderr
     r = cli(service, "train", "lora", "--name", "x", "--dataset", "digits")
     assert r.returncode == 2 and "--base-model" in r.stderr  # a usage error
+
+
+@pytest.fixture(scope="module")
+def tiny_service(tmp_path_factory, tiny_models_dir):
+    tmp = tmp_path_factory.mktemp("cli-tiny")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
+    env.update(DATA_DIR=str(tmp / "data"), MODELS_DIR=str(tiny_models_dir), WARM_MODELS="", PYTHONUNBUFFERED="1",
+               TORCH_THREADS="1")  # fmt: skip
+    proc = Proc(gateway_cmd(port), tmp / "api.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, what="gateway")
+    yield url
+    proc.stop()
+
+
+def test_a_controlnet_job_from_the_command_line(tiny_service, tmp_path):
+    """--controlnet with --control-image runs a ControlNet job (its detected map saved beside the image); either
+    flag alone is a usage error before anything is uploaded."""
+    src = tmp_path / "edges.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(src)
+    r = cli(tiny_service, "generate", "--model", "tiny-sd", "--prompt", "a cat", "--control-image", str(src),
+            "--preprocess", "canny", "--out", str(tmp_path / "none"), "--no-progress")  # fmt: skip
+    assert r.returncode == 2 and "--controlnet" in r.stderr and not (tmp_path / "none").exists(), r.stderr
+    r = cli(tiny_service, "generate", "--model", "tiny-sd", "--prompt", "a cat", "--controlnet", "tiny-controlnet",
+            "--control-image", str(src), "--preprocess", "canny", "--seed", "3", "--steps", "2",
+            "--out", str(tmp_path / "out"), "--no-progress")  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    files = sorted((tmp_path / "out").glob("*.png"))
+    assert len(files) == 2  # the image and the canny map the preprocess detected
+    job = httpx.get(f"{tiny_service}/v1/jobs").json()["data"][0]
+    assert job["type"] == "controlnet" and job["input"]["controlnet"] == "tiny-controlnet"
+    assert job["input"]["preprocess"] == "canny" and job["input"]["seed"] == 3
