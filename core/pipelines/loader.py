@@ -8,6 +8,7 @@ are loaded twice. Image i of a job draws its noise from ``seed + i`` alone.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -182,7 +183,16 @@ class Pipelines:
             adapter, path = self.lora_file(ref.name, ctx)
             adapter = adapter.replace(".", "_").replace("-", "_")
             if adapter not in loaded:
-                base.load_lora_weights(str(path), adapter_name=adapter)
+                try:
+                    base.load_lora_weights(str(path), adapter_name=adapter)
+                except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys of another base model
+                    with contextlib.suppress(Exception):  # what was injected before it failed goes again
+                        base.delete_adapters(adapter)
+                    raise JobError(
+                        "invalid_input",
+                        f"LoRA {ref.name!r} does not fit model {entry.id!r}: it was trained for another base "
+                        f"model ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'})",
+                    ) from e
                 loaded.append(adapter)
                 while len(loaded) > MAX_ADAPTERS:
                     base.delete_adapters(loaded.pop(0))

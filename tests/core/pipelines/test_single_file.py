@@ -250,6 +250,18 @@ def test_a_kohya_lora_draws_what_its_peft_twin_draws(client):
     assert np.abs(kohya - peft).max() <= 1
 
 
+def test_a_lora_of_another_base_fails_the_job_as_bad_input_and_leaves_the_model_as_it_was(client):
+    """An SD 1.x LoRA on an SDXL checkpoint: the job fails with invalid_input naming the LoRA and the model (not an
+    internal error), and the next job on that model draws what it drew before."""
+    before = draw(client, "/v1/txt2img", {"model": "sdxl-tiny"})
+    r = client.post("/v1/txt2img", json={"model": "sdxl-tiny", "prompt": "a cat", "seed": 7,
+                                         "num_inference_steps": 3, "loras": [{"name": "ink-kohya"}]})  # fmt: skip
+    job = wait_job(client, r.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input", job["error"]
+    assert "ink-kohya" in job["error"]["message"] and "sdxl-tiny" in job["error"]["message"]
+    assert np.array_equal(draw(client, "/v1/txt2img", {"model": "sdxl-tiny"}), before)
+
+
 def test_a_single_file_controlnet_draws_what_its_diffusers_folder_draws(client):
     rng = np.random.default_rng(0)
     control = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
