@@ -697,3 +697,16 @@ def test_a_non_finite_number_and_a_zip_as_a_mask_are_refused_not_crashed_on(comf
     r = httpx.post(f"{comfy}/upload/mask", headers=client.headers, files={"image": ("mask.zip", buf.getvalue())},
                    data={"original_ref": ref})  # fmt: skip
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_image", r.text
+
+
+def test_a_socket_open_before_the_prompt_hears_every_step(comfy):
+    """A client that connects and then queues (websockets_api_example's order) hears execution_start and a progress
+    message for each step, 1 to N: the prompt it posted here pokes its socket, and nothing is folded for it."""
+    client = ComfyClient(comfy)
+    wf = digits(workflow("txt2img_default"), steps=12)
+    with closing(client.connect()) as ws:
+        assert json.loads(ws.recv())["type"] == "status"
+        prompt_id, _, messages = client.run(ws, wf)
+    mine = [m for m in messages if isinstance(m, dict) and m["data"].get("prompt_id") == prompt_id]
+    assert [m["type"] for m in mine][0] == "execution_start"
+    assert [m["data"]["value"] for m in mine if m["type"] == "progress"] == list(range(1, 13))

@@ -305,6 +305,8 @@ async def post_prompt(request: Request, t: str = Depends(tenant), b: Backends = 
             return JSONResponse({"error": _error("invalid_extra_data", "Invalid extra_data", details),
                                  "node_errors": {}}, status_code=400)  # fmt: skip
         return node_error_response(_renamed(plan, e), plan)
+    for feed in FEEDS.get((t, client_id or ""), ()):  # this gateway's sockets of the client hear of it now
+        feed.poked.set()
     return {"prompt_id": prompt_id_of(job), "number": (job.via or {}).get("number", number), "node_errors": {}}
 
 
@@ -608,13 +610,16 @@ async def system_stats() -> dict:
 # -- the websocket: the messages ComfyUI clients read, from the jobs' durable event logs ----------------------------
 class Feed:
     """One ``/ws`` connection: the prompts of its ``clientId`` (the tenant's jobs submitted with it), each job's
-    events translated to ComfyUI's messages in order. Reads the store only: any gateway serves it."""
+    events translated to ComfyUI's messages in order. Reads the store only: any gateway serves it. A prompt posted
+    to this gateway pokes its client's sockets (they look at once); one posted elsewhere is found within a tick."""
 
     def __init__(self, ws: WebSocket, b: Backends, t: str, sid: str):
         self.ws, self.b, self.t, self.sid = ws, b, t, sid
-        self.tracked: dict[str, dict] = {}  # job id -> {seq, started}
+        self.tracked: dict[str, dict] = {}  # job id -> {seq, started, late, job}
         self.done: set[str] = set()
-        self.since = time.time() - RECENT_S
+        self.opened = time.time()
+        self.since = self.opened - RECENT_S
+        self.poked = asyncio.Event()
 
     async def send(self, type: str, data: dict) -> None:
         await self.ws.send_text(json.dumps({"type": type, "data": data}))
@@ -636,15 +641,27 @@ class Feed:
         return new
 
     async def run(self) -> None:
+        key = (self.t, self.sid)
+        FEEDS.setdefault(key, set()).add(self)
+        try:
+            await self._run()
+        finally:
+            FEEDS[key].discard(self)
+            if not FEEDS[key]:
+                del FEEDS[key]
+
+    async def _run(self) -> None:
         await self.status()
         next_scan = 0.0
         while True:
-            if time.monotonic() >= next_scan:  # new prompts of this client: once a tick, not on every event
+            if self.poked.is_set() or time.monotonic() >= next_scan:  # new prompts: when poked, else once a tick
+                self.poked.clear()
                 next_scan = time.monotonic() + TICK_S
                 for job in await run_in_threadpool(self._discover):
-                    self.tracked[job.id] = {"seq": 0, "started": False, "job": job}
+                    late = job.created_at.timestamp() < self.opened  # queued before this socket: a reconnect
+                    self.tracked[job.id] = {"seq": 0, "started": False, "late": late, "job": job}
             if not self.tracked:
-                await asyncio.sleep(TICK_S)
+                await wait_for(self.poked, TICK_S)
                 continue
             first = next(iter(self.tracked))
             async with self.b.waiters.watch(self.t, first, every_event=True, held=True) as changed:
@@ -653,7 +670,7 @@ class Feed:
                 for job_id in list(self.tracked):
                     progressed |= await self.pump(job_id)
                 if not progressed:
-                    await wait_for(changed, TICK_S)
+                    await _either(changed, self.poked, TICK_S)
 
     async def pump(self, job_id: str) -> bool:
         """Send the messages of the job's new events; True when there were any."""
@@ -672,7 +689,9 @@ class Feed:
         via = job.via or {}
         pid = prompt_id_of(job)
         sampler = via.get("sampler", ["", ""])[0]
-        # a late reader (a reconnect) gets the latest step and preview of a batch, not each one
+        # a late reader (a socket opened after the prompt was queued: a reconnect) gets the latest step and preview
+        # of what it missed, not each one; a socket that was open gets every step
+        coalesce, state["late"] = state["late"], False
         last_progress = max((i for i, e in enumerate(events) if e["event"] == "progress"), default=-1)
         last_preview = max((i for i, e in enumerate(events) if e["event"] == "preview"), default=-1)
         for i, e in enumerate(events):
@@ -686,14 +705,14 @@ class Feed:
                     fresh = await run_in_threadpool(self.b.store.jobs.get, job_id)
                     await self.finish(fresh or job)
                     return True
-            elif name == "progress" and i == last_progress and data.get("total"):
+            elif name == "progress" and (i == last_progress or not coalesce) and data.get("total"):
                 if not state["started"]:
                     await self.start(job, pid)
                     state["started"] = True
                 await self.send(
                     "progress", {"value": data.get("step", 0), "max": data["total"], "prompt_id": pid, "node": sampler}
                 )
-            elif name == "preview" and i == last_preview:
+            elif name == "preview" and (i == last_preview or not coalesce):
                 uri = data.get("image") or ""
                 if "," in uri:
                     png = base64.b64decode(uri.split(",", 1)[1])
@@ -761,6 +780,19 @@ async def websocket(ws: WebSocket, clientId: str = "") -> None:  # noqa: N803 - 
             await feed
     finally:
         release()
+
+
+FEEDS: dict[tuple[str, str], set[Feed]] = {}  # (tenant, clientId) -> this gateway's open sockets
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    """Until ``a`` or ``b`` is set, or ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(e.wait()) for e in (a, b)]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def _until_closed(ws: WebSocket) -> None:
