@@ -527,6 +527,8 @@ def test_what_cannot_be_served_exactly_is_a_400_naming_the_node(comfy, change, n
     assert err["class_type"] == wf[node]["class_type"] and err["dependent_outputs"] in ([], ["9"], ["9", "12"])
     assert set(err["errors"][0]) == {"type", "message", "details", "extra_info"}
     assert err["errors"][0]["extra_info"].get("input_name") == input_name, body
+    if input_name == "ckpt_name":  # as ComfyUI's answer: the names it could have been
+        assert "tiny-sd" in err["errors"][0]["details"] and "digits" in err["errors"][0]["details"]
 
 
 def test_controlnet_for_part_of_the_steps_and_a_unet_only_lora_are_refused(comfy):

@@ -191,14 +191,22 @@ def _extra(extra_data: object) -> dict:
     return {k: extra_data[k] for k in EXTRA_FIELDS if k in extra_data}
 
 
+def _entry(b: Backends, t: str, plan: Plan, model: str) -> ModelEntry:
+    """The model ``ckpt_name`` names; unknown: the node's error lists the served ones, as ComfyUI's does."""
+    try:
+        return entry_for(b, t, model)
+    except ServiceError as e:
+        if e.code == "unknown_model":
+            served = _lists(b, t)[0][:20]
+            e = InputError(f"unknown model {model!r}; served (GET /object_info): {served}", e.field, e.code)
+        raise _renamed(plan, e) from None
+
+
 def _resolve(b: Backends, t: str, plan: Plan, extra: dict) -> tuple[Task, BaseModel]:
     """The typed v1 request of ``plan``: the model entry, the scheduler, the input images' sizes and masks.
     Blocking (store and storage reads)."""
     fields = {**plan.fields, **extra}
-    try:
-        entry = entry_for(b, t, fields["model"])
-    except ServiceError as e:
-        raise _renamed(plan, e) from None
+    entry = _entry(b, t, plan, fields["model"])
     fields["scheduler"] = scheduler_for(plan, entry)
     fields["preview_every"] = max(1, int(fields["num_inference_steps"]) // 16)  # the /ws preview frames
     size = None
