@@ -32,6 +32,17 @@ from core.schemas import ModelRef
 log = logging.getLogger("diffuserve.pipelines")
 
 
+class _NoEmptyFp32Warning(logging.Filter):
+    """diffusers warns on every ``to(dtype=...)`` of a model that "should keep [] in float32" (an empty list: nothing
+    is kept, nothing is wrong), once per component at every pipeline load; the warning naming real modules stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []." not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Warning())
+
+
 def pick_dtype(device: str, pipeline_class: str) -> torch.dtype:
     if device.startswith("cuda"):
         # bf16 for the transformer families (their fp16 overflows), fp16 for the UNet ones
