@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,26 @@ class Proc:
             return self.log.read_bytes()[-n:].decode(errors="replace")
         except OSError:
             return ""
+
+
+@contextmanager
+def embedded_gateway(tmp: Path, models_dir: Path | None = None, **env: str) -> Iterator[str]:
+    """An embedded-mode gateway process over ``models_dir`` (DATA_DIR and its log in ``tmp``), ready: yields its URL,
+    stops it after. The environment's broker, bucket and keys are dropped; ``env`` sets what the test wants (API_KEYS,
+    ...) over these defaults: no warm-up, no rate limit in the way, one torch thread."""
+    import httpx
+
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
+    full.update(DATA_DIR=str(tmp / "data"), WARM_MODELS="", RATE_LIMIT_PER_MINUTE="100000", TORCH_THREADS="1",
+                PYTHONUNBUFFERED="1", **({"MODELS_DIR": str(models_dir)} if models_dir else {}), **env)  # fmt: skip
+    proc = Proc(gateway_cmd(port), tmp / "api.log", env=full)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, what=f"gateway: {proc.tail()}")
+        yield url
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import VENV_BIN, Proc, free_port, gateway_cmd, wait_for
+from tests.conftest import VENV_BIN, Proc, embedded_gateway, free_port, gateway_cmd, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +122,8 @@ def test_train_then_generate_with_the_new_model(service, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_service(tmp_path_factory, tiny_models_dir):
-    tmp = tmp_path_factory.mktemp("cli-tiny")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET", "API_KEYS")}
-    env.update(DATA_DIR=str(tmp / "data"), MODELS_DIR=str(tiny_models_dir), WARM_MODELS="", PYTHONUNBUFFERED="1",
-               TORCH_THREADS="1")  # fmt: skip
-    proc = Proc(gateway_cmd(port), tmp / "api.log", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, what="gateway")
-    yield url
-    proc.stop()
+    with embedded_gateway(tmp_path_factory.mktemp("cli-tiny"), tiny_models_dir) as url:
+        yield url
 
 
 def test_a_controlnet_job_from_the_command_line(tiny_service, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 
 import httpx
 import numpy as np
@@ -15,7 +14,7 @@ import webuiapi
 from PIL import Image
 
 from tests.compat.conftest import KEY_A
-from tests.conftest import Proc, free_port, gateway_cmd, wait_for
+from tests.conftest import embedded_gateway
 from tests.fixtures.single_file import LAYOUTS, build_user_folders
 
 
@@ -24,22 +23,8 @@ def served(request, tiny_models_dir, tmp_path_factory):
     """(layout, gateway URL, the files) of a gateway in embedded mode over a MODELS_DIR in ``layout``."""
     tmp = tmp_path_factory.mktemp(f"folders-{request.param}")
     files = build_user_folders(tiny_models_dir, tmp / "models", request.param)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET")}
-    env.update(
-        DATA_DIR=str(tmp / "data"),
-        MODELS_DIR=str(tmp / "models"),
-        WARM_MODELS="",
-        API_KEYS=f"acme:{KEY_A}",
-        RATE_LIMIT_PER_MINUTE="100000",
-        TORCH_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    proc = Proc(gateway_cmd(port), tmp / "api.log", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, what=f"gateway: {proc.tail()}")
-    yield request.param, url, files
-    proc.stop()
+    with embedded_gateway(tmp, tmp / "models", API_KEYS=f"acme:{KEY_A}") as url:
+        yield request.param, url, files
 
 
 def client(url: str) -> webuiapi.WebUIApi:

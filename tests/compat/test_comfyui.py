@@ -8,7 +8,6 @@ import base64
 import copy
 import io
 import json
-import os
 import struct
 import urllib.error
 import urllib.parse
@@ -25,7 +24,7 @@ import websocket
 from PIL import Image
 
 from tests.compat.conftest import KEY_A, KEY_B
-from tests.conftest import Proc, free_port, gateway_cmd, wait_for
+from tests.conftest import embedded_gateway, wait_for
 
 WORKFLOWS = Path(__file__).resolve().parent / "comfyui_workflows"
 
@@ -149,17 +148,8 @@ def models_dir(tiny_models_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def comfy(models_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("comfy")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET")}
-    env.update(DATA_DIR=str(tmp / "data"), MODELS_DIR=str(models_dir), WARM_MODELS="",
-               API_KEYS=f"acme:{KEY_A},globex:{KEY_B}", RATE_LIMIT_PER_MINUTE="100000", TORCH_THREADS="1",
-               PYTHONUNBUFFERED="1")  # fmt: skip
-    proc = Proc(gateway_cmd(port), tmp / "api.log", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, what=f"gateway: {proc.tail()}")
-    yield url
-    proc.stop()
+    with embedded_gateway(tmp_path_factory.mktemp("comfy"), models_dir, API_KEYS=f"acme:{KEY_A},globex:{KEY_B}") as url:
+        yield url
 
 
 def native(url: str, path: str, body: dict, key: str = KEY_A) -> list[np.ndarray]:

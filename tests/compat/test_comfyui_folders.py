@@ -5,17 +5,15 @@ naming the registry's stems draws."""
 from __future__ import annotations
 
 import io
-import os
 from contextlib import closing
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.compat.conftest import KEY_A
 from tests.compat.test_comfyui import ComfyClient, arr, native, small, workflow
-from tests.conftest import Proc, free_port, gateway_cmd, wait_for
+from tests.conftest import embedded_gateway
 from tests.fixtures.single_file import build_user_folders
 
 
@@ -23,15 +21,8 @@ from tests.fixtures.single_file import build_user_folders
 def served(tiny_models_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("comfy-folders")
     build_user_folders(tiny_models_dir, tmp / "models", "comfy")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "S3_BUCKET")}
-    env.update(DATA_DIR=str(tmp / "data"), MODELS_DIR=str(tmp / "models"), WARM_MODELS="", API_KEYS=f"acme:{KEY_A}",
-               RATE_LIMIT_PER_MINUTE="100000", TORCH_THREADS="1", PYTHONUNBUFFERED="1")  # fmt: skip
-    proc = Proc(gateway_cmd(port), tmp / "api.log", env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, what=f"gateway: {proc.tail()}")
-    yield url
-    proc.stop()
+    with embedded_gateway(tmp, tmp / "models", API_KEYS=f"acme:{KEY_A}") as url:
+        yield url
 
 
 def test_object_info_lists_the_users_files_by_their_stems(served):
