@@ -184,3 +184,13 @@ def image_bytes(b: Backends, job: JobRecord) -> list[bytes]:
     """The PNG bytes of a finished job's images, in output order. Blocking."""
     keys = [(o.model_extra or {}).get("key") for o in job.output if o.content_type == "image/png"]
     return [b.storage.get(k) for k in keys if k]
+
+
+def replicate_page(results: list, request: Request, path: str, cursor: int, size: int, more: bool) -> dict:
+    """Replicate's page of a list: ``results`` and the URLs of the ``next`` and ``previous`` pages (``?cursor=``)."""
+    base = str(request.base_url).rstrip("/")
+    return {
+        "results": results,
+        "next": f"{base}{path}?cursor={cursor + size}" if more else None,
+        "previous": f"{base}{path}?cursor={max(0, cursor - size)}" if cursor else None,
+    }

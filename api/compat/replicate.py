@@ -27,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.compat.common import entry_for, kept_names, renamed, shown, validate
+from api.compat.common import entry_for, kept_names, renamed, replicate_page, shown, validate
 from api.compat.replicate_files import file_id_of_url
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
@@ -307,12 +307,8 @@ async def list_predictions(
     """The tenant's predictions (every job), newest first, 100 a page: ``results``, ``next``, ``previous``."""
     size = 100
     jobs = await run_in_threadpool(b.store.jobs.list, t, size + 1, cursor)
-    base = str(request.base_url).rstrip("/")
-    return {
-        "results": [view(j, b, str(request.base_url)) for j in jobs[:size]],
-        "next": f"{base}/v1/predictions?cursor={cursor + size}" if len(jobs) > size else None,
-        "previous": f"{base}/v1/predictions?cursor={max(0, cursor - size)}" if cursor else None,
-    }
+    results = [view(j, b, str(request.base_url)) for j in jobs[:size]]
+    return replicate_page(results, request, "/v1/predictions", cursor, size, len(jobs) > size)
 
 
 @router.post("/predictions/{prediction_id}/cancel", name="replicate_cancel_prediction")

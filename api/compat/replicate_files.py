@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
+from api.compat.common import replicate_page
 from api.deps import backends, rate_limited, tenant
 from api.errors import ApiError, shown
 from api.routes.uploads import read_limited
@@ -217,12 +218,8 @@ async def list_files(
 ):
     """The tenant's files, newest first, 100 a page: ``results``, ``next``, ``previous``."""
     files = await run_in_threadpool(live_files, b, t)
-    base = str(request.base_url).rstrip("/")
-    return {
-        "results": [file_view(f, base) for f in files[cursor : cursor + PAGE]],
-        "next": f"{base}/v1/files?cursor={cursor + PAGE}" if len(files) > cursor + PAGE else None,
-        "previous": f"{base}/v1/files?cursor={max(0, cursor - PAGE)}" if cursor else None,
-    }
+    results = [file_view(f, str(request.base_url)) for f in files[cursor : cursor + PAGE]]
+    return replicate_page(results, request, "/v1/files", cursor, PAGE, len(files) > cursor + PAGE)
 
 
 @router.get("/files/{file_id}", name="replicate_get_file")
