@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from core.catalog import ModelKind, batching_pays
 from core.contract import RunContext, RunResult
 from core.registry import ModelEntry, ModelRegistry
-from core.schemas import JobRecord
+from core.schemas import JobRecord, ModelRef
 from core.tasks import TASKS
 from core.warm import Warm
 
@@ -103,7 +103,7 @@ class Engines:
         request = self.parse(job)
         # 2. the model that serves it: the tenant's own (trained by a job), else a served one
         model_id = _model_id(request)
-        model = self.resolve(model_id, ctx) if model_id else None
+        model = self.resolve(model_id, ctx, job.model) if model_id else None
         # 3. the executor of (job type, model kind)
         executor = executor_for(job.type, model.kind if model else None)
         return self._stamp(executor.run(request, model, ctx, self.warm), model)
@@ -132,7 +132,7 @@ class Engines:
         if model_id is None:
             return None
         # the model's entry from its registration alone: grouping downloads no tenant's files
-        model, owner = self._resolve(model_id, ctx, materialize=False)
+        model, owner = self._resolve(model_id, ctx, materialize=False, admitted=job.model)
         batching = executor_for(job.type, model.kind).batching
         found = batching.key(request, model) if batching else None
         if found is None or not self._batching_pays(request, model):
@@ -188,20 +188,31 @@ class Engines:
             return [_outcome(lambda job=job, ctx=ctx: self.run(job, ctx)) for job, ctx in zip(jobs, ctxs, strict=True)]
         # 2. one denoising loop: the model and LoRAs resolved as the first job's tenant are every job's (same key)
         requests = [self.parse(job) for job in jobs]
-        model = self.resolve(requests[0].model, ctxs[0])
+        model = self.resolve(requests[0].model, ctxs[0], jobs[0].model)
         batching = executor_for(jobs[0].type, model.kind).batching
         with self.memory.measure(keys[0], sum(r.num_images for r in requests)):  # the key group() caps by
             outcomes = batching.run(requests, model, ctxs, self.warm)
         return [self._stamp(o, model) for o in outcomes]
 
-    def resolve(self, model_id: str, ctx: RunContext) -> ModelEntry:
-        return self._resolve(model_id, ctx)[0]
+    def resolve(self, model_id: str, ctx: RunContext, admitted: ModelRef | None = None) -> ModelEntry:
+        return self._resolve(model_id, ctx, admitted=admitted)[0]
 
-    def _resolve(self, model_id: str, ctx: RunContext, materialize: bool = True) -> tuple[ModelEntry, str | None]:
+    def _resolve(
+        self, model_id: str, ctx: RunContext, materialize: bool = True, admitted: ModelRef | None = None
+    ) -> tuple[ModelEntry, str | None]:
         """(entry, owner): the tenant's own model of that name (owner: the tenant), else a served one (None). With
-        ``materialize`` the tenant's files are fetched into the local cache and the entry points at them."""
+        ``materialize`` the tenant's files are fetched into the local cache and the entry points at them.
+
+        ``admitted``: the model the job was admitted for (its record's ``model``). Admission looked for the tenant's
+        own model first; when it chose the served one and that entry is still the same version, the job runs it
+        without asking the store again: a job runs the weights it was admitted for (a model of the same name the
+        tenant registers meanwhile serves its later jobs), and one read less is on every job's way to the device."""
         from core import tenant_models
 
+        if admitted is not None and admitted.id == model_id and admitted.sha256 and self.registry.known(model_id):
+            served = self.registry.get(model_id)
+            if served.version == admitted.sha256:
+                return served, None
         record = ctx.registration("model", model_id)
         if record is None:
             return self.registry.get(model_id), None

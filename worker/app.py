@@ -125,7 +125,7 @@ def run_job(job_id: str) -> str | None:
     done = take_turn(
         job_id,
         p.store,
-        lambda chosen: _run_with_batch(p, chosen),
+        lambda chosen, alone: _run_with_batch(p, chosen, alone),
         s.priority_age_s,
         stop=p._stop,
         warm=held,
@@ -135,16 +135,19 @@ def run_job(job_id: str) -> str | None:
     return done.status.value if done else None
 
 
-def _run_with_batch(p: Process, job_id: str):
-    """``job_id`` and the queued jobs that can share its denoising loop; its record (None: another worker took it)."""
+def _run_with_batch(p: Process, job_id: str, alone: bool = False):
+    """``job_id`` and the queued jobs that can share its denoising loop; its record (None: another worker took it).
+    ``alone``: the scheduler saw no other job waiting for its model (no look for company then)."""
     s = settings
     ids = [job_id]
     if s.batch_window_ms > 0 and s.max_batch > 1:
         try:
             # gather when compatible jobs are already queued, or when the previous batch was shared (its clients
             # are about to send their next jobs): let more arrive for the window, then take them along (one
-            # denoising loop for all); a lone client's job never pays the window
-            if p.last_batch > 1 or len(compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)) > 1:
+            # denoising loop for all); a lone client's job never pays the window, nor a look at the queue
+            if p.last_batch > 1 or (
+                not alone and len(compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)) > 1
+            ):
                 p._stop.wait(s.batch_window_ms / 1000)
                 ids = compatible_queued(job_id, p.store, p.storage, p.runner(), s.max_batch)
         except Exception:  # noqa: BLE001 - batching is an optimisation; run the job alone

@@ -38,7 +38,7 @@ class EmbeddedWorker:
             lambda model: lifecycle.queued_for(store, model),
         )
 
-        def attempt(job_id: str):
+        def attempt(job_id: str, alone: bool = False):  # batches form in handle_batch, not here
             return execute_job(job_id, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
 
         def handle(job_id: str) -> None:

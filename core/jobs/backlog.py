@@ -14,7 +14,7 @@ import bisect
 import json
 import threading
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Protocol
 
 from core.jobs.schedule import Waiting, joining_pass
@@ -38,7 +38,8 @@ class Backlog(Protocol):
         """Jobs waiting by (level, model)."""
 
     def view(self, queue: str) -> tuple[list[Waiting], dict[str, float]]:
-        """``heads`` and ``passes`` together, as of one moment (what the scheduler reads for each pick)."""
+        """``heads`` (each with its ``line``: how many jobs its (tenant, level, model) holds) and ``passes``
+        together, as of one moment (what the scheduler reads for each pick)."""
 
 
 class MemoryBacklog:
@@ -90,7 +91,7 @@ class MemoryBacklog:
 
     def _heads(self, queue):
         jobs = self._jobs[queue]
-        return [jobs[line[0][1]][0] for line in self._lines[queue].values()]
+        return [replace(jobs[line[0][1]][0], line=len(line)) for line in self._lines[queue].values()]
 
     def passes(self, queue):
         with self._lock:
@@ -152,18 +153,22 @@ return meta
 """
 
 
-# heads and passes in one step: the oldest job of each non-empty (tenant, level, model), then the passes (flat)
+# heads and passes in one step: the oldest job of each non-empty (tenant, level, model), the passes (flat), then
+# the length of each head's line
 VIEW = """
 local p = ARGV[1]
-local heads = {}
+local heads, lines = {}, {}
 for _, triple in ipairs(redis.call('SMEMBERS', p .. 'heads')) do
   local first = redis.call('ZRANGE', p .. 'q:' .. triple, 0, 0)
   if first[1] then
     local meta = redis.call('HGET', p .. 'meta', first[1])
-    if meta then heads[#heads + 1] = meta end
+    if meta then
+      heads[#heads + 1] = meta
+      lines[#lines + 1] = redis.call('ZCARD', p .. 'q:' .. triple)
+    end
   end
 end
-return {heads, redis.call('HGETALL', p .. 'pass')}
+return {heads, redis.call('HGETALL', p .. 'pass'), lines}
 """
 
 
@@ -174,6 +179,7 @@ def _str(x: str | bytes) -> str:
 def _waiting(meta: str | bytes) -> Waiting:
     d = json.loads(meta)
     d.pop("weight", None)
+    d.pop("line", None)
     return Waiting(**d)
 
 
@@ -189,7 +195,9 @@ class RedisBacklog:
         return f"{self.prefix}{queue}:"
 
     def _add_args(self, queue, job, weight) -> list:
-        meta = json.dumps({**asdict(job), "weight": weight})
+        meta = {**asdict(job), "weight": weight}
+        del meta["line"]  # a line's length is read (view), never stored
+        meta = json.dumps(meta)
         return [self._p(queue), job.tenant, job.level, job.job_id, job.since, meta, job.model or "", weight]
 
     def _take_args(self, queue, job_id, charge) -> list:
@@ -203,8 +211,9 @@ class RedisBacklog:
         return _waiting(meta) if meta else None
 
     def view(self, queue):
-        metas, flat = self._view(args=[self._p(queue)])
-        return [_waiting(m) for m in metas], {_str(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+        metas, flat, lines = self._view(args=[self._p(queue)])
+        heads = [replace(_waiting(m), line=int(n)) for m, n in zip(metas, lines, strict=True)]
+        return heads, {_str(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def heads(self, queue):
         p = self._p(queue)

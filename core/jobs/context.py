@@ -21,6 +21,9 @@ log = logging.getLogger("diffuserve.worker")
 MAX_PREVIEWS = 64  # preview events per job
 MAX_PREVIEW_BYTES = 256 * 1024
 PROGRESS_RECORD_S = 0.5  # the record's progress is rewritten at most this often (events carry every step)
+# a progress report that found the job ours this recently stands for the ownership read before a write: that read
+# proves no more (the write after either one races a takeover alike), and a takeover needs the lease (seconds) gone
+OWNED_FRESH_S = 0.25
 
 
 class JobContext:
@@ -49,6 +52,7 @@ class JobContext:
         self.lost = lost or threading.Event()  # set by the heartbeat when the lease is no longer ours
         self._cancel = False
         self._recorded = 0.0  # when the record's progress was last rewritten
+        self._confirmed = float("-inf")  # when the store last answered that the job is ours (before that call)
         self._previews = 0
 
     def check(self) -> None:
@@ -68,6 +72,7 @@ class JobContext:
             self._cancel = lifecycle.report_progress(
                 self.store, self.job.id, self.token, step, total, record=record, **extra
             )
+            self._confirmed = now  # report_progress raises LeaseLost unless the job is running under our token
             if record:
                 self._recorded = now
         except Unavailable:
@@ -91,7 +96,12 @@ class JobContext:
             log.debug("preview of %s dropped", self.job.id)
 
     def _owned(self) -> None:
+        """Raise LeaseLost unless the job is ours: the lease (the heartbeat's flag), the deadline, then the store,
+        unless a progress report found it ours within ``OWNED_FRESH_S`` (a 1-step job writes its outputs right after
+        its one report: one read fewer on every job's critical path)."""
         self.check()
+        if time.monotonic() - self._confirmed <= OWNED_FRESH_S:
+            return
         if not lifecycle.owns(self.store, self.job.id, self.token):  # only the lease owner writes
             raise LeaseLost(f"job {self.job.id} is no longer ours")
 

@@ -5,9 +5,11 @@ under fixed keys, finish, write the record (:mod:`core.jobs.records`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -78,7 +80,7 @@ def execute_job(
 def take_turn(
     message_id: str,
     store: JobStore,
-    attempt: Callable[[str], JobRecord | None],
+    attempt: Callable[[str, bool], JobRecord | None],
     age_s: float = 300.0,
     drain: int = 64,
     stop: threading.Event | None = None,
@@ -87,8 +89,8 @@ def take_turn(
     queue: str | None = None,
 ) -> JobRecord | None:
     """What one queue message wakes a worker for: the queued job the scheduler picks now (fair share between tenants,
-    priorities aged by ``age_s``, the worker's ``warm`` models preferred for ``affinity_s``; ``lifecycle.next_job``),
-    run by ``attempt`` (None: another worker claimed it
+    priorities aged by ``age_s``, the worker's ``warm`` models preferred for ``affinity_s``; ``lifecycle.next_pick``),
+    run by ``attempt(job_id, alone)`` (``alone``: nothing else waited for its model; None: another worker claimed it
     first, so the next pick is tried); then, while jobs wait and up to ``drain`` in all, the next pick again. A job's
     message is what wakes a worker for it (and what autoscaling counts); which job runs is the rule's, and a worker
     never sleeps while the backlog holds a job whose message another turn used up. An empty backlog (an older record,
@@ -101,15 +103,16 @@ def take_turn(
         if stop is not None and stop.is_set():
             break
         try:
-            chosen = lifecycle.next_job(store, queue, age_s, tried, warm=warm(), affinity_s=affinity_s)
+            found = lifecycle.next_pick(store, queue, age_s, tried, warm=warm(), affinity_s=affinity_s)
         except Unavailable:
-            chosen = None
+            found = None
+        chosen, alone = found if found else (None, False)
         if chosen is None and message_id not in tried:  # a job with no backlog entry still runs on its message
             chosen = message_id
         if chosen is None:
             break
         tried.add(chosen)
-        done = attempt(chosen)
+        done = attempt(chosen, alone)
         if done is not None:
             first = first or done
             drain -= 1
@@ -198,9 +201,12 @@ def _run_group(
     lease_ttl: float,
     heartbeat_interval: float,
 ) -> dict[str, JobRecord | None]:
-    # 1. claim: each job gets its own lease and owner token (a job canceled or taken meanwhile drops out)
-    jobs = [job for job in (lifecycle.claim(store, job_id, worker_id, lease_ttl) for job_id in job_ids) if job]
+    # 1. claim: each job gets its own lease and owner token (a job canceled or taken meanwhile drops out); each
+    # claim's bookkeeping goes on beside the run, done before any job of the group finishes
+    beside = _Beside(store.backend.remote)
+    jobs = [job for job in (lifecycle.claim(store, job_id, worker_id, lease_ttl, beside) for job_id in job_ids) if job]
     if not jobs:
+        beside.wait()
         return {}
     finals: dict[str, JobRecord | None] = {}
     with ExitStack() as stack:
@@ -234,9 +240,10 @@ def _run_group(
         # 4. each job's share of the device's time (the run's, split by images), then publish and finish it alone;
         # the bookkeeping of them all (metrics, usage, webhook deliveries) goes out in one batch after the last
         shares = device_shares(jobs, (time.perf_counter() - t_run) * 1000)
+        beside.wait()  # the start webhook and the backlog's take come before the end
         to_record: list[JobRecord] = []
         try:
-            with store.batch():
+            with store.batch(metrics_after=True):  # the status events first, the metrics in a round trip after
                 store.limits.observe("diffuserve_batch_size", {"type": jobs[0].type.value}, len(jobs), BATCH_BUCKETS)
                 for job, outcome in zip(jobs, outcomes, strict=True):  # run_batch answers once per job
                     finals[job.id] = _complete(
@@ -248,6 +255,35 @@ def _run_group(
             for done in to_record:  # 5. each record's copy in storage, after the status events went out
                 records.write(storage, done)
     return finals
+
+
+class _Beside:
+    """Runs the claims' bookkeeping (one round trip each to a remote store) on a thread of the process while the job
+    goes on to its model, so that write is off every job's way to the device; in memory it runs at once (a thread
+    hop would cost more). ``wait`` returns when all of it is written (or logged as lost)."""
+
+    _pool: ThreadPoolExecutor | None = None
+    _pid = 0
+
+    def __init__(self, remote: bool):
+        self.remote = remote
+        self.futures: list[Future] = []
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        if not self.remote:
+            fn()
+            return
+        if _Beside._pool is None or _Beside._pid != os.getpid():  # one thread per process (prefork children too)
+            _Beside._pool, _Beside._pid = ThreadPoolExecutor(1, thread_name_prefix="job-start"), os.getpid()
+        self.futures.append(_Beside._pool.submit(fn))
+
+    def wait(self) -> None:
+        for future in self.futures:
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - bookkeeping: the job goes on (the scheduler drops a stale entry)
+                log.warning("a job's start bookkeeping failed", exc_info=True)
+        self.futures.clear()
 
 
 class _Broken:

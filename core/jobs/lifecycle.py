@@ -55,6 +55,20 @@ def next_job(
     tenants within a priority level, priorities aged by ``age_s``, the models it holds ``warm`` preferred unless the
     rule's pick waited ``affinity_s``); None when nothing waits. An entry whose job is no longer queued (canceled,
     finished, expired) is dropped on the way."""
+    found = next_pick(store, queue_name, age_s, exclude, warm, affinity_s)
+    return found[0] if found else None
+
+
+def next_pick(
+    store: JobStore,
+    queue_name: str,
+    age_s: float = 300.0,
+    exclude: Collection[str] = (),
+    warm: frozenset[str] | set[str] = frozenset(),
+    affinity_s: float = 0.0,
+) -> tuple[str, bool] | None:
+    """:func:`next_job`, and whether the pick is alone: no other job waited in the backlog for its model when it was
+    read (nothing to batch it with, so a worker need not look)."""
     wall = time.time()
     dropped: set[str] = set()
     while True:  # every stale entry met is dropped (one each), so this ends with the backlog
@@ -66,7 +80,7 @@ def next_job(
             return None
         job = store.jobs.get(chosen.job_id)
         if job is not None and job.status == JobStatus.queued:
-            return chosen.job_id
+            return chosen.job_id, sum(h.line for h in heads if h.model == chosen.model) <= 1
         # started by a worker whose own take has not run yet: whoever removes the entry charges the tenant once
         store.backlog.take(queue_name, chosen.job_id, charge=job is not None and job.started_at is not None)
         dropped.add(chosen.job_id)
@@ -176,9 +190,19 @@ def _mark_enqueued(job: JobRecord) -> JobRecord | None:
     return job
 
 
-def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRecord | None:
+def claim(
+    store: JobStore,
+    job_id: str,
+    worker: str,
+    lease_ttl: float,
+    beside: Callable[[Callable[[], None]], None] | None = None,
+) -> JobRecord | None:
     """queued -> running under a new owner token, with its lease, in one atomic step. None when the job is gone,
-    canceled, finished or taken. The returned record's ``lease_token`` is what the worker reports with."""
+    canceled, finished or taken. The returned record's ``lease_token`` is what the worker reports with.
+
+    The start's bookkeeping (the backlog entry taken, the inputs' retention, the start webhook, the wait metric) is
+    handed to ``beside`` when given (run off the job's way to the device; the caller waits for it before the job
+    finishes, so the start webhook still comes before the end), else written here."""
     claimed = False
     token = uuid.uuid4().hex
 
@@ -201,9 +225,19 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     job = store.jobs.update(job_id, fn, lease=(token, lease_ttl), event=_status)
     if not claimed or job is None:
         return None
+    (beside or _now)(lambda: _started(store, job))
+    return job
+
+
+def _now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _started(store: JobStore, job: JobRecord) -> None:
+    """A claimed job's bookkeeping, in one round trip."""
     try:
         with store.batch():
-            store.backlog.take(job.queue, job_id)  # it leaves the backlog, its tenant's pass grows by 1 / weight
+            store.backlog.take(job.queue, job.id)  # it leaves the backlog, its tenant's pass grows by 1 / weight
             keep_inputs(store.retention, store.job_ttl_s, job)  # the uploads it reads outlive this attempt
             webhooks.emit(store.webhooks, job, "start")
             store.limits.observe(
@@ -212,8 +246,7 @@ def claim(store: JobStore, job_id: str, worker: str, lease_ttl: float) -> JobRec
     except Unavailable:
         # the claim holds: the scheduler drops the backlog entry when it next meets it, the submit already kept the
         # uploads a TTL (retention may still win: input_expired)
-        log.warning("job %s: its start's bookkeeping (backlog, retention, webhook, metrics) was not written", job_id)
-    return job
+        log.warning("job %s: its start's bookkeeping (backlog, retention, webhook, metrics) was not written", job.id)
 
 
 def report_progress(

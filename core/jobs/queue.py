@@ -8,6 +8,7 @@ import queue as stdlib_queue
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlparse
 
 log = logging.getLogger("diffuserve.queue")
 
@@ -17,8 +18,12 @@ QUEUES = ("inference", "training")
 
 def celery_config(broker_url: str, visibility_timeout_s: int = 3600) -> dict:
     """Celery settings shared by the gateway and the workers."""
+    # a redis:// broker: kombu's transport with one client per channel (core/jobs/broker.py); rediss:// and other
+    # schemes keep kombu's own
+    transport = {"broker_transport": "core.jobs.broker:Transport"} if urlparse(broker_url).scheme == "redis" else {}
     return {
         "broker_url": broker_url,
+        **transport,
         "task_ignore_result": True,
         "task_acks_late": True,  # a message is acked after the job, so a crash leaves it in the broker
         "task_reject_on_worker_lost": True,

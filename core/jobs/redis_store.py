@@ -158,6 +158,8 @@ def _unavailable(fn):
 class RedisConn:
     """What the Redis adapters share: one bounded connection pool, the lease script, the breaker."""
 
+    remote = True
+
     def __init__(self, url: str, job_ttl_s: float, max_connections: int):
         self.url = url
         self.job_ttl_s = job_ttl_s
@@ -186,28 +188,42 @@ class RedisConn:
         """The pipeline of this thread's open ``batch`` (None outside one): where answer-less writes go."""
         return getattr(self._local, "pipe", None)
 
+    def metrics_lane(self) -> list | None:
+        """The open ``batch(metrics_after=True)``'s metric writes (``fn(pipe)`` each), made after its other writes
+        went out; None when the block has none."""
+        return getattr(self._local, "later", None)
+
     @contextmanager
-    def batch(self):
+    def batch(self, metrics_after: bool = False):
         """Writes whose answers nobody reads, made on this thread inside the block, go out in one pipeline at its end
         (raising :class:`Unavailable` there when Redis is away); reads and record updates still go at once. A
-        nested block joins the outer one."""
+        nested block joins the outer one. ``metrics_after``: counters and histograms are neither built nor sent
+        until that pipeline is out (a second round trip, which the events that wake clients do not wait for)."""
         if self.deferred() is not None:
             yield
             return
         pipe = self.r.pipeline(transaction=False)
-        self._local.pipe = pipe
+        later: list | None = [] if metrics_after else None
+        self._local.pipe, self._local.later = pipe, later
         try:
             yield
         except BaseException:
-            self._local.pipe = None
+            self._local.pipe = self._local.later = None
             try:  # what the block asked for before it failed still goes out
-                if len(pipe):
-                    self._flush(pipe)
+                self._flush_all(pipe, later)
             except Exception:  # noqa: BLE001 - the block's own error is the one to raise
                 log.warning("a batch of store writes was lost", exc_info=True)
             raise
-        self._local.pipe = None
+        self._local.pipe = self._local.later = None
+        self._flush_all(pipe, later)
+
+    def _flush_all(self, pipe, later: list | None) -> None:
         if len(pipe):
+            self._flush(pipe)
+        if later:
+            pipe = self.r.pipeline(transaction=False)
+            for write in later:
+                write(pipe)
             self._flush(pipe)
 
     @_unavailable
@@ -493,20 +509,34 @@ class RedisLimits:
 
     @_unavailable
     def incr(self, name, labels, value=1.0):
-        (self.c.deferred() or self.c.r).hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
+        lane = self.c.metrics_lane()
+        if lane is not None:
+            lane.append(lambda pipe: self._incr(pipe, name, labels, value))
+            return
+        self._incr(self.c.deferred() or self.c.r, name, labels, value)
+
+    def _incr(self, r, name, labels, value) -> None:
+        r.hincrbyfloat(f"{P}metrics:counters", self._field(name, labels), value)
 
     @_unavailable
     def observe(self, name, labels, value, buckets):
-        f = self._field(name, labels)
+        lane = self.c.metrics_lane()
+        if lane is not None:
+            lane.append(lambda pipe: self._observe(pipe, name, labels, value, buckets))
+            return
         deferred = self.c.deferred()
         pipe = deferred if deferred is not None else self.c.r.pipeline(transaction=False)
+        self._observe(pipe, name, labels, value, buckets)
+        if deferred is None:
+            pipe.execute()
+
+    def _observe(self, pipe, name, labels, value, buckets) -> None:
+        f = self._field(name, labels)
         for b in buckets:
             pipe.hincrby(f"{P}metrics:hist:{f}", f"le:{b}", 1 if value <= b else 0)
         pipe.hincrbyfloat(f"{P}metrics:hist:{f}", "sum", value)
         pipe.hincrby(f"{P}metrics:hist:{f}", "count", 1)
         pipe.sadd(f"{P}metrics:hists", f)
-        if deferred is None:
-            pipe.execute()
 
     @_unavailable
     def metrics_snapshot(self):

@@ -24,7 +24,7 @@ No tenant can starve others by raising its priority: the level a tenant may ask 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PRIORITIES = ("high", "normal", "low")
 LEVEL = {name: i for i, name in enumerate(PRIORITIES)}
@@ -39,6 +39,7 @@ class Waiting:
     level: int
     model: str | None
     since: float
+    line: int = field(default=1, compare=False)  # a head's: the jobs of its (tenant, level, model), itself included
 
     def effective_level(self, now: float, age_s: float) -> int:
         return max(0, self.level - int(max(0.0, now - self.since) // age_s)) if age_s > 0 else self.level

@@ -154,12 +154,14 @@ class WebhookQueue(Protocol):
 
 
 class Backend(Protocol):
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, metrics_after: bool = False) -> AbstractContextManager[None]:
         """Writes whose answers nobody reads (counters, histograms, usage, events, webhook deliveries, backlog takes,
         retention) made on this thread inside the block may go out together at its end, raising
-        :class:`Unavailable` there."""
+        :class:`Unavailable` there. ``metrics_after``: the block's counters and histograms are written after its
+        other writes went out (the events that wake clients do not wait on them)."""
 
     job_ttl_s: float
+    remote: bool  # each call is a network round trip (Redis); False: the process's own memory
 
     def ping(self) -> bool: ...
 
@@ -190,9 +192,9 @@ class JobStore:
     def ping(self) -> bool:
         return self.backend.ping()
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, metrics_after: bool = False) -> AbstractContextManager[None]:
         """See :meth:`Backend.batch`: one round trip for a transition's bookkeeping in distributed mode."""
-        return self.backend.batch()
+        return self.backend.batch(metrics_after)
 
     def close(self) -> None:
         self.backend.close()
@@ -214,6 +216,8 @@ def _labels_key(labels: dict[str, str]) -> tuple:
 class MemoryState:
     """What the memory adapters share: the dicts, under one lock (so a job, its lease and its indexes change together),
     and a condition variable for waiters."""
+
+    remote = False
 
     def __init__(self, job_ttl_s: float) -> None:
         self.job_ttl_s = job_ttl_s
@@ -241,7 +245,7 @@ class MemoryState:
     def close(self) -> None:
         pass
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, metrics_after: bool = False) -> AbstractContextManager[None]:
         return nullcontext()  # in memory every write is already done at once
 
     def add_event(self, job_id: str, event: str, data: dict) -> int:

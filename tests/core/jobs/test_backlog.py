@@ -62,3 +62,19 @@ def test_a_flood_then_a_newcomer_through_the_store(backlog):
         backlog.take(q, nxt.job_id)
         order.append(nxt.tenant)
     assert order.index("b") <= 1, order
+
+
+def test_the_view_tells_each_heads_line_so_a_worker_knows_a_lone_job(backlog):
+    """``view`` gives each head the length of its (tenant, level, model) line: what lets a worker skip looking for
+    batch company when nothing else waits for the model (one round trip less on every lone job's way)."""
+    q = "inference"
+    backlog.add(q, w("a1", "a", since=1))
+    heads, _ = backlog.view(q)
+    assert [(h.job_id, h.line) for h in heads] == [("a1", 1)]
+    backlog.add(q, w("a2", "a", since=2))
+    backlog.add(q, w("b1", "b", since=3, model="other"))
+    lines = {h.job_id: h.line for h in backlog.view(q)[0]}
+    assert lines == {"a1": 2, "b1": 1}
+    backlog.take(q, "a1")
+    assert {h.job_id: h.line for h in backlog.view(q)[0]} == {"a2": 1, "b1": 1}
+    assert backlog.take(q, "a2").line == 1  # a taken entry's stored meta holds no line

@@ -45,7 +45,7 @@ def world(tmp_path):
 
     def turn(message=None, drain=1):
         message = message or q.messages.pop(0)
-        attempt = lambda job_id: execute_job(job_id, store, storage, lambda: runner, "w")  # noqa: E731
+        attempt = lambda job_id, alone: execute_job(job_id, store, storage, lambda: runner, "w")  # noqa: E731
         return take_turn(message, store, attempt, drain=drain)
 
     return store, q, runner, submit, turn

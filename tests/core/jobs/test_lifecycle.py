@@ -12,7 +12,7 @@ from core.jobs import lifecycle
 from core.jobs.execute import execute_job
 from core.jobs.records import records
 from core.jobs.store import memory_store
-from core.schemas import JobStatus, JobType
+from core.schemas import JobStatus, JobType, ModelRef
 from core.storage import LocalStorage
 from tests.conftest import wait_for
 
@@ -421,3 +421,82 @@ def test_progress_between_record_writes_is_an_event_and_a_cancel_check(store):
     with pytest.raises(LeaseLost):
         lifecycle.report_progress(store, job.id, "not-the-owner", 4, 10, record=False)
     assert [e["data"]["step"] for e in store.events.events(job.id) if e["event"] == "progress"] == [1, 2, 3]
+
+
+def test_next_pick_says_whether_anything_else_waits_for_the_model(store):
+    """A pick is ``alone`` when no other job waits for its model in the backlog (any tenant, any priority): then a
+    worker does not look for batch company. A second job for the model, from another tenant, makes it not alone;
+    a job for another model does not."""
+    q, name = ListQueue(), f"q-{uuid.uuid4().hex[:8]}"  # a backlog of this test's own on the shared server
+
+    def submit(tenant, model):
+        job = lifecycle.new_job(JobType.txt2img, {"prompt": "x"}, tenant, ModelRef(id=model), queue=name)
+        return lifecycle.submit(store, q, job)[0]
+
+    first = submit("acme", "digits")
+    assert lifecycle.next_pick(store, name) == (first.id, True)
+    submit("acme", "mnist")
+    assert lifecycle.next_pick(store, name) == (first.id, True)
+    submit("globex", "digits")
+    assert lifecycle.next_pick(store, name) == (first.id, False)
+    assert lifecycle.next_job(store, name) == first.id
+
+
+def test_an_output_written_right_after_a_progress_report_trusts_that_report(store, monkeypatch, tmp_path):
+    """A progress report that found the job ours stands for the ownership read before an output or checkpoint write
+    for ``OWNED_FRESH_S`` (a 1-step job writes its outputs right after its one report: one round trip less); past
+    that the store is read, and a job no longer ours is refused (LeaseLost)."""
+    from core.jobs import context
+    from core.jobs.context import JobContext
+
+    job, _ = lifecycle.submit(store, ListQueue(), _job())
+    claimed = lifecycle.claim(store, job.id, "w", 10)
+    ctx = JobContext(store, claimed, LocalStorage(tmp_path, "k" * 32))
+    reads = []
+    owns = lifecycle.owns
+    monkeypatch.setattr(lifecycle, "owns", lambda *a: reads.append(a) or owns(*a))
+    ctx.progress(1, 1)
+    ctx._owned()
+    assert reads == []
+    assert lifecycle.finish(store, job.id, claimed.lease_token, JobStatus.failed) is not None  # no longer running
+    monkeypatch.setattr(context, "OWNED_FRESH_S", 0.0)
+    with pytest.raises(LeaseLost):
+        ctx.save_checkpoint("state.pt", b"x")
+    assert len(reads) == 1
+
+
+def test_a_claims_bookkeeping_runs_beside_the_job_and_is_done_before_it_finishes(store, monkeypatch, tmp_path):
+    """On a remote store the claim's bookkeeping (the backlog's take, the inputs' retention, the start webhook, the
+    wait metric: one round trip) is off the job's way to the device: here it is held until the job runs, and the
+    job still finishes after it (its start webhook before its end), with the backlog entry taken and the wait
+    counted."""
+    monkeypatch.setattr(store.backend, "remote", True)  # the memory store takes the remote path too
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    order, ran = [], threading.Event()
+    started = lifecycle._started
+
+    def held(s, job):
+        ran.wait(10)
+        order.append("bookkeeping")
+        started(s, job)
+
+    monkeypatch.setattr(lifecycle, "_started", held)
+
+    class Runner:
+        def run(self, job, ctx):
+            order.append("run")
+            ran.set()
+            return RunResult([Artifact(b"png-bytes", "image/png", "png", {"width": 1, "height": 1, "seed": 1})], 1, 2)
+
+    def waits():
+        _, hists = store.limits.metrics_snapshot()
+        return hists.get(("diffuserve_job_wait_seconds", (("type", "txt2img"),)), {"count": 0})["count"]
+
+    before = waits()
+    job = lifecycle.new_job(JobType.txt2img, {"model": "digits"}, "acme", queue=name)
+    lifecycle.submit(store, ListQueue(), job)
+    assert [h.job_id for h in store.backlog.view(name)[0]] == [job.id]
+    done = execute_job(job.id, store, LocalStorage(tmp_path, "k" * 32), lambda: Runner(), "w")
+    assert done.status == JobStatus.succeeded
+    assert order == ["run", "bookkeeping"]
+    assert store.backlog.view(name)[0] == [] and waits() == before + 1
