@@ -26,6 +26,7 @@ class Waiters:
         self._events: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # event -> wants progress too
         self._open: dict[str, int] = defaultdict(int)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fresh: dict[str, object] = {}  # job id -> its record, read by the listener thread after a status event
 
     def start(self, stop: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -33,10 +34,21 @@ class Waiters:
 
     def _on_event(self, job_id: str | None, event: str | None) -> None:  # the listener thread
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake, job_id, event)
+        if loop is None or loop.is_closed():
+            return
+        record = None
+        if not self.inline and event == "status" and job_id is not None and job_id in self._events:
+            # a remote store: the record a waiter would read next, read here at once (this thread is awake already;
+            # the waiter's own read would wake the loop, then a threadpool thread, then the loop again)
+            try:
+                record = self.store.jobs.get(job_id)
+            except Exception:  # noqa: BLE001 - the waiter reads for itself, and meets the error there
+                record = None
+        loop.call_soon_threadsafe(self._wake, job_id, event, record)
 
-    def _wake(self, job_id: str | None, event: str | None) -> None:
+    def _wake(self, job_id: str | None, event: str | None, record: object = None) -> None:
+        if record is not None and job_id in self._events:
+            self._fresh[job_id] = record
         groups = self._events.values() if job_id is None else [self._events.get(job_id, {})]
         for group in groups:
             for ev, every_event in group.items():
@@ -98,12 +110,20 @@ class Waiters:
     async def _read(self, read: Callable[[str], object], job_id: str):
         return read(job_id) if self.inline else await run_in_threadpool(read, job_id)
 
+    async def _reread(self, read: Callable[[str], object], job_id: str):
+        """After a wake: the record the listener read after the status event (already this waiter's job: its first
+        read checked whose it is), else ``read``. Taken with the wake's clear, on the loop: a later event sets both
+        again."""
+        fresh = self._fresh.pop(job_id, None)
+        return fresh if fresh is not None else await self._read(read, job_id)
+
     def _forget(self, job_id: str, ev: asyncio.Event) -> None:
         group = self._events.get(job_id)
         if group is not None:
             group.pop(ev, None)
             if not group:
                 del self._events[job_id]
+                self._fresh.pop(job_id, None)
 
     async def read_until_terminal(self, tenant: str, job_id: str, wait: float, read: Callable[[str], object]):
         """``read(job_id)`` (its errors, a 404, raised as they are), then, unless terminal, :meth:`until_terminal`
@@ -121,7 +141,7 @@ class Waiters:
             with self.held(tenant):  # counts against the tenant's open waits (429 past it) once the job is known
                 while await wait_for(changed, deadline - time.monotonic()):
                     changed.clear()  # before the read: a change after it wakes the wait again
-                    job = await self._read(read, job_id) or job
+                    job = await self._reread(read, job_id) or job
                     if job.status.is_terminal():
                         break
             return job
@@ -133,9 +153,11 @@ class Waiters:
         seconds: woken by its status events, no thread or connection held while waiting."""
         deadline = time.monotonic() + wait
         async with self.watch(tenant, job.id, every_event=False, held=held) as changed:
+            first = True
             while not job.status.is_terminal():
                 changed.clear()  # before the read: a change after it wakes the wait below
-                job = await self._read(read, job.id) or job
+                job = await (self._read(read, job.id) if first else self._reread(read, job.id)) or job
+                first = False
                 if job.status.is_terminal() or not await wait_for(changed, deadline - time.monotonic()):
                     break
         return job

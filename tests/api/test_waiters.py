@@ -63,3 +63,55 @@ def test_event_streams_take_their_slot_before_they_start():
         await job_events(job.id, "t", b, None)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+def test_a_long_poll_on_a_remote_store_takes_the_record_the_listener_read(store_kind, request):
+    """With a remote store, the listener thread reads a long-polled job's record as its status event arrives and hands
+    it to the waiter with the wake: the waiter's own read (a threadpool round trip after the wake) is saved. The first
+    read (whose job this is) still goes through ``read``; the answer is the finished record."""
+    from core.jobs import lifecycle
+    from core.schemas import JobStatus, JobType
+
+    if store_kind == "memory":
+        store = memory_store()
+    else:
+        from core.jobs.redis_store import redis_store
+
+        store = redis_store(request.getfixturevalue("redis_server"))
+    reads = []
+
+    def subscriptions() -> int:  # the pattern subscriptions on the server (the listener's among them once it listens)
+        if store_kind == "memory":
+            return len(store.backend._listeners)
+        return store.backend.r.execute_command("PUBSUB", "NUMPAT")
+
+    def read(job_id):
+        reads.append(job_id)
+        return store.jobs.get(job_id)
+
+    async def scenario():
+        waiters = Waiters(store, max_per_tenant=2, inline=False)  # as in distributed mode
+        stop = threading.Event()
+        subscribed = subscriptions()
+        waiters.start(stop)
+        await asyncio.to_thread(lambda: assert_eventually(lambda: subscriptions() > subscribed))
+        job = lifecycle.new_job(JobType.txt2img, {}, "t")
+        store.jobs.create(job)
+        claimed = lifecycle.claim(store, job.id, "w", 10)
+        polling = asyncio.create_task(waiters.read_until_terminal("t", job.id, 10, read))
+        await asyncio.to_thread(lambda: assert_eventually(lambda: reads == [job.id]))
+        await asyncio.to_thread(lifecycle.finish, store, job.id, claimed.lease_token, JobStatus.succeeded)
+        done = await asyncio.wait_for(polling, 10)
+        stop.set()
+        return done
+
+    done = asyncio.run(scenario())
+    assert done.status == JobStatus.succeeded and done.finished_at is not None
+    assert len(reads) == 1  # the wake's read was the listener's
+
+
+def assert_eventually(check, timeout=5.0):
+    from tests.conftest import wait_for as wait
+
+    wait(check, timeout, what="the listener, then the long-poll's first read")
