@@ -15,6 +15,10 @@ from fastapi.concurrency import run_in_threadpool
 from core.errors import QuotaExceeded
 from core.jobs.store import JobStore
 
+PREFETCH_SHARE = 0.25  # of the listener thread's time, at most, on reading records for long-polls
+PREFETCH_WINDOW_S = 1.0
+PREFETCH_FLOOR_S = 0.1  # a window's first moments allow this much of it (a burst's first reads go through)
+
 
 class Waiters:
     def __init__(self, store: JobStore, max_per_tenant: int, inline: bool = False):
@@ -27,6 +31,7 @@ class Waiters:
         self._open: dict[str, int] = defaultdict(int)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fresh: dict[str, object] = {}  # job id -> its record, read by the listener thread after a status event
+        self._window, self._spent = time.monotonic(), 0.0  # the listener's time on those reads, this window
 
     def start(self, stop: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -37,18 +42,44 @@ class Waiters:
         if loop is None or loop.is_closed():
             return
         record = None
-        if not self.inline and event == "status" and job_id is not None and job_id in self._events:
-            # a remote store: the record a waiter would read next, read here at once (this thread is awake already;
-            # the waiter's own read would wake the loop, then a threadpool thread, then the loop again)
-            try:
-                record = self.store.jobs.get(job_id)
-            except Exception:  # noqa: BLE001 - the waiter reads for itself, and meets the error there
-                record = None
+        if not self.inline and event == "status" and job_id is not None and self._long_polled(job_id):
+            record = self._prefetch(job_id)
         loop.call_soon_threadsafe(self._wake, job_id, event, record)
 
+    def _long_polled(self, job_id: str) -> bool:
+        """A long-poll (status changes only: it reads the record after a wake) waits on ``job_id``. Read on the
+        listener thread from the loop's dicts: a copy of the values is taken whole under the GIL."""
+        try:
+            return any(not every for every in list(self._events.get(job_id, {}).values()))
+        except RuntimeError:  # changed while copied: the waiter reads for itself
+            return False
+
+    def _prefetch(self, job_id: str) -> object | None:
+        """The record a long-poll would read after this status event, read here at once: this thread is awake
+        already, where the waiter's own read would wake the loop, then a threadpool thread, then the loop again.
+        At most ``PREFETCH_SHARE`` of this thread's time goes to such reads (a slow store, or a burst of jobs ending
+        together, must not delay every other wake behind them: past it the waiters read for themselves, in
+        parallel); None when skipped or failed (the waiter then reads, and meets any error itself)."""
+        now = time.monotonic()
+        if now - self._window > PREFETCH_WINDOW_S:
+            self._window, self._spent = now, 0.0
+        if self._spent > PREFETCH_SHARE * max(now - self._window, PREFETCH_FLOOR_S):
+            return None
+        try:
+            return self.store.jobs.get(job_id)
+        except Exception:  # noqa: BLE001 - the waiter reads for itself
+            return None
+        finally:
+            self._spent += time.monotonic() - now
+
     def _wake(self, job_id: str | None, event: str | None, record: object = None) -> None:
-        if record is not None and job_id in self._events:
-            self._fresh[job_id] = record
+        if job_id is None:  # the listener reconnected: events were missed, every waiter reads afresh
+            self._fresh.clear()
+        elif event == "status":  # the newest state, or none (a read that failed or was skipped: read afresh)
+            if record is not None and job_id in self._events:
+                self._fresh[job_id] = record
+            else:
+                self._fresh.pop(job_id, None)
         groups = self._events.values() if job_id is None else [self._events.get(job_id, {})]
         for group in groups:
             for ev, every_event in group.items():

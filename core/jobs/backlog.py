@@ -89,9 +89,17 @@ class MemoryBacklog:
         with self._lock:
             return self._heads(queue)
 
-    def _heads(self, queue):
+    def _heads(self, queue, lines: bool = False):
+        """The heads; with ``lines``, each with its line's length (a copy only where that is not 1: the fleet
+        simulator views tens of thousands of heads)."""
         jobs = self._jobs[queue]
-        return [replace(jobs[line[0][1]][0], line=len(line)) for line in self._lines[queue].values()]
+        heads = [jobs[line[0][1]][0] for line in self._lines[queue].values()]
+        if not lines:
+            return heads
+        return [
+            head if len(line) == 1 else replace(head, line=len(line))
+            for head, line in zip(heads, self._lines[queue].values(), strict=True)
+        ]
 
     def passes(self, queue):
         with self._lock:
@@ -99,7 +107,7 @@ class MemoryBacklog:
 
     def view(self, queue):
         with self._lock:
-            return self._heads(queue), dict(self._passes[queue])
+            return self._heads(queue, lines=True), dict(self._passes[queue])
 
     def depth(self, queue):
         with self._lock:

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import DeadlineExceeded, InputExpired, JobCancelled, LeaseLost, StorageUnavailable, Unavailable
@@ -21,8 +22,9 @@ log = logging.getLogger("diffuserve.worker")
 MAX_PREVIEWS = 64  # preview events per job
 MAX_PREVIEW_BYTES = 256 * 1024
 PROGRESS_RECORD_S = 0.5  # the record's progress is rewritten at most this often (events carry every step)
-# a progress report that found the job ours this recently stands for the ownership read before a write: that read
-# proves no more (the write after either one races a takeover alike), and a takeover needs the lease (seconds) gone
+# a progress report that found the job ours this recently stands for the ownership read before an output or
+# checkpoint write, while the lease is known to live longer than this still: a takeover needs the lease gone (and
+# the reaper's pass), and the read proves no more than the report (the write after either one races alike)
 OWNED_FRESH_S = 0.25
 
 
@@ -40,6 +42,7 @@ class JobContext:
         deadline: float | None = None,
         cache_dir: Path | None = None,
         lost: threading.Event | None = None,
+        leased_until: Callable[[], float] | None = None,
     ):
         self.store = store
         self.job = job
@@ -50,6 +53,7 @@ class JobContext:
         self.deadline = deadline
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "diffuserve-cache"
         self.lost = lost or threading.Event()  # set by the heartbeat when the lease is no longer ours
+        self.leased_until = leased_until or (lambda: float("-inf"))  # the heartbeat's: until when the lease lives
         self._cancel = False
         self._recorded = 0.0  # when the record's progress was last rewritten
         self._confirmed = float("-inf")  # when the store last answered that the job is ours (before that call)
@@ -95,12 +99,14 @@ class JobContext:
         except Exception:  # noqa: BLE001 - a preview is a courtesy: never fails the job
             log.debug("preview of %s dropped", self.job.id)
 
-    def _owned(self) -> None:
+    def _owned(self, recent_report: bool = True) -> None:
         """Raise LeaseLost unless the job is ours: the lease (the heartbeat's flag), the deadline, then the store,
-        unless a progress report found it ours within ``OWNED_FRESH_S`` (a 1-step job writes its outputs right after
-        its one report: one read fewer on every job's critical path)."""
+        unless (``recent_report``) a progress report found it ours within ``OWNED_FRESH_S`` and the lease is known
+        to live longer than that still (a 1-step job writes its outputs right after its one report: one read fewer
+        on every job's critical path)."""
         self.check()
-        if time.monotonic() - self._confirmed <= OWNED_FRESH_S:
+        now = time.monotonic()
+        if recent_report and now - self._confirmed <= OWNED_FRESH_S and self.leased_until() - now > OWNED_FRESH_S:
             return
         if not lifecycle.owns(self.store, self.job.id, self.token):  # only the lease owner writes
             raise LeaseLost(f"job {self.job.id} is no longer ours")
@@ -143,6 +149,6 @@ class JobContext:
     def register(self, kind: str, name: str, folder: Path, extra: dict | None = None) -> Registration:
         from core import tenant_models
 
-        self._owned()
+        self._owned(recent_report=False)  # rare, and what it publishes outlives the job: always read
         registrations = self.store.registrations
         return tenant_models.publish(registrations, self.storage, self.tenant, kind, name, folder, self.job.id, extra)

@@ -204,6 +204,7 @@ def _run_group(
     # 1. claim: each job gets its own lease and owner token (a job canceled or taken meanwhile drops out); each
     # claim's bookkeeping goes on beside the run, done before any job of the group finishes
     beside = _Beside(store.backend.remote)
+    claimed_at = time.monotonic()  # before any claim was sent: each lease lives at least lease_ttl from here
     jobs = [job for job in (lifecycle.claim(store, job_id, worker_id, lease_ttl, beside) for job_id in job_ids) if job]
     if not jobs:
         beside.wait()
@@ -212,10 +213,12 @@ def _run_group(
     with ExitStack() as stack:
         # 2. a heartbeat per job for the whole attempt (a model load included)
         lost = {job.id: threading.Event() for job in jobs}
-        for job in jobs:
-            stack.enter_context(
-                Heartbeat(store, job.id, job.lease_token, lease_ttl, heartbeat_interval, lost[job.id].set)
-            )
+        beats = {
+            job.id: Heartbeat(store, job.id, job.lease_token, lease_ttl, heartbeat_interval, lost[job.id].set)
+            for job in jobs
+        }
+        for beat in beats.values():
+            stack.enter_context(beat.claimed_at(claimed_at))
         t0 = time.perf_counter()
         try:
             runner = runner_factory()  # the first jobs after a start wait here for torch and the engines
@@ -227,7 +230,8 @@ def _run_group(
         for job in jobs:
             timeout = job.options.timeout_s
             deadline = time.monotonic() + timeout if timeout else None
-            ctxs[job.id] = JobContext(store, job, storage, job.lease_token, deadline, cache_dir, lost[job.id])
+            alive = lambda beat=beats[job.id]: beat.alive_until  # noqa: E731 - until when the heartbeat holds the lease
+            ctxs[job.id] = JobContext(store, job, storage, job.lease_token, deadline, cache_dir, lost[job.id], alive)
         # 3. run: one batch, or the job alone
         t_run = time.perf_counter()
         if len(jobs) == 1:

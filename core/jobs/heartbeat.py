@@ -30,6 +30,13 @@ class Heartbeat:
         self.store, self.job_id, self.token, self.ttl, self.interval = store, job_id, token, ttl, interval
         self.on_lost = on_lost
         self.due = 0.0
+        # until when the lease is known to live (monotonic): a renewal sent at t that succeeded holds it to t + ttl;
+        # the claim's own lease counts from ``claimed_at`` (set by the caller: a time before the claim was sent)
+        self.alive_until = float("-inf")
+
+    def claimed_at(self, t: float) -> Heartbeat:
+        self.alive_until = max(self.alive_until, t + self.ttl)
+        return self
 
     @classmethod
     def _loop(cls) -> None:
@@ -47,8 +54,12 @@ class Heartbeat:
                 hb._beat()
 
     def _beat(self) -> None:
+        sent = time.monotonic()
         try:
-            if not self.store.leases.renew_lease(self.job_id, self.token, self.ttl):
+            renewed = self.store.leases.renew_lease(self.job_id, self.token, self.ttl)
+            if renewed:
+                self.alive_until = max(self.alive_until, sent + self.ttl)
+            if not renewed:
                 with self._lock:
                     if self._beating.pop(id(self), None) is None:
                         return  # the job ended while this beat was in flight

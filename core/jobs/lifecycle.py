@@ -200,9 +200,9 @@ def claim(
     """queued -> running under a new owner token, with its lease, in one atomic step. None when the job is gone,
     canceled, finished or taken. The returned record's ``lease_token`` is what the worker reports with.
 
-    The start's bookkeeping (the backlog entry taken, the inputs' retention, the start webhook, the wait metric) is
-    handed to ``beside`` when given (run off the job's way to the device; the caller waits for it before the job
-    finishes, so the start webhook still comes before the end), else written here."""
+    The start's bookkeeping (the backlog entry taken, the inputs' retention, the wait metric) is handed to
+    ``beside`` when given (run off the job's way to the device; the caller waits for it before the job finishes),
+    else written here; so is it for a job that wants a start webhook (its progress deliveries come after it)."""
     claimed = False
     token = uuid.uuid4().hex
 
@@ -225,7 +225,9 @@ def claim(
     job = store.jobs.update(job_id, fn, lease=(token, lease_ttl), event=_status)
     if not claimed or job is None:
         return None
-    (beside or _now)(lambda: _started(store, job))
+    # a start webhook is written here (a job's progress deliveries must not overtake it): those jobs keep the round trip
+    run = beside if beside is not None and not webhooks.wanted(job, "start") else _now
+    run(lambda: _started(store, job))
     return job
 
 

@@ -224,7 +224,10 @@ class RedisConn:
             pipe = self.r.pipeline(transaction=False)
             for write in later:
                 write(pipe)
-            self._flush(pipe)
+            try:
+                self._flush(pipe)
+            except Unavailable:  # the block's other writes are in: only its counters and histograms are lost
+                log.warning("a batch's counters and histograms were not written: the store was unavailable")
 
     @_unavailable
     def _flush(self, pipe) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -115,3 +116,57 @@ def assert_eventually(check, timeout=5.0):
     from tests.conftest import wait_for as wait
 
     wait(check, timeout, what="the listener, then the long-poll's first read")
+
+
+@pytest.mark.parametrize("then", ["a read that failed", "a reconnect"])
+def test_a_record_the_listener_read_never_outlives_a_newer_event(then):
+    """The listener's record for a long-poll is the newest state or none: a later status event whose read failed (or
+    was skipped), or a reconnect (events were missed), drops it, so the waiter reads afresh instead of taking an
+    older 'running' and sleeping out its wait on a job that has finished."""
+    from core.jobs import lifecycle
+    from core.schemas import JobStatus, JobType
+
+    store = memory_store()
+    job = lifecycle.new_job(JobType.txt2img, {}, "t")
+    store.jobs.create(job)
+    claimed = lifecycle.claim(store, job.id, "w", 10)
+    running = store.jobs.get(job.id)
+
+    async def scenario():
+        # inline: the long-poll's first read runs on the loop, so it is known to wait once its slot is held; the
+        # wakes below are what the listener thread hands over (remote or not, the waiter takes them alike)
+        waiters = Waiters(store, max_per_tenant=2, inline=True)
+        polling = asyncio.create_task(waiters.read_until_terminal("t", job.id, 3, store.jobs.get))
+        deadline = time.monotonic() + 5
+        while waiters._open["t"] == 0 and time.monotonic() < deadline:  # read 'running', now waiting
+            await asyncio.sleep(0)
+        lifecycle.finish(store, job.id, claimed.lease_token, JobStatus.succeeded)
+        waiters._wake(job.id, "status", running)  # an earlier event's record, not yet taken...
+        if then == "a read that failed":
+            waiters._wake(job.id, "status", None)  # ...then the terminal event, its read failed
+        else:
+            waiters._wake(None, None)  # ...then the listener reconnected
+        t0 = time.monotonic()
+        done = await asyncio.wait_for(polling, 5)
+        return done, time.monotonic() - t0
+
+    done, took = asyncio.run(scenario())
+    assert done.status == JobStatus.succeeded and took < 1.0, (done.status, took)
+
+
+def test_the_listener_spends_a_bounded_share_of_its_time_reading_for_long_polls():
+    """Past ``PREFETCH_SHARE`` of its time in a window the listener stops reading records (waiters read for
+    themselves, in parallel): a slow store or a burst of jobs ending together never queues every wake behind it."""
+    from api import waiters as module
+    from core.jobs import lifecycle
+    from core.schemas import JobType
+
+    store = memory_store()
+    job = lifecycle.new_job(JobType.txt2img, {}, "t")
+    store.jobs.create(job)
+    waiters = Waiters(store, max_per_tenant=2, inline=False)
+    assert waiters._prefetch(job.id).id == job.id
+    waiters._spent = module.PREFETCH_SHARE * module.PREFETCH_WINDOW_S + 0.01  # the window's share is spent
+    assert waiters._prefetch(job.id) is None
+    waiters._window -= module.PREFETCH_WINDOW_S + 0.01  # a new window
+    assert waiters._prefetch(job.id).id == job.id

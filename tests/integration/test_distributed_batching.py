@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import wait_for
 from tests.integration.stack import Stack
 
 pytestmark = [pytest.mark.integration]
@@ -23,14 +24,16 @@ def test_worker_batches_compatible_queued_jobs(redis_server, s3_server, tmp_path
         stack.start_worker("batcher")  # the six wait in the queue; the first message takes the others along
         jobs = [stack.wait(i) for i in ids]
         assert all(j["status"] == "succeeded" for j in jobs)
-        metrics = stack.http.get("/metrics").text
-        sums = [
-            float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("diffuserve_batch_size_sum")
-        ]
-        counts = [
-            float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("diffuserve_batch_size_count")
-        ]
-        assert sum(sums) == 6 and sum(counts) < 6  # at least one batch of several jobs
+
+        def batch_sizes() -> tuple[float, float]:  # (jobs, batches) as /metrics counts them
+            lines = stack.http.get("/metrics").text.splitlines()
+            total = [float(x.split()[-1]) for x in lines if x.startswith("diffuserve_batch_size_sum")]
+            count = [float(x.split()[-1]) for x in lines if x.startswith("diffuserve_batch_size_count")]
+            return sum(total), sum(count)
+
+        # a job's metrics are written just after its status event (the client is woken first)
+        wait_for(lambda: batch_sizes()[0] == 6, 10, what="the last batch's metrics")
+        assert batch_sizes()[1] < 6  # at least one batch of several jobs
         # an image drawn amid the batch equals the same request alone
         alone = stack.wait(stack.submit({"prompt": "3", "num_inference_steps": 10, "seed": 43})["id"])
 

@@ -444,25 +444,47 @@ def test_next_pick_says_whether_anything_else_waits_for_the_model(store):
 
 def test_an_output_written_right_after_a_progress_report_trusts_that_report(store, monkeypatch, tmp_path):
     """A progress report that found the job ours stands for the ownership read before an output or checkpoint write
-    for ``OWNED_FRESH_S`` (a 1-step job writes its outputs right after its one report: one round trip less); past
-    that the store is read, and a job no longer ours is refused (LeaseLost)."""
+    for ``OWNED_FRESH_S``, while the lease is known to live longer than that (a 1-step job writes its outputs right
+    after its one report: one round trip less); past either, the store is read, and a job no longer ours is refused
+    (LeaseLost). A registration always reads."""
     from core.jobs import context
     from core.jobs.context import JobContext
 
     job, _ = lifecycle.submit(store, ListQueue(), _job())
     claimed = lifecycle.claim(store, job.id, "w", 10)
-    ctx = JobContext(store, claimed, LocalStorage(tmp_path, "k" * 32))
+    ctx = JobContext(store, claimed, LocalStorage(tmp_path, "k" * 32), leased_until=lambda: time.monotonic() + 10)
     reads = []
     owns = lifecycle.owns
     monkeypatch.setattr(lifecycle, "owns", lambda *a: reads.append(a) or owns(*a))
     ctx.progress(1, 1)
     ctx._owned()
     assert reads == []
+    ctx._owned(recent_report=False)  # what register() asks
+    assert len(reads) == 1
     assert lifecycle.finish(store, job.id, claimed.lease_token, JobStatus.failed) is not None  # no longer running
     monkeypatch.setattr(context, "OWNED_FRESH_S", 0.0)
     with pytest.raises(LeaseLost):
         ctx.save_checkpoint("state.pt", b"x")
-    assert len(reads) == 1
+    assert len(reads) == 2
+
+
+def test_a_report_made_after_the_lease_expired_does_not_stand_for_the_read(store, tmp_path):
+    """A worker stalled past its lease reports progress before the reaper ran (the record still names it), then the
+    reaper hands the job on: its output write must still be refused. The report is trusted only while the lease is
+    known to live (the heartbeat's last renewal, or the claim's), so here the store is read."""
+    from core.jobs.context import JobContext
+
+    q = ListQueue()
+    job, _ = lifecycle.submit(store, q, _job())
+    claimed_at = time.monotonic()
+    old = lifecycle.claim(store, job.id, "stalled", 0.2)
+    ctx = JobContext(store, old, LocalStorage(tmp_path, "k" * 32), leased_until=lambda: claimed_at + 0.2)
+    wait_for(lambda: not store.leases.lease_alive(job.id), 5, what="lease expiry")
+    ctx.progress(1, 1)  # the record still names this worker: the report goes through
+    assert lifecycle.requeue_orphans(store, q, max_attempts=3) == [job.id]
+    assert lifecycle.claim(store, job.id, "fresh", 10) is not None
+    with pytest.raises(LeaseLost):
+        ctx._owned()
 
 
 def test_a_claims_bookkeeping_runs_beside_the_job_and_is_done_before_it_finishes(store, monkeypatch, tmp_path):
@@ -500,3 +522,33 @@ def test_a_claims_bookkeeping_runs_beside_the_job_and_is_done_before_it_finishes
     assert done.status == JobStatus.succeeded
     assert order == ["run", "bookkeeping"]
     assert store.backlog.view(name)[0] == [] and waits() == before + 1
+
+    # a job that wants its start webhook writes it with the claim: its progress deliveries cannot overtake it
+    order.clear()
+    monkeypatch.setattr(lifecycle, "_started", lambda s, j: (order.append("bookkeeping"), started(s, j)))
+    hooked = lifecycle.new_job(
+        JobType.txt2img,
+        {"model": "digits", "webhook": "https://example.com/hook", "webhook_events_filter": ["start", "progress"]},
+        "acme",
+        queue=name,
+    )
+    lifecycle.submit(store, ListQueue(), hooked)
+    done = execute_job(hooked.id, store, LocalStorage(tmp_path, "k" * 32), lambda: Runner(), "w")
+    assert done.status == JobStatus.succeeded and order == ["bookkeeping", "run"]
+
+
+def test_the_heartbeat_knows_until_when_the_lease_lives(store):
+    """The claim's lease counts from before the claim was sent; each renewal that succeeds moves it on by the TTL
+    from when it was sent; one refused (the job moved on) does not."""
+    from core.jobs.heartbeat import Heartbeat
+
+    job, _ = lifecycle.submit(store, ListQueue(), _job())
+    t0 = time.monotonic()
+    claimed = lifecycle.claim(store, job.id, "w", 1.0)
+    lost = threading.Event()
+    with Heartbeat(store, job.id, claimed.lease_token, 1.0, 0.05, lost.set).claimed_at(t0) as beat:
+        assert beat.alive_until == t0 + 1.0
+        wait_for(lambda: beat.alive_until > t0 + 1.05, 5, what="a renewal")
+    with Heartbeat(store, job.id, "not-the-token", 1.0, 0.05, lost.set).claimed_at(t0) as stale:
+        wait_for(lost.is_set, 5, what="the refused renewal")
+        assert stale.alive_until == t0 + 1.0

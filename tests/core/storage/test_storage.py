@@ -28,20 +28,16 @@ def test_local_signed_urls(tmp_path):
         s.get("jobs/none")
 
 
-def test_local_types_by_extension_without_a_sidecar(tmp_path):
-    """A file whose extension names its type keeps no ``.ct`` sidecar (one file creation fewer on every output's
-    way); any other type is kept beside it, and a re-write that changes the type moves between the two."""
+def test_local_content_type_without_a_sidecar_comes_from_the_extension(tmp_path):
+    """Every write leaves its ``.ct`` sidecar (what a gateway of an earlier version reads); a file without one (a
+    later version's, or one put there by hand) is served with the type its extension names, else octet-stream."""
     s = LocalStorage(tmp_path, "secret")
-    s.put("jobs/j/0.png", b"png", "image/png")
-    s.put("jobs/j/job.json", b"{}", "application/json")
-    s.put("uploads/t/upl_1", b"raw", "image/webp")  # no extension: the sidecar says it
-    assert sorted(p.name for p in (tmp_path / "jobs" / "j").iterdir()) == ["0.png", "job.json"]
-    assert s.content_type("jobs/j/0.png") == "image/png" and s.content_type("jobs/j/job.json") == "application/json"
-    assert s.content_type("uploads/t/upl_1") == "image/webp"
-    s.put("jobs/j/0.png", b"odd", "application/octet-stream")  # a type its name does not say: kept beside it
-    assert s.content_type("jobs/j/0.png") == "application/octet-stream"
-    s.put("jobs/j/0.png", b"png", "image/png")  # and gone again once the name says it
-    assert s.content_type("jobs/j/0.png") == "image/png" and not (tmp_path / "jobs/j/.0.png.ct").exists()
+    s.put("jobs/j/0.png", b"odd", "application/octet-stream")
+    assert (tmp_path / "jobs/j/.0.png.ct").read_text() == "application/octet-stream"
+    assert s.content_type("jobs/j/0.png") == "application/octet-stream"  # the sidecar wins
+    for name, want in (("1.png", "image/png"), ("job.json", "application/json"), ("2.WEBP", "image/webp"), ("x", None)):
+        (tmp_path / "jobs/j" / name).write_bytes(b"data")
+        assert s.content_type(f"jobs/j/{name}") == (want or "application/octet-stream")
 
 
 def test_s3_storage_against_moto_server(s3_server):
