@@ -56,7 +56,7 @@ class EmbeddedWorker:
                 found = lifecycle.next_job(store, "inference", s.priority_age_s, exclude=chosen)
                 if found is None:
                     break
-                chosen.append(found)
+                chosen.append(found[0])
             chosen += [j for j in job_ids if j not in chosen][: len(job_ids) - len(chosen)]
             done = execute_batch(chosen, store, storage, runner, WORKER_ID, s.lease_ttl_s, s.heartbeat_s)
             for record in done:

@@ -89,7 +89,7 @@ def take_turn(
     queue: str | None = None,
 ) -> JobRecord | None:
     """What one queue message wakes a worker for: the queued job the scheduler picks now (fair share between tenants,
-    priorities aged by ``age_s``, the worker's ``warm`` models preferred for ``affinity_s``; ``lifecycle.next_pick``),
+    priorities aged by ``age_s``, the worker's ``warm`` models preferred for ``affinity_s``; ``lifecycle.next_job``),
     run by ``attempt(job_id, alone)`` (``alone``: nothing else waited for its model; None: another worker claimed it
     first, so the next pick is tried); then, while jobs wait and up to ``drain`` in all, the next pick again. A job's
     message is what wakes a worker for it (and what autoscaling counts); which job runs is the rule's, and a worker
@@ -103,7 +103,7 @@ def take_turn(
         if stop is not None and stop.is_set():
             break
         try:
-            found = lifecycle.next_pick(store, queue, age_s, tried, warm=warm(), affinity_s=affinity_s)
+            found = lifecycle.next_job(store, queue, age_s, tried, warm=warm(), affinity_s=affinity_s)
         except Unavailable:
             found = None
         chosen, alone = found if found else (None, False)

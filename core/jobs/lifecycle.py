@@ -50,25 +50,12 @@ def next_job(
     exclude: Collection[str] = (),
     warm: frozenset[str] | set[str] = frozenset(),
     affinity_s: float = 0.0,
-) -> str | None:
-    """The queued job a free worker of ``queue_name`` should run now, by the scheduling rule (fair share between
-    tenants within a priority level, priorities aged by ``age_s``, the models it holds ``warm`` preferred unless the
-    rule's pick waited ``affinity_s``); None when nothing waits. An entry whose job is no longer queued (canceled,
-    finished, expired) is dropped on the way."""
-    found = next_pick(store, queue_name, age_s, exclude, warm, affinity_s)
-    return found[0] if found else None
-
-
-def next_pick(
-    store: JobStore,
-    queue_name: str,
-    age_s: float = 300.0,
-    exclude: Collection[str] = (),
-    warm: frozenset[str] | set[str] = frozenset(),
-    affinity_s: float = 0.0,
 ) -> tuple[str, bool] | None:
-    """:func:`next_job`, and whether the pick is alone: no other job waited in the backlog for its model when it was
-    read (nothing to batch it with, so a worker need not look)."""
+    """(the queued job a free worker of ``queue_name`` should run now, whether it is alone), by the scheduling rule
+    (fair share between tenants within a priority level, priorities aged by ``age_s``, the models it holds ``warm``
+    preferred unless the rule's pick waited ``affinity_s``); None when nothing waits. Alone: no other job waited in
+    the backlog for its model when it was read (nothing to batch it with, so a worker need not look). An entry whose
+    job is no longer queued (canceled, finished, expired) is dropped on the way."""
     wall = time.time()
     dropped: set[str] = set()
     while True:  # every stale entry met is dropped (one each), so this ends with the backlog

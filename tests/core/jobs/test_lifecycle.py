@@ -423,7 +423,7 @@ def test_progress_between_record_writes_is_an_event_and_a_cancel_check(store):
     assert [e["data"]["step"] for e in store.events.events(job.id) if e["event"] == "progress"] == [1, 2, 3]
 
 
-def test_next_pick_says_whether_anything_else_waits_for_the_model(store):
+def test_a_pick_says_whether_anything_else_waits_for_the_model(store):
     """A pick is ``alone`` when no other job waits for its model in the backlog (any tenant, any priority): then a
     worker does not look for batch company. A second job for the model, from another tenant, makes it not alone;
     a job for another model does not."""
@@ -434,12 +434,11 @@ def test_next_pick_says_whether_anything_else_waits_for_the_model(store):
         return lifecycle.submit(store, q, job)[0]
 
     first = submit("acme", "digits")
-    assert lifecycle.next_pick(store, name) == (first.id, True)
+    assert lifecycle.next_job(store, name) == (first.id, True)
     submit("acme", "mnist")
-    assert lifecycle.next_pick(store, name) == (first.id, True)
+    assert lifecycle.next_job(store, name) == (first.id, True)
     submit("globex", "digits")
-    assert lifecycle.next_pick(store, name) == (first.id, False)
-    assert lifecycle.next_job(store, name) == first.id
+    assert lifecycle.next_job(store, name) == (first.id, False)
 
 
 def test_an_output_written_right_after_a_progress_report_trusts_that_report(store, monkeypatch, tmp_path):
