@@ -207,7 +207,6 @@ def _run_group(
     claimed_at = time.monotonic()  # before any claim was sent: each lease lives at least lease_ttl from here
     jobs = [job for job in (lifecycle.claim(store, job_id, worker_id, lease_ttl, beside) for job_id in job_ids) if job]
     if not jobs:
-        beside.wait()
         return {}
     finals: dict[str, JobRecord | None] = {}
     with ExitStack() as stack:
