@@ -120,7 +120,7 @@ def build_backends(
         queue,
         registry,
         settings.tenants_by_key(),
-        Waiters(store, settings.max_waits_per_tenant, inline=not settings.distributed),
+        Waiters(store, settings.max_waits_per_tenant),
         settings.tenants(),
         webhook_shapes or {},
     )

@@ -21,12 +21,12 @@ PREFETCH_FLOOR_S = 0.1  # a window's first moments allow this much of it (a burs
 
 
 class Waiters:
-    def __init__(self, store: JobStore, max_per_tenant: int, inline: bool = False):
-        """``inline``: the store answers from memory, so a read runs on the loop (a thread hop would cost more than
-        the read); a remote store's reads run in the threadpool."""
+    def __init__(self, store: JobStore, max_per_tenant: int, inline: bool | None = None):
+        """``inline`` (by default: the store is not remote): the store answers from memory, so a read runs on the loop
+        (a thread hop would cost more than the read); a remote store's reads run in the threadpool."""
         self.store = store
         self.max_per_tenant = max_per_tenant
-        self.inline = inline
+        self.inline = not store.backend.remote if inline is None else inline
         self._events: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # event -> wants progress too
         self._open: dict[str, int] = defaultdict(int)
         self._loop: asyncio.AbstractEventLoop | None = None

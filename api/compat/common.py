@@ -12,7 +12,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
@@ -184,6 +184,10 @@ def image_bytes(b: Backends, job: JobRecord) -> list[bytes]:
     """The PNG bytes of a finished job's images, in output order. Blocking."""
     keys = [(o.model_extra or {}).get("key") for o in job.output if o.content_type == "image/png"]
     return [b.storage.get(k) for k in keys if k]
+
+
+# the ``?cursor=`` of Replicate's paginated lists (predictions, files): the offset a previous page's ``next`` gave
+CURSOR = Query(0, ge=0, le=1_000_000, description="the offset a previous page's next gave")
 
 
 def replicate_page(results: list, request: Request, path: str, cursor: int, size: int, more: bool) -> dict:

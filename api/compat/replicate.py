@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.compat.common import entry_for, kept_names, renamed, replicate_page, shown, validate
+from api.compat.common import CURSOR, entry_for, kept_names, renamed, replicate_page, shown, validate
 from api.compat.replicate_files import file_id_of_url
 from api.deps import backends, tenant
 from api.errors import ERROR_RESPONSES, ApiError
@@ -300,7 +300,7 @@ async def get_prediction(
 @router.get("/predictions", name="replicate_list_predictions")
 async def list_predictions(
     request: Request,
-    cursor: int = Query(0, ge=0, le=1_000_000, description="the offset a previous page's next gave"),
+    cursor: int = CURSOR,
     t: str = Depends(tenant),
     b: Backends = Depends(backends),
 ):

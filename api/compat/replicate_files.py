@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
-from api.compat.common import replicate_page
+from api.compat.common import CURSOR, replicate_page
 from api.deps import backends, rate_limited, tenant
 from api.errors import ApiError, shown
 from api.routes.uploads import read_limited
@@ -212,7 +212,7 @@ async def create_file(request: Request, t: str = Depends(rate_limited), b: Backe
 @router.get("/files", name="replicate_list_files")
 async def list_files(
     request: Request,
-    cursor: int = Query(0, ge=0, le=1_000_000, description="the offset a previous page's next gave"),
+    cursor: int = CURSOR,
     t: str = Depends(tenant),
     b: Backends = Depends(backends),
 ):
