@@ -219,6 +219,22 @@ class PathStylePresigner:
         return f"{self.base}{path}?{query}&X-Amz-Signature={signature}"
 
 
+EXPECT_CONTINUE_MIN_BYTES = 1 << 20
+
+
+def _expect_continue_for_large_bodies(request, **_: object) -> None:
+    """botocore asks for ``Expect: 100-continue`` on every PutObject and reads the interim answer through an unbuffered
+    file, one byte per system call, each one releasing and taking back the GIL: a worker thread busy with Python at
+    that moment (the record writer's JSON, the next job's bookkeeping) costs a switch interval (5 ms) per byte taken
+    back. The header spares sending a body the server would refuse; under 1 MiB that saving is smaller than the wait
+    for the interim answer, so such a body is sent with its headers (larger ones keep it)."""
+    from botocore.utils import determine_content_length
+
+    size = determine_content_length(request.body)
+    if size is not None and size < EXPECT_CONTINUE_MIN_BYTES and "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 class S3Storage(Storage):
     """An S3-compatible bucket through boto3 (AWS S3, MinIO, moto_server). Credentials: the standard AWS_* chain."""
 
@@ -253,6 +269,7 @@ class S3Storage(Storage):
         self.expires_s = expires_s
         session = boto3.session.Session()
         self.client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
+        self.client.meta.events.register("before-sign.s3.PutObject", _expect_continue_for_large_bodies)
         # presigned URLs must name a host the client can reach (e.g. MinIO behind compose's network)
         self.signer = (
             session.client("s3", endpoint_url=public_endpoint_url, region_name=region, config=cfg)

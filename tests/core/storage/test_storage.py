@@ -53,6 +53,19 @@ def test_s3_storage_against_moto_server(s3_server):
     assert not S3Storage("no-such-bucket", endpoint_url=s3_server["endpoint"], region="us-east-1").ping()
 
 
+def test_small_puts_go_without_expect_continue_and_large_ones_keep_it(s3_server):
+    """botocore reads a 100-continue answer one byte per system call (each a GIL hand-off): a worker's 1-step job PUT
+    took 15 ms instead of 5 in a quarter of jobs. Bodies under 1 MiB are sent with their headers; the bytes land."""
+    s = S3Storage(s3_server["bucket"], endpoint_url=s3_server["endpoint"], region="us-east-1", prefix="expect")
+    sent = []
+    s.client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(request.headers))
+    small, large = b"\x89PNG" + bytes(range(256)) * 4, bytes(range(256)) * (4096 + 1)  # 1 KiB, just over 1 MiB
+    s.put("jobs/e/0.png", small, "image/png")
+    s.put("jobs/e/1.bin", large, "application/octet-stream")
+    assert "Expect" not in sent[0] and sent[1]["Expect"] == b"100-continue"
+    assert s.get("jobs/e/0.png") == small and s.get("jobs/e/1.bin") == large
+
+
 @pytest.mark.parametrize(
     ("endpoint", "public", "region", "token"),
     [
