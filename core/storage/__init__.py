@@ -223,11 +223,11 @@ EXPECT_CONTINUE_MIN_BYTES = 1 << 20
 
 
 def _expect_continue_for_large_bodies(request, **_: object) -> None:
-    """botocore asks for ``Expect: 100-continue`` on every PutObject and reads the interim answer through an unbuffered
-    file, one byte per system call, each one releasing and taking back the GIL: a worker thread busy with Python at
-    that moment (the record writer's JSON, the next job's bookkeeping) costs a switch interval (5 ms) per byte taken
-    back. The header spares sending a body the server would refuse; under 1 MiB that saving is smaller than the wait
-    for the interim answer, so such a body is sent with its headers (larger ones keep it)."""
+    """botocore asks for ``Expect: 100-continue`` on every PutObject, waits for the server's interim answer and reads
+    it one byte per system call. That extra exchange stalled about 10 ms in 2-4% of small PUTs to moto_server, and in
+    up to half of a worker's output PUTs while its other threads ran (bench/README.md, "The output PUT's
+    100-continue"). The header spares sending a body the server would refuse; under 1 MiB that saving is smaller than
+    the exchange, so such a body goes with its headers (larger ones keep it)."""
     from botocore.utils import determine_content_length
 
     size = determine_content_length(request.body)

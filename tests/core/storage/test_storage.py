@@ -54,8 +54,8 @@ def test_s3_storage_against_moto_server(s3_server):
 
 
 def test_small_puts_go_without_expect_continue_and_large_ones_keep_it(s3_server):
-    """botocore reads a 100-continue answer one byte per system call (each a GIL hand-off): a worker's 1-step job PUT
-    took 15 ms instead of 5 in a quarter of jobs. Bodies under 1 MiB are sent with their headers; the bytes land."""
+    """botocore's 100-continue exchange stalled a worker's 1-step output PUT (15 ms instead of 5) in up to half of the
+    jobs of a run. Bodies under 1 MiB are sent with their headers; larger ones keep the header; the bytes land."""
     s = S3Storage(s3_server["bucket"], endpoint_url=s3_server["endpoint"], region="us-east-1", prefix="expect")
     sent = []
     s.client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(request.headers))
