@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from core.pipelines.building import BUILDING
+
 log = logging.getLogger("diffuserve.pipelines")
 
 
@@ -90,7 +92,8 @@ class PipelineCache:
                 self._items.move_to_end(key)
                 waited_ms = (time.perf_counter() - t0) * 1000
                 return self._items[key][0], round(waited_ms, 3) if waited_ms >= 1 else 0.0
-            item = load()
+            with BUILDING:
+                item = load()
             size = module_bytes(item)
             self._items[key] = (item, size)
             self._evict(keep=key)

@@ -23,6 +23,7 @@ from core.catalog import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.contract import Artifact, RunContext, RunResult
 from core.errors import JobError
 from core.pipelines import fastpath
+from core.pipelines.building import BUILDING
 from core.pipelines.cache import PipelineCache
 from core.pipelines.fastpath import FastPath
 from core.pipelines.step_cache import step_cache
@@ -176,6 +177,12 @@ class Pipelines:
         return f"g_{name}_{path.stat().st_mtime_ns}", path
 
     def apply_loras(self, entry: ModelEntry, base, loras: list, ctx: RunContext) -> None:
+        """:meth:`_apply_loras` holding the building lock: adapters' layers and fused projections are modules built
+        here, and another thread's load must not leave them empty (``core/pipelines/building.py``)."""
+        with BUILDING:
+            self._apply_loras(entry, base, loras, ctx)
+
+    def _apply_loras(self, entry: ModelEntry, base, loras: list, ctx: RunContext) -> None:
         """Activate exactly the requested adapters at their scales; with none, disable every adapter so the output
         is the base model's. Adapters load once per pipeline and stay (LRU of MAX_ADAPTERS); the base weights are
         never reloaded."""

@@ -21,6 +21,7 @@ from core.ddpm.process import make_objective
 from core.ddpm.training import TrainConfig, train
 from core.ddpm.unet import UNet, UNetConfig, count_parameters
 from core.errors import InvalidDataset
+from core.pipelines.building import BUILDING
 from core.schemas import DDPMTrainingRequest, ModelRef
 from core.training.datasets import IMAGE_SUFFIXES, check_images, extract_zip
 from core.warm import Warm
@@ -87,7 +88,8 @@ def run(
         # 2. model and objective
         sched = scheduler_config(r)
         torch.manual_seed(r.seed)
-        unet = UNet(unet_config_for(r.resolution, images.shape[1], len(names) if names else None))
+        with BUILDING:  # core/pipelines/building.py: no other thread's load may leave this network empty
+            unet = UNet(unet_config_for(r.resolution, images.shape[1], len(names) if names else None))
         every = checkpoint_every or max(10, r.max_train_steps // 10)
         cfg = TrainConfig(
             max_steps=r.max_train_steps,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from core.catalog import LORA_TRAINABLE
 from core.contract import Artifact, Executor, RunContext, RunResult
 from core.errors import JobError
+from core.pipelines.building import BUILDING
 from core.registry import ModelEntry
 from core.schemas import LoraTrainingRequest, ModelRef
 from core.training.datasets import captioned_images, check_images, extract_zip
@@ -72,22 +73,25 @@ def frozen_base_with_adapters(entry: ModelEntry, r: LoraTrainingRequest, device:
     import diffusers
     from peft import LoraConfig
 
-    if entry.single_file is not None:  # a checkpoint from A1111's or ComfyUI's folders
-        from core.pipelines.single_file import load_pipeline
+    with BUILDING:  # the load and the adapters build modules (core/pipelines/building.py)
+        if entry.single_file is not None:  # a checkpoint from A1111's or ComfyUI's folders
+            from core.pipelines.single_file import load_pipeline
 
-        pipe = load_pipeline(entry.pipeline_class, entry.single_file, torch.float32, device)
-    else:
-        pipe = getattr(diffusers, entry.pipeline_class).from_pretrained(entry.source, dtype=torch.float32)
-    unet, vae, te = pipe.unet.to(device), pipe.vae.to(device), pipe.text_encoder.to(device)
-    for m in (unet, vae, te):
-        m.requires_grad_(False)
-    torch.manual_seed(r.seed)  # the adapters' gaussian init
-    alpha = r.alpha or r.rank
-    unet.add_adapter(LoraConfig(r=r.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
-    if r.train_text_encoder:
-        te.add_adapter(
-            LoraConfig(r=r.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
+            pipe = load_pipeline(entry.pipeline_class, entry.single_file, torch.float32, device)
+        else:
+            pipe = getattr(diffusers, entry.pipeline_class).from_pretrained(entry.source, dtype=torch.float32)
+        unet, vae, te = pipe.unet.to(device), pipe.vae.to(device), pipe.text_encoder.to(device)
+        for m in (unet, vae, te):
+            m.requires_grad_(False)
+        torch.manual_seed(r.seed)  # the adapters' gaussian init
+        alpha = r.alpha or r.rank
+        unet.add_adapter(
+            LoraConfig(r=r.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS)
         )
+        if r.train_text_encoder:
+            te.add_adapter(
+                LoraConfig(r=r.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
+            )
     params = [q for m in (unet, te) for q in m.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=1e-2)
     noise_scheduler = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
