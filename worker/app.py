@@ -91,11 +91,21 @@ def _init_process(**_: object) -> None:  # prefork children
     process().start_reaper()
 
 
+SHARED_POOLS = ("thread", "gevent", "eventlet")  # modules of the pools that run several tasks in one process
+
+
 @worker_init.connect
 def _init_main(sender: object = None, **_: object) -> None:  # --pool solo / threads: the main process runs tasks
-    pool = getattr(sender, "pool_cls", "")
-    if "prefork" in str(getattr(pool, "__module__", pool)):
+    pool = str(getattr(getattr(sender, "pool_cls", ""), "__module__", getattr(sender, "pool_cls", "")))
+    if "prefork" in pool:
         return  # each prefork child warms up in worker_process_init
+    concurrency = getattr(sender, "concurrency", 1) or 1
+    if concurrency > 1 and any(name in pool for name in SHARED_POOLS):
+        # jobs in one process share each warm pipeline, its active LoRA adapters and its compiled graphs: two at
+        # once would draw with each other's adapters (another tenant's) and build modules under each other's loads
+        log.critical("a worker runs one job per process: use --pool solo (or prefork), not %s with -c %d",
+                     pool.rsplit(".", 1)[-1], concurrency)  # fmt: skip
+        raise SystemExit(78)  # EX_CONFIG; a receiver's Exception would only be logged by Celery's signal
     process().warm_up()
     process().start_reaper()
 

@@ -32,6 +32,15 @@ def encode(
     return RunResult(artifacts, load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version), versions)
 
 
+def running():
+    """The building lock while an engine network runs (``core/pipelines/building.py``): a compiled one traces again at
+    a new size, and its noise is drawn in torch's default dtype, which a half-precision diffusers load in another
+    thread changes for the whole process while it runs."""
+    from core.pipelines.building import BUILDING
+
+    return BUILDING
+
+
 def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     # 1. load (0 ms when warm)
     engine, load_ms = warm.load_engine(model)
@@ -44,18 +53,19 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
 
     cache = engine.step_cache(request.cache.method, request.cache.value) if request.cache else None
     t0 = time.perf_counter()
-    images = engine.generate(
-        labels=[request.prompt] if model.labels else None,
-        num_images=request.num_images,
-        num_inference_steps=request.num_inference_steps,
-        sampler=request.scheduler,
-        guidance_scale=request.guidance_scale,
-        seed=request.seed,
-        size=request.width or model.width,
-        callback=ctx.progress,
-        preview=preview if every else None,
-        step_cache=cache,
-    )
+    with running():
+        images = engine.generate(
+            labels=[request.prompt] if model.labels else None,
+            num_images=request.num_images,
+            num_inference_steps=request.num_inference_steps,
+            sampler=request.scheduler,
+            guidance_scale=request.guidance_scale,
+            seed=request.seed,
+            size=request.width or model.width,
+            callback=ctx.progress,
+            preview=preview if every else None,
+            step_cache=cache,
+        )
     # 3. encode
     inference_ms = (time.perf_counter() - t0) * 1000
     return encode(images, request, engine, model, load_ms, inference_ms, cached(warm.engine_versions(engine), cache))
@@ -119,17 +129,18 @@ def run_batch(
     cache = engine.step_cache(r0.cache.method, r0.cache.value) if r0.cache else None  # one decision per step
     t0 = time.perf_counter()
     try:
-        images = generate_batch(
-            engine,
-            draws,
-            r0.num_inference_steps,
-            r0.scheduler,
-            r0.guidance_scale,
-            r0.width or model.width,
-            callback=_progress_of(ctxs, outcomes),
-            preview=_previews_of(requests, ctxs, outcomes, members) if wants_previews else None,
-            step_cache=cache,
-        )
+        with running():
+            images = generate_batch(
+                engine,
+                draws,
+                r0.num_inference_steps,
+                r0.scheduler,
+                r0.guidance_scale,
+                r0.width or model.width,
+                callback=_progress_of(ctxs, outcomes),
+                preview=_previews_of(requests, ctxs, outcomes, members) if wants_previews else None,
+                step_cache=cache,
+            )
     except Cancelled:
         return outcomes  # every job left the batch
     except Exception as e:  # noqa: BLE001 - the batch failed: each job records why

@@ -23,7 +23,7 @@ from core.catalog import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from core.contract import Artifact, RunContext, RunResult
 from core.errors import JobError
 from core.pipelines import fastpath
-from core.pipelines.building import BUILDING
+from core.pipelines.building import BUILDING, building_while
 from core.pipelines.cache import PipelineCache
 from core.pipelines.fastpath import FastPath
 from core.pipelines.step_cache import step_cache
@@ -77,9 +77,6 @@ class Pipelines:
         self.device = device
         self.cache = cache  # shared with the engine models
         self.fast = fast or FastPath.for_device(device)
-        self._adapters: dict[tuple, list[str]] = {}  # loaded adapter names per cached pipeline, most recent last
-        self._slots: dict[tuple, list[str]] = {}  # compiled pipelines: the adapter in each hot-swap slot
-        self._units: dict[tuple, dict] = {}
 
     # -- loading ------------------------------------------------------------------------------------
     def base(self, entry: ModelEntry):
@@ -108,7 +105,7 @@ class Pipelines:
         base, _ = self.base(entry)
         if not (self.fast.compile or self.device.startswith("cuda")) or FAMILIES[entry.pipeline_class].video:
             return
-        with torch.inference_mode():  # the pipeline's own default size
+        with building_while(self.fast.compile), torch.inference_mode():  # the pipeline's own default size
             base(prompt="warm-up", num_inference_steps=2, output_type="latent")
 
     @staticmethod
@@ -177,32 +174,30 @@ class Pipelines:
         return f"g_{name}_{path.stat().st_mtime_ns}", path
 
     def apply_loras(self, entry: ModelEntry, base, loras: list, ctx: RunContext) -> None:
-        """:meth:`_apply_loras` holding the building lock: adapters' layers and fused projections are modules built
-        here, and another thread's load must not leave them empty (``core/pipelines/building.py``)."""
-        with BUILDING:
-            self._apply_loras(entry, base, loras, ctx)
-
-    def _apply_loras(self, entry: ModelEntry, base, loras: list, ctx: RunContext) -> None:
         """Activate exactly the requested adapters at their scales; with none, disable every adapter so the output
         is the base model's. Adapters load once per pipeline and stay (LRU of MAX_ADAPTERS); the base weights are
-        never reloaded."""
+        never reloaded. What is loaded is kept on the pipeline object, so a pipeline loaded again (after an
+        eviction) starts with none. The files are found (a tenant's may be fetched) before the building lock is
+        taken, and it is held only where layers are built (``core/pipelines/building.py``)."""
+        files = [(ref, *self.lora_file(ref.name, ctx)) for ref in loras]
         if self.fast.compile:
-            return self._hotswap_loras(entry, base, loras, ctx)
-        loaded = self._adapters.setdefault(self._key(entry), [])
+            return self._hotswap_loras(entry, base, files)
+        loaded = _held(base, "adapters", list)  # most recently used last
         if not loras:
             if loaded:
                 base.disable_lora()
             if self.fast.fuse_qkv:
-                fastpath.fuse(base)
+                with BUILDING:  # fused projections are new modules
+                    fastpath.fuse(base)
             return
         fastpath.unfuse(base)  # adapters attach to the separate Q, K and V projections
         names, scales = [], []
-        for ref in loras:
-            adapter, path = self.lora_file(ref.name, ctx)
+        for ref, adapter, path in files:
             adapter = adapter.replace(".", "_").replace("-", "_")
             if adapter not in loaded:
                 try:
-                    base.load_lora_weights(str(path), adapter_name=adapter)
+                    with BUILDING:  # the adapter's layers are new modules
+                        base.load_lora_weights(str(path), adapter_name=adapter)
                 except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys of another base model
                     with contextlib.suppress(Exception):  # what was injected before it failed goes again
                         base.delete_adapters(adapter)
@@ -221,29 +216,29 @@ class Pipelines:
         base.enable_lora()
         base.set_adapters(names, adapter_weights=scales)
 
-    def _hotswap_loras(self, entry: ModelEntry, base, loras: list, ctx: RunContext) -> None:
+    def _hotswap_loras(self, entry: ModelEntry, base, files: list) -> None:
         """A compiled pipeline's adapters live in fixed slots (``slot0``, ``slot1``...) padded to the rank set by
         ``enable_lora_hotswap``: a new LoRA replaces a slot's weights in place (``hotswap=True``), and scales are
         tensors filled in place, so neither a swap nor a new scale triggers a recompile (only a new slot does).
-        No LoRA: every slot at scale 0."""
+        No LoRA: every slot at scale 0. ``files``: (reference, adapter id, file) of each requested LoRA."""
         from peft.tuners.lora import LoraLayer
         from peft.utils.hotswap import _convert_scalings_to_tensor, _update_scaling
 
-        key = self._key(entry)
-        slots = self._slots.setdefault(key, [])
-        units = self._units.setdefault(key, {})  # (module, slot) -> the scaling of weight 1.0
+        slots = _held(base, "slots", list)  # the adapter in each hot-swap slot
+        units = _held(base, "units", dict)  # (module, slot) -> the scaling of weight 1.0
         layers = [m for m in fastpath.denoiser(base).modules() if isinstance(m, LoraLayer)]
         grew = False
-        for i, ref in enumerate(loras):
-            adapter, path = self.lora_file(ref.name, ctx)
+        for i, (_, adapter, path) in enumerate(files):
             if i < len(slots) and slots[i] == adapter:
                 continue
             name = f"slot{i}"
             if i < len(slots):
-                base.load_lora_weights(str(path), adapter_name=name, hotswap=True)
+                with BUILDING:
+                    base.load_lora_weights(str(path), adapter_name=name, hotswap=True)
                 slots[i] = adapter
             else:
-                base.load_lora_weights(str(path), adapter_name=name)
+                with BUILDING:  # a new slot: new layers
+                    base.load_lora_weights(str(path), adapter_name=name)
                 slots.append(adapter)
                 grew = True
                 layers = [m for m in fastpath.denoiser(base).modules() if isinstance(m, LoraLayer)]
@@ -254,12 +249,20 @@ class Pipelines:
                     units[(id(m), name)] = float(m.scaling[name])
         if grew:
             log.info("LoRA slots of %s: %d (compiled graphs are rebuilt once)", entry.id, len(slots))
-        weights = [ref.scale for ref in loras] + [0.0] * (len(slots) - len(loras))
+        weights = [ref.scale for ref, _, _ in files] + [0.0] * (len(slots) - len(files))
         for m in layers:
             for k, w in enumerate(weights):
                 name = f"slot{k}"
                 if name in m.scaling:
                     _update_scaling(m, name, units[(id(m), name)] * w)
+
+
+def _held(pipe, name: str, make: type):
+    """Bookkeeping kept on the pipeline object itself (``_diffuserve_<name>``): it lives and dies with that pipeline."""
+    attr = f"_diffuserve_{name}"
+    if not hasattr(pipe, attr):
+        setattr(pipe, attr, make())
+    return getattr(pipe, attr)
 
 
 class _Held:
@@ -325,8 +328,9 @@ def denoise(pipe, request, ctx: RunContext, fast: FastPath | None = None, **call
     if fast is not None:
         fastpath.per_call(pipe, fast, request.height, request.width, n)
     t0 = time.perf_counter()
+    compiled = fast is not None and bool(fast.compile)
     with step_cache(pipe, getattr(request, "cache", None), request.num_inference_steps) as counted:
-        with torch.inference_mode():
+        with building_while(compiled), torch.inference_mode():  # a compiled call may trace again
             out = pipe(**call)
     versions = {"step_cache": counted.describe()} if counted is not None else {}
     return Denoised(out, (time.perf_counter() - t0) * 1000, versions)
@@ -384,7 +388,7 @@ def denoise_batch(
         fastpath.per_call(pipe, fast, r0.height, r0.width, len(generators))
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with building_while(fast is not None and bool(fast.compile)), torch.inference_mode():
             out = pipe(
                 prompt=[requests[k].prompt for k in owners],
                 negative_prompt=[requests[k].negative_prompt for k in owners] if r0.negative_prompt else None,

@@ -42,6 +42,13 @@ def unet_config_for(resolution: int, channels: int, num_classes: int | None) -> 
     )
 
 
+def new_network(resolution: int, channels: int, names: list[str] | None) -> UNet:
+    """A fresh U-Net, built under the building lock (``core/pipelines/building.py``): another thread's model load
+    must not leave its parameters on the meta device."""
+    with BUILDING:
+        return UNet(unet_config_for(resolution, channels, len(names) if names else None))
+
+
 def load_data(dataset: str, ctx: RunContext, resolution: int, workdir: Path):
     if dataset == "digits":
         return load_digits_dataset(resolution)
@@ -88,8 +95,7 @@ def run(
         # 2. model and objective
         sched = scheduler_config(r)
         torch.manual_seed(r.seed)
-        with BUILDING:  # core/pipelines/building.py: no other thread's load may leave this network empty
-            unet = UNet(unet_config_for(r.resolution, images.shape[1], len(names) if names else None))
+        unet = new_network(r.resolution, images.shape[1], names)
         every = checkpoint_every or max(10, r.max_train_steps // 10)
         cfg = TrainConfig(
             max_steps=r.max_train_steps,

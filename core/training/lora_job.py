@@ -70,10 +70,10 @@ class Trainee:
 
 def frozen_base_with_adapters(entry: ModelEntry, r: LoraTrainingRequest, device: str) -> Trainee:
     """A private copy of the base model (the served, cached one is never touched), frozen, with fresh adapters."""
-    import diffusers
-    from peft import LoraConfig
+    with BUILDING:  # the load and the adapters build modules (core/pipelines/building.py); a first import too
+        import diffusers
+        from peft import LoraConfig
 
-    with BUILDING:  # the load and the adapters build modules (core/pipelines/building.py)
         if entry.single_file is not None:  # a checkpoint from A1111's or ComfyUI's folders
             from core.pipelines.single_file import load_pipeline
 

@@ -2,49 +2,71 @@
 
 diffusers loads inside accelerate's ``init_empty_weights``, which swaps ``torch.nn.Module.register_parameter`` for
 the whole process while it runs; two loads overlapping in two threads put the swaps back in the wrong order and left
-one in place for good: every module built after that, in any thread, had its parameters on the meta device."""
+one in place for good, and a module built in one thread while another loaded got its parameters on the meta device.
+Each of the service's building paths runs here beside the LoRA trainer's load of its base (itself a locked path)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
+import pytest
 import torch
 
 from core.pipelines.cache import PipelineCache
+from core.registry import ModelRegistry
 from core.schemas import LoraTrainingRequest
-from core.training import lora_job
+from core.training import ddpm_job, lora_job
+from core.warm import Warm
 
 
-def _meta(module: torch.nn.Module) -> bool:
-    return any(p.device.type == "meta" for p in module.parameters())
+def _meta(*modules: torch.nn.Module) -> bool:
+    return any(p.device.type == "meta" for m in modules for p in m.parameters())
 
 
-def test_an_inference_load_beside_a_training_load_leaves_no_module_empty(engines):
+def _cache_load(entry, registry):  # as Pipelines.base loads: from_pretrained inside the cache's get
     import diffusers
 
-    entry = engines.registry.get("tiny-sd")
+    unet, _ = PipelineCache(budget_bytes=1 << 40).get(
+        ("pipeline", "m", "v"), lambda: diffusers.UNet2DConditionModel.from_pretrained(entry.source, subfolder="unet")
+    )
+    return [unet]
+
+
+def _lora_injection(entry, registry):  # a LoRA job on a pipeline loaded a moment before: the adapter's layers built
+    warm = Warm(registry, device="cpu")
+    base, _ = warm.pipelines.base(entry)
+    ctx = SimpleNamespace(registered=lambda *a: None, registration=lambda *a: None, tenant="t")
+    warm.pipelines.apply_loras(entry, base, [SimpleNamespace(name="ink", scale=1.0)], ctx)
+    assert "g_ink" in "".join(base.get_active_adapters())
+    return [base.unet]
+
+
+def _engine_network(entry, registry):  # the engine trainer's fresh U-Net
+    return [ddpm_job.new_network(16, 1, ["a", "b"])]
+
+
+@pytest.mark.parametrize("build", [_cache_load, _lora_injection, _engine_network], ids=lambda f: f.__name__[1:])
+def test_a_build_beside_a_training_load_leaves_no_module_empty(build, tiny_models_dir, dropped_loras):
+    registry = ModelRegistry([tiny_models_dir, dropped_loras])
+    entry = registry.get("tiny-sd")
     req = LoraTrainingRequest(base_model="tiny-sd", name="x", dataset="upl_" + "1" * 32, rank=4, resolution=32, seed=0)
     original = torch.nn.Module.register_parameter
     until = time.monotonic() + 3
-    counts = {"inference": 0, "training": 0}
+    counts = {"build": 0, "training": 0}
     empty: list[str] = []
     errors: list[BaseException] = []
 
-    def inference() -> None:  # as loader.py loads a pipeline's parts: from_pretrained inside the cache's get
-        i = 0
+    def beside() -> None:
         while time.monotonic() < until:
-            cache = PipelineCache(budget_bytes=1 << 40)
-            unet, _ = cache.get(("pipeline", f"m{i}", "v"), lambda: diffusers.UNet2DConditionModel.from_pretrained(
-                entry.source, subfolder="unet"))  # fmt: skip
-            empty.extend(["inference"] if _meta(unet) else [])
-            counts["inference"] += 1
-            i += 1
+            empty.extend(["build"] if _meta(*build(entry, registry)) else [])
+            counts["build"] += 1
 
     def training() -> None:  # the LoRA trainer's private copy of its base, with fresh adapters
         while time.monotonic() < until:
             t = lora_job.frozen_base_with_adapters(entry, req, "cpu")
-            empty.extend(["training"] if any(_meta(m) for m in (t.unet, t.vae, t.text_encoder)) else [])
+            empty.extend(["training"] if _meta(t.unet, t.vae, t.text_encoder) else [])
             counts["training"] += 1
 
     def guarded(fn):
@@ -56,16 +78,43 @@ def test_an_inference_load_beside_a_training_load_leaves_no_module_empty(engines
 
         return run
 
-    threads = [threading.Thread(target=guarded(f)) for f in (inference, training)]
+    threads = [threading.Thread(target=guarded(f)) for f in (beside, training)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     try:
         assert not errors, errors
-        assert counts["inference"] >= 3 and counts["training"] >= 2, counts
+        assert counts["build"] >= 2 and counts["training"] >= 2, counts
         assert not empty, f"modules built on the meta device: {empty[:5]} ({len(empty)})"
         assert torch.nn.Module.register_parameter is original  # no swap left behind
         assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
     finally:
         torch.nn.Module.register_parameter = original  # a failure here must not empty every later test's modules
+
+
+def test_a_pipeline_loaded_again_after_an_eviction_takes_its_loras_again(tiny_models_dir, dropped_loras):
+    """The adapters a pipeline holds are its own: after the cache evicted it and loaded it again, a LoRA it held
+    before loads again (the loader's list outlived the pipeline: every later job with that LoRA failed)."""
+    registry = ModelRegistry([tiny_models_dir, dropped_loras])
+    entry, other = registry.get("tiny-sd"), registry.get("tiny-sdxl")
+    warm = Warm(registry, device="cpu", max_models=1)
+    ctx = SimpleNamespace(registered=lambda *a: None, registration=lambda *a: None, tenant="t")
+    ink = [SimpleNamespace(name="ink", scale=1.0)]
+
+    def draw(base) -> torch.Tensor:
+        return base("a cat", num_inference_steps=2, height=32, width=32, output_type="pt",
+                    generator=torch.Generator().manual_seed(1)).images  # fmt: skip
+
+    first, _ = warm.pipelines.base(entry)
+    first.set_progress_bar_config(disable=True)
+    warm.pipelines.apply_loras(entry, first, ink, ctx)
+    with torch.inference_mode():
+        before = draw(first)
+    warm.pipelines.base(other)  # one model at a time: tiny-sd goes
+    again, load_ms = warm.pipelines.base(entry)
+    assert again is not first and load_ms > 0
+    again.set_progress_bar_config(disable=True)
+    warm.pipelines.apply_loras(entry, again, ink, ctx)
+    with torch.inference_mode():
+        assert torch.allclose(draw(again), before, atol=1e-5)  # the same LoRA drawn the same
