@@ -85,29 +85,53 @@ def process() -> Process:
     return _process
 
 
+_started = threading.Lock()
+_start_done = False
+
+
+def _start() -> None:
+    """Warm up and start the reaper, once per process: a solo pool sends ``worker_process_init`` from the main
+    process after ``worker_init`` (both reach here), a prefork child sends only the first."""
+    global _start_done
+    with _started:
+        if _start_done:
+            return
+        process().warm_up()
+        process().start_reaper()
+        _start_done = True
+
+
 @worker_process_init.connect
-def _init_process(**_: object) -> None:  # prefork children
-    process().warm_up()
-    process().start_reaper()
+def _init_process(**_: object) -> None:  # prefork children, and the solo pool's main process
+    _start()
 
 
 SHARED_POOLS = ("thread", "gevent", "eventlet")  # modules of the pools that run several tasks in one process
 
 
+def one_job_at_a_time(sender: object) -> None:
+    """Refuse (exit 78, EX_CONFIG) a pool that runs several jobs in one process: they would share each warm pipeline,
+    its active LoRA adapters (another tenant's) and its compiled graphs. Several means ``-c`` above 1, ``-c auto``
+    (a string until after this signal) or ``--autoscale``; solo and prefork (a process per job) pass."""
+    pool = str(getattr(getattr(sender, "pool_cls", ""), "__module__", getattr(sender, "pool_cls", "")))
+    if not any(name in pool for name in SHARED_POOLS):
+        return
+    concurrency = getattr(sender, "concurrency", 1)
+    autoscale = getattr(sender, "autoscale", None) or (getattr(sender, "options", None) or {}).get("autoscale")
+    if concurrency == 1 and not autoscale:
+        return
+    log.critical("a worker runs one job per process: use --pool solo (or prefork), not %s with -c %s%s",
+                 pool.rsplit(".", 1)[-1], concurrency, f" --autoscale {autoscale}" if autoscale else "")  # fmt: skip
+    raise SystemExit(78)  # EX_CONFIG; a receiver's Exception would only be logged by Celery's signal
+
+
 @worker_init.connect
 def _init_main(sender: object = None, **_: object) -> None:  # --pool solo / threads: the main process runs tasks
+    one_job_at_a_time(sender)
     pool = str(getattr(getattr(sender, "pool_cls", ""), "__module__", getattr(sender, "pool_cls", "")))
     if "prefork" in pool:
         return  # each prefork child warms up in worker_process_init
-    concurrency = getattr(sender, "concurrency", 1) or 1
-    if concurrency > 1 and any(name in pool for name in SHARED_POOLS):
-        # jobs in one process share each warm pipeline, its active LoRA adapters and its compiled graphs: two at
-        # once would draw with each other's adapters (another tenant's) and build modules under each other's loads
-        log.critical("a worker runs one job per process: use --pool solo (or prefork), not %s with -c %d",
-                     pool.rsplit(".", 1)[-1], concurrency)  # fmt: skip
-        raise SystemExit(78)  # EX_CONFIG; a receiver's Exception would only be logged by Celery's signal
-    process().warm_up()
-    process().start_reaper()
+    _start()
 
 
 @worker_shutting_down.connect

@@ -1,6 +1,14 @@
 """The Celery app's contract: the task name the gateway sends, late acks, one job at a time, both queues."""
 
+import os
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+from celery.concurrency.solo import TaskPool as SoloPool
+
 from core.jobs.queue import TASK_NAME
+from tests.conftest import REPO, Proc, bin_path, wait_for
 
 
 def test_task_registered_with_late_acks_and_prefetch_one(monkeypatch, redis_server):
@@ -29,17 +37,38 @@ def test_settings_refuse_a_non_redis_broker(monkeypatch):
         WorkerSettings()
 
 
-def test_a_pool_that_would_run_two_jobs_in_one_process_is_refused(redis_server, tmp_path):
-    """Jobs in one process share each warm pipeline's active LoRA adapters: with ``--pool threads -c 2`` one job would
-    draw with another tenant's. The worker exits at start (EX_CONFIG, 78) naming the pool to use; ``-c 1`` runs."""
-    import os
-    import subprocess
-
-    from tests.conftest import REPO, bin_path
-
+@pytest.mark.parametrize("flags", [["-c", "2"], ["-c", "auto"], ["-c", "1", "--autoscale", "4,2"]])
+def test_a_pool_that_would_run_two_jobs_in_one_process_is_refused(flags, redis_server, tmp_path):
+    """Jobs in one process share each warm pipeline's active LoRA adapters: with ``--pool threads -c 2`` (or
+    ``-c auto``, a string when the guard runs, or ``--autoscale``) one job would draw with another tenant's. The
+    worker exits at start (EX_CONFIG, 78) naming the pool to use."""
     env = {**os.environ, "BROKER_URL": redis_server, "DATA_DIR": str(tmp_path), "WARM_MODELS": ""}
-    cmd = [bin_path("celery"), "-A", "worker.app", "worker", "--pool", "threads", "-c", "2", "--without-gossip",
+    cmd = [bin_path("celery"), "-A", "worker.app", "worker", "--pool", "threads", *flags, "--without-gossip",
            "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]  # fmt: skip
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 78, done.stderr[-2000:]
     assert "one job per process: use --pool solo" in done.stderr and "ready." not in done.stderr
+
+
+def test_one_thread_runs_and_a_solo_worker_starts_its_reaper_once(redis_server, tmp_path):
+    """``--pool threads -c 1`` is one job at a time: it runs. A solo pool sends both worker_init and
+    worker_process_init from its main process: warm-up and the reaper start once (they started twice)."""
+    import worker.app as app_module
+
+    env = {**os.environ, "BROKER_URL": redis_server, "DATA_DIR": str(tmp_path), "WARM_MODELS": ""}
+    cmd = [bin_path("celery"), "-A", "worker.app", "worker", "--pool", "threads", "-c", "1", "--without-gossip",
+           "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]  # fmt: skip
+    proc = Proc(cmd, tmp_path / "worker.log", env=env, cwd=REPO)
+    try:
+        wait_for(lambda: b"ready." in proc.log.read_bytes(), 90, what=f"the worker: {proc.tail()}")
+    finally:
+        proc.stop()
+    calls = []
+    fake = SimpleNamespace(warm_up=lambda: calls.append("warm_up"), start_reaper=lambda: calls.append("reaper"))
+    solo = SimpleNamespace(pool_cls=SoloPool, concurrency=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app_module, "process", lambda: fake)
+        mp.setattr(app_module, "_start_done", False)
+        app_module._init_main(sender=solo)  # worker_init
+        app_module._init_process()  # worker_process_init, sent by the solo pool
+    assert calls == ["warm_up", "reaper"]

@@ -118,3 +118,72 @@ def test_a_pipeline_loaded_again_after_an_eviction_takes_its_loras_again(tiny_mo
     warm.pipelines.apply_loras(entry, again, ink, ctx)
     with torch.inference_mode():
         assert torch.allclose(draw(again), before, atol=1e-5)  # the same LoRA drawn the same
+
+
+def _engine_run(engines, tiny_models_dir, ctx):
+    from core.executors import engine_txt2img
+    from core.schemas import Txt2ImgRequest
+
+    entry = engines.registry.get("digits")
+    engines.warm.load_engine(entry)  # loaded before: a wait is the run's, not the load's
+    request = Txt2ImgRequest(model="digits", prompt="7", num_inference_steps=3, seed=1)
+    return lambda: engine_txt2img.run(request, entry, ctx, engines.warm)
+
+
+def _compiled_call(engines, tiny_models_dir, ctx):
+    import diffusers
+
+    from core.pipelines.fastpath import FastPath
+    from core.pipelines.loader import denoise
+    from core.schemas import Txt2ImgRequest
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_models_dir / "tiny-sd")
+    request = Txt2ImgRequest(model="tiny-sd", prompt="a cat", width=32, height=32, num_inference_steps=2, seed=1,
+                              guidance_scale=5.0)  # fmt: skip
+    return lambda: denoise(pipe, request, ctx, FastPath(compile=True), output_type="np")  # a new shape may trace
+
+
+@pytest.mark.parametrize("call", [_engine_run, _compiled_call], ids=lambda f: f.__name__[1:])
+def test_a_run_that_may_build_waits_while_another_thread_builds(call, engines, tiny_models_dir):
+    """An engine run (a compiled one traces at a new size; its noise is drawn in the default dtype a half-precision
+    load changes) and a compiled pipeline call hold the building lock: started while another thread holds it, the
+    first step comes after that thread lets go."""
+    from core.pipelines.building import BUILDING
+    from tests.core.executors.conftest import Ctx
+
+    steps: list[float] = []
+
+    class Timed(Ctx):
+        def progress(self, step, total, **extra):
+            steps.append(time.monotonic())
+            super().progress(step, total)
+
+    run = call(engines, tiny_models_dir, Timed())
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with BUILDING:
+            held.set()
+            release.wait(60)
+
+    h = threading.Thread(target=holder)
+    h.start()
+    assert held.wait(10)
+    failed: list[BaseException] = []
+
+    def job_body() -> None:
+        try:
+            run()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failed.append(e)
+
+    job = threading.Thread(target=job_body)
+    job.start()
+    job.join(timeout=1.0)  # the run alone takes some 100 ms: unlocked, its steps would be done by now
+    released_at = time.monotonic()
+    release.set()
+    job.join(timeout=60)
+    h.join(timeout=10)
+    assert not failed, failed
+    assert not job.is_alive() and steps, "the run did not finish"
+    assert steps[0] >= released_at, f"a step ran {released_at - steps[0]:.3f} s before the lock was let go"
