@@ -109,11 +109,17 @@ def _init_process(**_: object) -> None:  # prefork children, and the solo pool's
 SHARED_POOLS = ("thread", "gevent", "eventlet")  # modules of the pools that run several tasks in one process
 
 
+def _pool_module(sender: object) -> str:
+    """The module of the worker's pool class (``celery.concurrency.solo``...), or the pool's name as given."""
+    pool = getattr(sender, "pool_cls", "")
+    return str(getattr(pool, "__module__", pool))
+
+
 def one_job_at_a_time(sender: object) -> None:
     """Refuse (exit 78, EX_CONFIG) a pool that runs several jobs in one process: they would share each warm pipeline,
     its active LoRA adapters (another tenant's) and its compiled graphs. Several means ``-c`` above 1, ``-c auto``
     (a string until after this signal) or ``--autoscale``; solo and prefork (a process per job) pass."""
-    pool = str(getattr(getattr(sender, "pool_cls", ""), "__module__", getattr(sender, "pool_cls", "")))
+    pool = _pool_module(sender)
     if not any(name in pool for name in SHARED_POOLS):
         return
     concurrency = getattr(sender, "concurrency", 1)
@@ -128,8 +134,7 @@ def one_job_at_a_time(sender: object) -> None:
 @worker_init.connect
 def _init_main(sender: object = None, **_: object) -> None:  # --pool solo / threads: the main process runs tasks
     one_job_at_a_time(sender)
-    pool = str(getattr(getattr(sender, "pool_cls", ""), "__module__", getattr(sender, "pool_cls", "")))
-    if "prefork" in pool:
+    if "prefork" in _pool_module(sender):
         return  # each prefork child warms up in worker_process_init
     _start()
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from core import previews
 from core.contract import Artifact, Batching, Executor, RunContext, RunResult
 from core.errors import DeadlineExceeded, JobCancelled, LeaseLost
+from core.pipelines.building import BUILDING
 from core.registry import ModelEntry
 from core.schemas import ModelRef, Txt2ImgRequest
 from core.warm import Warm
@@ -32,15 +33,6 @@ def encode(
     return RunResult(artifacts, load_ms, inference_ms, ModelRef(id=model.id, sha256=model.version), versions)
 
 
-def running():
-    """The building lock while an engine network runs (``core/pipelines/building.py``): a compiled one traces again at
-    a new size, and its noise is drawn in torch's default dtype, which a half-precision diffusers load in another
-    thread changes for the whole process while it runs."""
-    from core.pipelines.building import BUILDING
-
-    return BUILDING
-
-
 def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm) -> RunResult:
     # 1. load (0 ms when warm)
     engine, load_ms = warm.load_engine(model)
@@ -53,7 +45,7 @@ def run(request: Txt2ImgRequest, model: ModelEntry, ctx: RunContext, warm: Warm)
 
     cache = engine.step_cache(request.cache.method, request.cache.value) if request.cache else None
     t0 = time.perf_counter()
-    with running():
+    with BUILDING:  # a compiled network traces at a new size; the noise is drawn in the default dtype (building.py)
         images = engine.generate(
             labels=[request.prompt] if model.labels else None,
             num_images=request.num_images,
@@ -129,7 +121,7 @@ def run_batch(
     cache = engine.step_cache(r0.cache.method, r0.cache.value) if r0.cache else None  # one decision per step
     t0 = time.perf_counter()
     try:
-        with running():
+        with BUILDING:  # as in run
             images = generate_batch(
                 engine,
                 draws,

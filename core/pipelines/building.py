@@ -8,9 +8,10 @@ swap in the wrong order and leave it in place for good (every module built after
 every load fails until the process restarts). A trace of ``torch.compile`` builds modules too (GraphModules), and a
 compiled network traces again whenever it meets a new shape. An embedded gateway runs inference, training and its
 warm-up on separate threads: every model load, every construction of a network, every injection of adapter layers or
-fused projections, and every call of a compiled network in the service holds this lock. Reentrant: a load may build
-its parts under it. (A Celery worker runs one job at a time: ``worker/app.py`` refuses a pool that would run several
-in one process, since jobs there also share each pipeline's active adapters.)"""
+fused projections, every call of a compiled network and every engine run (its noise is drawn in torch's default dtype,
+which a half-precision load changes for the whole process while it runs) in the service holds this lock. Reentrant: a
+load may build its parts under it. (A Celery worker runs one job at a time: ``worker/app.py`` refuses a pool that would
+run several in one process, since jobs there also share each pipeline's active adapters.)"""
 
 from __future__ import annotations
 

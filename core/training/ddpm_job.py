@@ -77,7 +77,7 @@ def scheduler_config(r: DDPMTrainingRequest) -> dict:
 def sample_grid(model: DDPMEngineModel, names: list[str] | None, seed: int) -> Artifact:
     """A PNG grid of samples to show: each label twice (16 at most), or 8 unconditional samples."""
     labels = [names[i % len(names)] for i in range(min(16, 2 * len(names)))] if names else None
-    with BUILDING:  # an engine run, as engine_txt2img.running(): its noise in the default dtype
+    with BUILDING:  # an engine run, as in engine_txt2img: its noise is drawn in the default dtype
         images = model.generate(labels, num_images=len(labels) if labels else 8, num_inference_steps=25, seed=seed)
     grid = make_grid(images, nrow=8)
     buf = io.BytesIO()
