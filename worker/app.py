@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from celery.signals import worker_init, worker_process_init, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 from kombu import Queue as KombuQueue
 
 from core.jobs import lifecycle
@@ -137,6 +137,14 @@ def _init_main(sender: object = None, **_: object) -> None:  # --pool solo / thr
     if "prefork" in _pool_module(sender):
         return  # each prefork child warms up in worker_process_init
     _start()
+
+
+@worker_ready.connect
+def _ready(**_: object) -> None:
+    """Say what this process warmed: ``worker_init`` runs before Celery sets up its logging, so the warm-up's own line
+    is lost in a solo worker (a prefork child logs its own; its parent warms nothing)."""
+    if _start_done and _process is not None:
+        log.info("worker %s warm: %s", _process.worker_id, _process.settings.warm_model_ids)
 
 
 @worker_shutting_down.connect

@@ -60,7 +60,9 @@ def test_one_thread_runs_and_a_solo_worker_starts_its_reaper_once(redis_server, 
            "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]  # fmt: skip
     proc = Proc(cmd, tmp_path / "worker.log", env=env, cwd=REPO)
     try:
-        wait_for(lambda: b"ready." in proc.log.read_bytes(), 90, what=f"the worker: {proc.tail()}")
+        # ready, and it says what it warmed (its start ran; the line is logged once Celery's logging is set up)
+        wait_for(lambda: b"ready." in proc.log.read_bytes() and b"warm: " in proc.log.read_bytes(), 90,
+                 what=f"the worker: {proc.tail()}")  # fmt: skip
     finally:
         proc.stop()
     calls = []
