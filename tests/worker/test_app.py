@@ -37,14 +37,20 @@ def test_settings_refuse_a_non_redis_broker(monkeypatch):
         WorkerSettings()
 
 
+def _threads_worker(redis_server: str, tmp_path, *flags: str) -> tuple[list[str], dict]:
+    """(command, environment) of a worker on the thread pool with ``flags``, on the tests' own Redis."""
+    env = {**os.environ, "BROKER_URL": redis_server, "DATA_DIR": str(tmp_path), "WARM_MODELS": ""}
+    cmd = [bin_path("celery"), "-A", "worker.app", "worker", "--pool", "threads", *flags, "--without-gossip",
+           "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]  # fmt: skip
+    return cmd, env
+
+
 @pytest.mark.parametrize("flags", [["-c", "2"], ["-c", "auto"], ["-c", "1", "--autoscale", "4,2"]])
 def test_a_pool_that_would_run_two_jobs_in_one_process_is_refused(flags, redis_server, tmp_path):
     """Jobs in one process share each warm pipeline's active LoRA adapters: with ``--pool threads -c 2`` (or
     ``-c auto``, a string when the guard runs, or ``--autoscale``) one job would draw with another tenant's. The
     worker exits at start (EX_CONFIG, 78) naming the pool to use."""
-    env = {**os.environ, "BROKER_URL": redis_server, "DATA_DIR": str(tmp_path), "WARM_MODELS": ""}
-    cmd = [bin_path("celery"), "-A", "worker.app", "worker", "--pool", "threads", *flags, "--without-gossip",
-           "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]  # fmt: skip
+    cmd, env = _threads_worker(redis_server, tmp_path, *flags)
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 78, done.stderr[-2000:]
     assert "one job per process: use --pool solo" in done.stderr and "ready." not in done.stderr
@@ -55,9 +61,7 @@ def test_one_thread_runs_and_a_solo_worker_starts_its_reaper_once(redis_server, 
     worker_process_init from its main process: warm-up and the reaper start once (they started twice)."""
     import worker.app as app_module
 
-    env = {**os.environ, "BROKER_URL": redis_server, "DATA_DIR": str(tmp_path), "WARM_MODELS": ""}
-    cmd = [bin_path("celery"), "-A", "worker.app", "worker", "--pool", "threads", "-c", "1", "--without-gossip",
-           "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]  # fmt: skip
+    cmd, env = _threads_worker(redis_server, tmp_path, "-c", "1")
     proc = Proc(cmd, tmp_path / "worker.log", env=env, cwd=REPO)
     try:
         # ready, and it says what it warmed (its start ran; the line is logged once Celery's logging is set up)

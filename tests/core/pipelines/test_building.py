@@ -21,6 +21,18 @@ from core.training import ddpm_job, lora_job
 from core.warm import Warm
 
 
+def _thread(fn, errors: list[BaseException]) -> threading.Thread:
+    """A thread running ``fn`` that keeps what it raised in ``errors`` (reported by the test, not lost)."""
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    return threading.Thread(target=run)
+
+
 def _meta(*modules: torch.nn.Module) -> bool:
     return any(p.device.type == "meta" for m in modules for p in m.parameters())
 
@@ -69,16 +81,7 @@ def test_a_build_beside_a_training_load_leaves_no_module_empty(build, tiny_model
             empty.extend(["training"] if _meta(t.unet, t.vae, t.text_encoder) else [])
             counts["training"] += 1
 
-    def guarded(fn):
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        return run
-
-    threads = [threading.Thread(target=guarded(f)) for f in (beside, training)]
+    threads = [_thread(f, errors) for f in (beside, training)]
     for t in threads:
         t.start()
     for t in threads:
@@ -170,14 +173,7 @@ def test_a_run_that_may_build_waits_while_another_thread_builds(call, engines, t
     h.start()
     assert held.wait(10)
     failed: list[BaseException] = []
-
-    def job_body() -> None:
-        try:
-            run()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            failed.append(e)
-
-    job = threading.Thread(target=job_body)
+    job = _thread(run, failed)
     job.start()
     job.join(timeout=1.0)  # the run alone takes some 100 ms: unlocked, its steps would be done by now
     released_at = time.monotonic()
